@@ -1,0 +1,1 @@
+"""Ray jobs and the command line. The only package that imports ray."""

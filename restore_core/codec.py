@@ -1,0 +1,172 @@
+"""Encoded image bytes <-> float32 arrays in [0, 1].
+
+Layout: (H, W) for one channel, (H, W, C) for C in {2, 3, 4}; dtype float32; range [0, 1].
+Channels are kept: L stays gray, LA/RGB/RGBA keep their channels, palette images become RGB
+(RGBA when the palette has transparency), CMYK becomes RGB, 16-bit and 32-bit integer images
+are scaled by their full range, float images must already lie in [0, 1] and hold no NaN/Inf.
+EXIF orientation is not applied: pixels are restored as stored, so outputs align with inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from restore_core.errors import ImageDecodeError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What was decoded: source format and mode, and the bit depth to write back."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+    channels: int
+    bit_depth: int  # 8 or 16 (PNG output depth)
+
+
+def decode(
+    data: bytes | bytearray | memoryview | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, ImageInfo]:
+    """Decode image bytes to a float32 array in [0, 1].
+
+    Parameters
+    ----------
+    data : bytes
+        Any Pillow-readable encoded image (PNG, JPEG, TIFF, GIF, BMP, WebP...).
+    max_pixels : int
+        Images with more pixels than this are refused before their pixels are read.
+
+    Returns
+    -------
+    array : np.ndarray
+        float32, (H, W) or (H, W, C), values in [0, 1].
+    info : ImageInfo
+
+    Raises
+    ------
+    ImageDecodeError
+        Empty, truncated, undecodable, too large, or non-finite images.
+    """
+    if data is None:
+        raise ImageDecodeError("image is missing (null)")
+    raw = bytes(data)
+    if len(raw) == 0:
+        raise ImageDecodeError("image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {width}x{height} = {width * height} pixels, over the cap of "
+                    f"{max_pixels} (decode.max_pixels)"
+                )
+            if width == 0 or height == 0:
+                raise ImageDecodeError(f"image has zero size ({width}x{height})")
+            fmt = img.format or "unknown"
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"not a readable image ({len(raw)} bytes): {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, IndexError, TypeError) as exc:
+        raise ImageDecodeError(f"cannot decode {len(raw)}-byte image (truncated or corrupt?): {exc}") from None
+    return _to_array(img, fmt)
+
+
+def _to_array(img: Image.Image, fmt: str) -> tuple[np.ndarray, ImageInfo]:
+    mode = img.mode
+    bit_depth = 8
+    if mode == "P":
+        has_alpha = "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    elif mode == "La":
+        img = img.convert("LA")
+    elif mode == "RGBa":
+        img = img.convert("RGBA")
+    elif mode == "RGBX":
+        img = img.convert("RGB")
+
+    m = img.mode
+    if m in ("L", "LA", "RGB", "RGBA"):
+        arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+    elif m.startswith("I;16"):
+        arr = np.asarray(img).astype(np.float32) / 65535.0
+        bit_depth = 16
+    elif m == "I":
+        raw = np.asarray(img)
+        bit_depth = 16
+        if raw.min() >= 0 and raw.max() <= 65535:
+            arr = raw.astype(np.float32) / 65535.0
+        else:
+            arr = (raw.astype(np.float64) / float(np.iinfo(np.int32).max)).clip(0, 1).astype(np.float32)
+    elif m == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        bit_depth = 16
+        if not np.isfinite(arr).all():
+            raise ImageDecodeError("float image holds NaN or Inf values")
+        if arr.min() < 0 or arr.max() > 1:
+            raise ImageDecodeError(f"float image values span [{arr.min():.3g}, {arr.max():.3g}], expected [0, 1]")
+    else:
+        try:
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8).astype(np.float32) / 255.0
+        except (OSError, ValueError) as exc:
+            raise ImageDecodeError(f"unsupported image mode {mode!r}: {exc}") from None
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    channels = 1 if arr.ndim == 2 else int(arr.shape[2])
+    info = ImageInfo(
+        format=fmt,
+        mode=mode,
+        width=int(arr.shape[1]),
+        height=int(arr.shape[0]),
+        channels=channels,
+        bit_depth=bit_depth,
+    )
+    return arr, info
+
+
+def encode_png(arr: np.ndarray, bit_depth: int = 8) -> bytes:
+    """Encode a float array in [0, 1] to PNG bytes.
+
+    Parameters
+    ----------
+    arr : np.ndarray
+        (H, W) or (H, W, C) with C in {1, 2, 3, 4}; values are clipped to [0, 1].
+    bit_depth : int
+        8, or 16 for one-channel images (PNG's 16-bit gray). Multi-channel 16-bit is written
+        as 8-bit because Pillow cannot write 16-bit RGB PNG.
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)):
+        raise ValueError(f"cannot encode array of shape {a.shape}")
+    a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+    if a.ndim == 2 and bit_depth == 16:
+        img = Image.fromarray(np.rint(a * 65535.0).astype(np.uint16))
+    else:
+        img = Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def encode_like(arr: np.ndarray, info: ImageInfo) -> bytes:
+    """Encode ``arr`` as PNG with the bit depth of the decoded source."""
+    return encode_png(arr, bit_depth=info.bit_depth)

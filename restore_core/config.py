@@ -1,0 +1,304 @@
+"""Typed, frozen configuration objects and a strict loader.
+
+Every job has one dataclass tree. ``load_config`` reads YAML with ``yaml.safe_load``,
+applies ``--set a.b=c`` overrides, rejects unknown keys and wrong types, and names the
+key at fault in one line (:class:`~restore_core.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from restore_core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """Where images come from."""
+
+    path: str = ""  # fsspec URL: local folder, s3://bucket/prefix, gs://..., memory://...
+    format: Literal["parquet", "images"] = "parquet"
+    id_column: str = "id"
+    image_column: str = "image"
+    reference_column: str = "reference"  # optional clean image, for full-reference metrics
+    mask_column: str = "mask"  # optional PNG, non-zero = dead; wins over detection
+    limit: int = 0  # 0 = all rows
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """Where results go."""
+
+    path: str = ""
+    overwrite: bool = False
+    rows_per_shard: int = 0  # 0 = one output shard per input file
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    max_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+    """How dead pixels are found when no mask column is given."""
+
+    rule: Literal["zero", "saturated", "zero_or_saturated"] = "zero"
+    saturated_level: float = 1.0  # a pixel whose every channel is >= this is saturated
+    ignore_zero_regions_larger_than: int = 0  # 0 = off; connected dead areas larger are kept
+
+
+@dataclasses.dataclass(frozen=True)
+class NMFLearnConfig:
+    mode: Literal["global", "patch"] = "patch"
+    k: int = 256  # number of bases
+    patch_size: int = 8  # patch mode: p x p patches
+    image_size: int = 100  # global mode: images are resized to image_size x image_size
+    channels: Literal["gray", "rgb"] = "gray"
+    l1: float = 0.0  # L1 penalty on the weights (sparsity), per image, on the 0.5*SSE scale
+    solver: Literal["hals", "mu"] = "hals"
+    max_iter: int = 200
+    tol: float = 1e-4
+    batch_size: int = 0  # 0 = full batch; > 0 = online mini-batch updates
+    n_samples: int = 20_000  # images (global) or patches (patch) sampled for training
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """How weights are fitted with the bases frozen, and how the image is filled."""
+
+    method: Literal["nmf", "seed", "biharmonic", "median", "none"] = "nmf"
+    stride: int = 2  # patch mode: distance between overlapping patches
+    l1: float = 0.0
+    max_iter: int = 300
+    tol: float = 1e-4
+    keep_observed: bool = True  # False = the write-up's full reconstruction
+    masked: bool = True  # False = fit against every pixel, dead ones included (the write-up)
+    prior: float = 0.05  # weight pulling dead pixels towards a smooth fill in the fit; 0 = off
+    seed_lr: float = 0.0  # method seed: learning rate; 0 = 1/L (the largest stable step)
+    seed_iter: int = 500
+    chunk_size: int = 65_536  # patches fitted per solver call (memory bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class SRConfig:
+    enabled: bool = False
+    model: str = ""  # folder with model.safetensors + meta.json
+    scale: float = 1.0  # > 1: enlarge by this factor, then apply the CNN
+    tile: int = 512  # tile size for inference on large images
+
+
+@dataclasses.dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # "" = start Ray in-process; "auto" = connect to a running cluster
+    num_actors: int = 0  # 0 = derive from the cluster's resources
+    num_cpus_per_actor: float = 0.5
+    num_gpus_per_actor: float = 0.0  # whole or fractional; 0 = CPU actors
+    batch_size: int = 16  # rows per map_batches call
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnBasesConfig:
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    output: str = ""  # bases artifact folder (fsspec URL)
+    nmf: NMFLearnConfig = dataclasses.field(default_factory=NMFLearnConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreConfig:
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    bases: str = ""  # bases artifact folder
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    sr: SRConfig = dataclasses.field(default_factory=SRConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    bases: str = ""
+    output: str = "bench_out"
+    rates: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.5, 0.7])
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["seed", "nmf", "biharmonic", "median"])
+    k_values: list[int] = dataclasses.field(default_factory=list)  # PSNR-vs-k study; [] = off
+    weight_histogram: bool = True
+    n_images: int = 16
+    seed: int = 0
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    nmf: NMFLearnConfig = dataclasses.field(default_factory=NMFLearnConfig)  # for the k study
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against ``tp`` and return it (ints widen to floats, lists to lists)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return from_dict(typing.cast(type, tp), value, prefix=f"{key}.")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"config key '{key}' must be one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin in (list, Sequence):
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item_tp,) = get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}' has an unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(typing.cast(Any, cls))}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys here: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (for manifests); storage options are redacted."""
+    out = dataclasses.asdict(cfg)
+    _redact(out)
+    return out
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def _redact(node: Any) -> None:
+    if isinstance(node, dict):
+        for k, v in list(node.items()):
+            if k == "storage_options" and isinstance(v, dict):
+                node[k] = {sk: "***" for sk in v}
+            elif any(w in str(k).lower() for w in _SECRET_WORDS) and isinstance(v, str) and v:
+                node[k] = "***"
+            else:
+                _redact(v)
+    elif isinstance(node, list):
+        for v in node:
+            _redact(v)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3). The value is parsed as YAML (safe)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Read a YAML file (optional), apply overrides, validate into ``cls``."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (pass an existing YAML file to --config)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys at the top level")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data)

@@ -1,0 +1,1 @@
+"""Storage: datasets and artifacts through fsspec URLs."""

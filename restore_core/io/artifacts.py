@@ -1,0 +1,149 @@
+"""Bases and model artifacts: save, load, validate. No pickle anywhere.
+
+A bases artifact is a folder (any fsspec URL) with ``bases.npy`` (float32, k x n_pixels,
+loaded with ``allow_pickle=False``) and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import posixpath
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from restore_core.errors import ArtifactError
+
+
+@dataclasses.dataclass(frozen=True)
+class BasesMeta:
+    """What the bases were made for.
+
+    ``mode`` global: ``image_shape`` (H, W) is the image size; patch: ``patch_size`` p.
+    ``channels`` is 1 (gray, also applied per channel to colour images) or 3 (RGB).
+    """
+
+    mode: str
+    k: int
+    n_pixels: int
+    channels: int
+    patch_size: int = 0
+    image_shape: tuple[int, int] = (0, 0)
+    solver: str = "hals"
+    l1: float = 0.0
+    loss: float = float("nan")
+    n_samples: int = 0
+    data_fingerprint: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.mode == "global":
+            h, w = self.image_shape
+            return f"global {w}x{h}x{self.channels}, k={self.k}"
+        return f"patch {self.patch_size}x{self.patch_size}x{self.channels}, k={self.k}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bases:
+    H: np.ndarray  # (k, n_pixels) float32, non-negative
+    meta: BasesMeta
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.H).tobytes()).hexdigest()[:16]
+
+
+def expected_pixels(meta: BasesMeta) -> int:
+    if meta.mode == "global":
+        return int(meta.image_shape[0] * meta.image_shape[1] * meta.channels)
+    return int(meta.patch_size * meta.patch_size * meta.channels)
+
+
+def validate_bases(H: np.ndarray, meta: BasesMeta, where: str = "bases") -> None:
+    """Refuse bases that do not match their meta, hold NaN/Inf, or are negative."""
+    if meta.mode not in ("global", "patch"):
+        raise ArtifactError(f"{where}: meta.json mode must be 'global' or 'patch', got {meta.mode!r}")
+    if meta.channels not in (1, 3):
+        raise ArtifactError(f"{where}: meta.json channels must be 1 or 3, got {meta.channels}")
+    if H.ndim != 2 or H.dtype != np.float32:
+        raise ArtifactError(f"{where}: bases.npy must be a 2-D float32 array, got {H.dtype} {H.shape}")
+    if H.shape != (meta.k, meta.n_pixels) or meta.n_pixels != expected_pixels(meta):
+        raise ArtifactError(
+            f"{where}: bases.npy has shape {H.shape} but meta.json describes "
+            f"{meta.describe()} ({meta.k} x {expected_pixels(meta)}); the artifact is corrupt"
+        )
+    if not np.isfinite(H).all():
+        raise ArtifactError(f"{where}: bases.npy holds NaN or Inf values; relearn the bases")
+    if (H < 0).any():
+        raise ArtifactError(f"{where}: bases.npy holds negative values; NMF bases are non-negative")
+
+
+def data_fingerprint(X: np.ndarray) -> str:
+    """A short hash of training data (shape + content), recorded in meta.json."""
+    h = hashlib.sha256(str(X.shape).encode())
+    h.update(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fs(url: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path
+
+
+def save_bases(bases: Bases, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``bases.npy`` then ``meta.json`` (meta last: its presence marks completion)."""
+    validate_bases(bases.H, bases.meta)
+    fs, root = _fs(url, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, bases.H, allow_pickle=False)
+    with fs.open(posixpath.join(root, "bases.npy"), "wb") as f:
+        f.write(buf.getvalue())
+    meta = dataclasses.asdict(bases.meta)
+    meta["image_shape"] = list(bases.meta.image_shape)
+    meta["fingerprint"] = bases.fingerprint()
+    with fs.open(posixpath.join(root, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2, allow_nan=True)
+
+
+def load_bases(url: str, storage_options: dict[str, Any] | None = None) -> Bases:
+    """Load and validate a bases artifact; every failure is one :class:`ArtifactError` line."""
+    if not url:
+        raise ArtifactError("no bases artifact given: set 'bases' to a folder made by `learn-bases`")
+    try:
+        fs, root = _fs(url, storage_options)
+        meta_path = posixpath.join(root, "meta.json")
+        if not fs.exists(meta_path):
+            raise ArtifactError(
+                f"no bases artifact at {url} (meta.json missing): run "
+                "`python -m jobs learn-bases` first or fix the 'bases' path"
+            )
+        with fs.open(meta_path, "r") as f:
+            raw = json.load(f)
+        with fs.open(posixpath.join(root, "bases.npy"), "rb") as f:
+            H = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    except ArtifactError:
+        raise
+    except (ValueError, OSError, json.JSONDecodeError, EOFError) as exc:
+        raise ArtifactError(f"bases artifact at {url} cannot be read ({exc}); relearn it") from None
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"bases artifact at {url}: meta.json must be a JSON object")
+    raw.pop("fingerprint", None)
+    known = {f.name for f in dataclasses.fields(BasesMeta)}
+    try:
+        meta = BasesMeta(**{k: v for k, v in raw.items() if k in known})
+        meta = dataclasses.replace(
+            meta,
+            image_shape=(int(meta.image_shape[0]), int(meta.image_shape[1])),
+            k=int(meta.k),
+            n_pixels=int(meta.n_pixels),
+            channels=int(meta.channels),
+            patch_size=int(meta.patch_size),
+        )
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ArtifactError(f"bases artifact at {url}: meta.json is malformed ({exc})") from None
+    validate_bases(H, meta, where=f"bases artifact at {url}")
+    return Bases(H=H, meta=meta)

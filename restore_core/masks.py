@@ -1,0 +1,76 @@
+"""Dead and saturated pixel detection.
+
+All functions take an image as float32 in [0, 1], (H, W) or (H, W, C), and return a boolean
+(H, W) mask where True means *dead* (unobserved, to be filled).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from restore_core.errors import ImageDecodeError
+
+
+def _all_channels(cond: np.ndarray) -> np.ndarray:
+    return cond if cond.ndim == 2 else np.asarray(cond.all(axis=2))
+
+
+def zero_pixels(img: np.ndarray) -> np.ndarray:
+    """Pixels whose every channel is exactly 0 (the write-ups' dead-pixel convention)."""
+    return _all_channels(np.asarray(img) == 0)
+
+
+def saturated_pixels(img: np.ndarray, level: float = 1.0) -> np.ndarray:
+    """Pixels whose every channel is >= ``level`` (hot or stuck-on pixels)."""
+    return _all_channels(np.asarray(img) >= level)
+
+
+def drop_large_regions(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """Keep only connected dead regions of at most ``max_size`` pixels.
+
+    Large zero areas are usually real content (a black background, night sky), not defects.
+    """
+    if max_size <= 0 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes <= max_size
+    keep[0] = False
+    return keep[labels]
+
+
+def mask_from_png(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A decoded mask image (non-zero = dead) as a boolean (H, W) mask of ``shape``."""
+    m = img if img.ndim == 2 else img.max(axis=2)
+    if m.shape != shape:
+        raise ImageDecodeError(f"mask is {m.shape[1]}x{m.shape[0]}, image is {shape[1]}x{shape[0]}")
+    return m > 0
+
+
+def detect(
+    img: np.ndarray,
+    rule: str = "zero",
+    saturated_level: float = 1.0,
+    ignore_zero_regions_larger_than: int = 0,
+) -> np.ndarray:
+    """Dead-pixel mask by ``rule``: ``zero``, ``saturated`` or ``zero_or_saturated``."""
+    if rule not in ("zero", "saturated", "zero_or_saturated"):
+        raise ValueError(f"unknown mask rule {rule!r}")
+    mask = np.zeros(img.shape[:2], dtype=bool)
+    if rule in ("zero", "zero_or_saturated"):
+        mask |= drop_large_regions(zero_pixels(img), ignore_zero_regions_larger_than)
+    if rule in ("saturated", "zero_or_saturated"):
+        mask |= saturated_pixels(img, saturated_level)
+    return mask
+
+
+def apply_dead_pixels(img: np.ndarray, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Damage a copy of ``img``: a random ``rate`` share of pixels set to 0 in every channel.
+
+    Returns the damaged image and its dead mask (True = dead).
+    """
+    mask = rng.random(img.shape[:2]) < rate
+    out = img.copy()
+    out[mask] = 0
+    return out, mask

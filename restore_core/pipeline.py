@@ -1,0 +1,195 @@
+"""The per-batch restore step: a batch of rows in, a batch of rows out.
+
+``Restorer`` is what the Ray job maps over the dataset (``map_batches`` with an actor pool),
+and what tests and benchmarks call in-process. A batch is a ``dict[str, np.ndarray]`` of
+equal-length columns (Ray Data's numpy batch format). Every input row gives exactly one
+output row; a row that fails gets ``status = "error"`` and a message, the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from restore_core import codec, masks, metrics
+from restore_core.config import RestoreConfig
+from restore_core.errors import ImageDecodeError, UserError
+from restore_core.inpaint import NMFInpainter, restore_image
+from restore_core.io.artifacts import Bases
+
+#: Metric columns written for every row (NaN where not applicable).
+METRIC_COLUMNS = (
+    "dead_fraction_in",
+    "dead_fraction_out",
+    "psnr_in",
+    "psnr_out",
+    "psnr_dead_out",
+    "ssim_in",
+    "ssim_out",
+)
+OUTPUT_COLUMNS = ("id", "image", "status", "error", "method", "width", "height", "channels", *METRIC_COLUMNS, "seconds")
+
+SRApply = Callable[[np.ndarray], np.ndarray]
+
+
+def cell_bytes(value: Any) -> bytes | None:
+    """Image bytes from a cell: raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("bytes")
+        if value is None:
+            return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return value.tobytes()
+    raise ImageDecodeError(f"image cell holds {type(value).__name__}, expected encoded bytes")
+
+
+class Restorer:
+    """Restores a batch of rows.
+
+    Parameters
+    ----------
+    bases : Bases or None
+        Needed for methods ``nmf`` and ``seed``.
+    sr_model : callable or None
+        Applied to each restored image when ``cfg.sr.enabled`` (float32 (H, W[, C]) in [0, 1]
+        in, same layout out, possibly larger when ``sr.scale > 1``).
+    cfg : RestoreConfig
+    """
+
+    def __init__(self, bases: Bases | None, sr_model: SRApply | None, cfg: RestoreConfig) -> None:
+        self.cfg = cfg
+        self.method = cfg.fit.method
+        if self.method in ("nmf", "seed"):
+            if bases is None:
+                raise UserError(f"fit.method {self.method} needs bases: set 'bases' to a learn-bases artifact")
+            self.inpainter: NMFInpainter | None = NMFInpainter(bases, cfg.fit, cfg.device)
+        else:
+            self.inpainter = None
+        if cfg.sr.enabled and sr_model is None:
+            raise UserError("sr.enabled is true but no SR model was loaded: set sr.model")
+        self.sr_model = sr_model if cfg.sr.enabled else None
+
+    # ------------------------------------------------------------------ rows
+    def _dead_mask(self, img: np.ndarray, mask_cell: Any) -> np.ndarray:
+        raw = cell_bytes(mask_cell) if mask_cell is not None else None
+        if raw:
+            m, _ = codec.decode(raw, self.cfg.decode.max_pixels)
+            return masks.mask_from_png(m, img.shape[:2])
+        mc = self.cfg.masks
+        return masks.detect(img, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than)
+
+    def _fill(self, images: list[np.ndarray], dead: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        """Fill many images; an error in one image does not fail the others."""
+        if self.inpainter is None:
+            results: list[np.ndarray | Exception] = []
+            for img, d in zip(images, dead, strict=True):
+                try:
+                    results.append(restore_image(img, d, self.method))
+                except Exception as exc:
+                    results.append(exc)
+            return results
+        try:
+            return list(self.inpainter.restore_batch(images, dead))
+        except Exception:
+            results = []
+            for img, d in zip(images, dead, strict=True):
+                try:
+                    results.append(self.inpainter.restore_batch([img], [d])[0])
+                except Exception as exc:
+                    results.append(exc)
+            return results
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        ids = batch[self.cfg.input.id_column]
+        n = len(ids)
+        images_col = batch.get(self.cfg.input.image_column)
+        ref_col = batch.get(self.cfg.input.reference_column)
+        mask_col = batch.get(self.cfg.input.mask_column)
+
+        out: dict[str, list[Any]] = {c: [None] * n for c in OUTPUT_COLUMNS}
+        out["id"] = [str(i) for i in ids]
+        for c in METRIC_COLUMNS:
+            out[c] = [float("nan")] * n
+        for c in ("width", "height", "channels"):
+            out[c] = [0] * n
+        out["method"] = [self.method] * n
+        out["status"] = ["ok"] * n
+
+        decoded: dict[int, tuple[np.ndarray, codec.ImageInfo, np.ndarray]] = {}
+        for i in range(n):
+            try:
+                if images_col is None:
+                    raise ImageDecodeError(f"no '{self.cfg.input.image_column}' column")
+                img, info = codec.decode(cell_bytes(images_col[i]), self.cfg.decode.max_pixels)
+                dead = self._dead_mask(img, mask_col[i] if mask_col is not None else None)
+                decoded[i] = (img, info, dead)
+                out["width"][i], out["height"][i], out["channels"][i] = info.width, info.height, info.channels
+            except Exception as exc:
+                self._error(out, i, exc)
+
+        order = sorted(decoded)
+        filled = self._fill([decoded[i][0] for i in order], [decoded[i][2] for i in order])
+        for i, result in zip(order, filled, strict=True):
+            img, info, dead = decoded[i]
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                restored = result
+                if self.sr_model is not None:
+                    restored = self.sr_model(restored)
+                self._metrics(out, i, img, restored, dead, ref_col[i] if ref_col is not None else None)
+                out["image"][i] = codec.encode_like(restored, info)
+            except Exception as exc:
+                self._error(out, i, exc)
+
+        seconds = (time.perf_counter() - t0) / max(n, 1)
+        out["seconds"] = [seconds] * n
+        result_batch = {k: _column(v) for k, v in out.items()}
+        for name, col in batch.items():
+            if name not in result_batch and name != self.cfg.input.image_column:
+                result_batch[name] = col
+        return result_batch
+
+    def _metrics(
+        self, out: dict[str, list[Any]], i: int, img: np.ndarray, restored: np.ndarray, dead: np.ndarray, ref_cell: Any
+    ) -> None:
+        out["dead_fraction_in"][i] = metrics.dead_fraction(dead)
+        if restored.shape[:2] == img.shape[:2]:
+            mc = self.cfg.masks
+            after = masks.detect(restored, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than)
+            out["dead_fraction_out"][i] = metrics.dead_fraction(after)
+        ref_bytes = cell_bytes(ref_cell) if ref_cell is not None else None
+        if ref_bytes:
+            ref, _ = codec.decode(ref_bytes, self.cfg.decode.max_pixels)
+            if ref.shape == img.shape:
+                out["psnr_in"][i] = metrics.psnr(ref, img)
+                out["ssim_in"][i] = metrics.ssim(ref, img)
+            if ref.shape == restored.shape:
+                out["psnr_out"][i] = metrics.psnr(ref, restored)
+                out["ssim_out"][i] = metrics.ssim(ref, restored)
+                if restored.shape[:2] == dead.shape:
+                    out["psnr_dead_out"][i] = metrics.psnr(ref, restored, dead)
+
+    @staticmethod
+    def _error(out: dict[str, list[Any]], i: int, exc: BaseException) -> None:
+        out["status"][i] = "error"
+        out["error"][i] = f"{type(exc).__name__}: {exc}"[:500]
+        out["image"][i] = None
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    if values and all(isinstance(v, float) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr

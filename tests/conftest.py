@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    """Encode a uint8/uint16 array with Pillow (test helper)."""
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG") if mode else Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,109 @@
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+from restore_core import masks, metrics, nmf, sampling, synth
+from restore_core.config import FitConfig
+from restore_core.errors import UserError
+from restore_core.inpaint import NMFInpainter, restore_image
+from restore_core.io.artifacts import Bases, BasesMeta
+
+
+@pytest.fixture(scope="module")
+def patch_bases():
+    imgs = synth.shapes(20, 32, seed=0)
+    rng = np.random.default_rng(0)
+    X = np.concatenate([sampling.sample_patches(im, 6, 1, 100, rng) for im in imgs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nmf.ConvergenceWarning)
+        res = nmf.learn_bases(X, 24, max_iter=30, seed=0)
+    return Bases(res.H_, BasesMeta(mode="patch", k=24, n_pixels=36, channels=1, patch_size=6))
+
+
+def _damage(img, rate=0.4, seed=1):
+    return masks.apply_dead_pixels(img, rate, np.random.default_rng(seed))
+
+
+def test_patch_mode_fills_and_keeps_observed(patch_bases):
+    clean = synth.shapes(1, 29, seed=5)[0]  # odd size: exercises edge padding
+    damaged, dead = _damage(clean)
+    out = NMFInpainter(patch_bases, FitConfig(stride=2)).restore_batch([damaged], [dead])[0]
+    assert out.shape == clean.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[~dead], damaged[~dead])
+    assert metrics.psnr(clean, out) > metrics.psnr(clean, damaged) + 8
+
+
+def test_batch_equals_one_by_one(patch_bases):
+    imgs = synth.shapes(3, 20, seed=9)
+    pairs = [_damage(im, seed=i) for i, im in enumerate(imgs)]
+    inp = NMFInpainter(patch_bases, FitConfig(stride=3, tol=1e-7, max_iter=2000))
+    together = inp.restore_batch([d for d, _ in pairs], [m for _, m in pairs])
+    for (d, m), t in zip(pairs, together, strict=True):
+        alone = inp.restore_batch([d], [m])[0]
+        np.testing.assert_allclose(alone, t, atol=2e-3)
+
+
+def test_gray_bases_on_rgb_and_rgba(patch_bases):
+    rgb = synth.shapes(1, 24, rgb=True, seed=2)[0]
+    rgba = np.concatenate([rgb, np.ones((24, 24, 1), np.float32)], axis=2)
+    for img in (rgb, rgba):
+        damaged, dead = _damage(img)
+        out = NMFInpainter(patch_bases, FitConfig()).restore_batch([damaged], [dead])[0]
+        assert out.shape == img.shape
+        assert metrics.psnr(img, out) > metrics.psnr(img, damaged)
+
+
+def test_small_all_dead_and_flat_images(patch_bases):
+    inp = NMFInpainter(patch_bases, FitConfig())
+    tiny = np.full((3, 4), 0.5, np.float32)
+    dead = np.zeros((3, 4), bool)
+    dead[1, 1] = True
+    out = inp.restore_batch([np.where(dead, 0, tiny).astype(np.float32)], [dead])[0]
+    assert out.shape == (3, 4) and np.isfinite(out).all()
+    all_dead = np.zeros((10, 10), np.float32)
+    out = inp.restore_batch([all_dead], [np.ones((10, 10), bool)])[0]
+    assert np.isfinite(out).all() and out.shape == (10, 10)
+
+
+def test_large_hole_gets_fallback_fill(patch_bases):
+    img = np.full((30, 30), 0.6, np.float32)
+    dead = np.zeros((30, 30), bool)
+    dead[5:25, 5:25] = True
+    out = NMFInpainter(patch_bases, FitConfig()).restore_batch([np.where(dead, 0, img)], [dead])[0]
+    assert np.abs(out - 0.6).max() < 0.05
+
+
+def test_global_mode_and_size_mismatch():
+    imgs = synth.shapes(30, 12, seed=3)
+    X = imgs.reshape(30, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nmf.ConvergenceWarning)
+        res = nmf.learn_bases(X, 10, max_iter=50)
+    b = Bases(res.H_, BasesMeta(mode="global", k=10, n_pixels=144, channels=1, image_shape=(12, 12)))
+    damaged, dead = _damage(imgs[0])
+    ours = NMFInpainter(b, FitConfig()).restore_batch([damaged], [dead])[0]
+    seed = NMFInpainter(b, FitConfig(method="seed", seed_iter=300)).restore_batch([damaged], [dead])[0]
+    np.testing.assert_array_equal(ours[~dead], damaged[~dead])
+    assert not np.array_equal(seed[~dead], damaged[~dead])  # the write-up reconstructs everything
+    assert metrics.psnr(imgs[0], ours) > metrics.psnr(imgs[0], seed)
+    with pytest.raises(UserError, match="global for 12x12"):
+        NMFInpainter(b, FitConfig()).restore_batch([np.zeros((10, 10), np.float32)], [np.zeros((10, 10), bool)])
+
+
+def test_baselines_change_only_dead_pixels():
+    clean = synth.shapes(1, 24, seed=4)[0]
+    damaged, dead = _damage(clean, 0.3)
+    for method in ("biharmonic", "median", "none"):
+        out = restore_image(damaged, dead, method)
+        np.testing.assert_array_equal(out[~dead], damaged[~dead])
+        if method != "none":
+            assert metrics.psnr(clean, out) > metrics.psnr(clean, damaged) + 5
+    with pytest.raises(ValueError):
+        restore_image(damaged, dead, "nmf")
+
+
+def test_fitconfig_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FitConfig().stride = 3  # type: ignore[misc]

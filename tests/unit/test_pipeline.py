@@ -1,0 +1,69 @@
+import warnings
+
+import numpy as np
+import pytest
+
+from restore_core import codec, masks, nmf, sampling, synth
+from restore_core.config import RestoreConfig, from_dict
+from restore_core.io.artifacts import Bases, BasesMeta
+from restore_core.pipeline import Restorer
+from tests.conftest import png_bytes
+
+
+@pytest.fixture(scope="module")
+def bases():
+    imgs = synth.shapes(10, 32, seed=0)
+    rng = np.random.default_rng(0)
+    X = np.concatenate([sampling.sample_patches(im, 6, 1, 60, rng) for im in imgs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nmf.ConvergenceWarning)
+        res = nmf.learn_bases(X, 16, max_iter=20, seed=0)
+    return Bases(res.H_, BasesMeta(mode="patch", k=16, n_pixels=36, channels=1, patch_size=6))
+
+
+def test_restorer_rows_in_rows_out(bases):
+    rng = np.random.default_rng(1)
+    clean = synth.shapes(2, 20, seed=1)
+    damaged = [masks.apply_dead_pixels(c, 0.3, rng)[0] for c in clean]
+    enc = [png_bytes(np.rint(d * 255).astype(np.uint8)) for d in damaged]
+    ref = [png_bytes(np.rint(c * 255).astype(np.uint8)) for c in clean]
+    batch = {
+        "id": np.array(["a", "b", "c", "d"], dtype=object),
+        "image": np.array([enc[0], b"garbage", enc[1], b""], dtype=object),
+        "reference": np.array([ref[0], None, ref[1], None], dtype=object),
+        "label": np.array([1, 2, 3, 4]),
+    }
+    cfg = from_dict(RestoreConfig, {"fit": {"stride": 2}})
+    out = Restorer(bases, None, cfg)(batch)
+    assert list(out["id"]) == ["a", "b", "c", "d"]
+    assert list(out["status"]) == ["ok", "error", "ok", "error"]
+    assert "ImageDecodeError" in out["error"][1] and "empty" in out["error"][3]
+    assert out["image"][1] is None
+    assert list(out["label"]) == [1, 2, 3, 4]  # pass-through
+    img, _ = codec.decode(out["image"][0])
+    assert img.shape == (20, 20)
+    assert out["psnr_out"][0] > out["psnr_in"][0] + 5
+    assert out["dead_fraction_in"][0] > 0.2 and out["dead_fraction_out"][0] < 0.01
+
+
+def test_hf_struct_and_mask_column(bases):
+    clean = synth.shapes(1, 16, seed=2)[0]
+    img = png_bytes(np.rint(clean * 255).astype(np.uint8))
+    mask = np.zeros((16, 16), np.uint8)
+    mask[3, 3] = 255
+    batch = {
+        "id": np.array(["x"], dtype=object),
+        "image": np.array([{"bytes": img, "path": "x.png"}], dtype=object),
+        "mask": np.array([png_bytes(mask)], dtype=object),
+    }
+    out = Restorer(bases, None, RestoreConfig())(batch)
+    assert out["status"][0] == "ok"
+    assert out["dead_fraction_in"][0] == pytest.approx(1 / 256)
+
+
+def test_baseline_method_needs_no_bases():
+    batch = {"id": np.array(["x"], dtype=object),
+             "image": np.array([png_bytes(np.full((8, 8, 3), 100, np.uint8))], dtype=object)}
+    out = Restorer(None, None, from_dict(RestoreConfig, {"fit": {"method": "median"}}))(batch)
+    assert out["status"][0] == "ok"
+    assert codec.decode(out["image"][0])[0].shape == (8, 8, 3)
