@@ -90,6 +90,8 @@ class FitConfig:
     keep_observed: bool = True  # False = the write-up's full reconstruction
     masked: bool = True  # False = fit against every pixel, dead ones included (the write-up)
     prior: float = 0.05  # weight pulling dead pixels towards a smooth fill in the fit; 0 = off
+    prior_fill: Literal["smooth", "biharmonic"] = "smooth"  # the fill the prior pulls towards
+    refine: int = 0  # patch mode: refits with the previous result as the prior's target
     seed_lr: float = 0.0  # method seed: learning rate; 0 = 1/L (the largest stable step)
     seed_iter: int = 500
     chunk_size: int = 65_536  # patches fitted per solver call (memory bound)
@@ -101,11 +103,17 @@ class SRConfig:
     model: str = ""  # folder with model.safetensors + meta.json
     scale: float = 1.0  # > 1: enlarge by this factor, then apply the CNN
     tile: int = 512  # tile size for inference on large images
+    tile_overlap: int = 16  # pixels of context around each tile (>= the net's receptive radius: no seams)
+    color: Literal["y", "per_channel"] = "y"  # RGB: CNN on luminance only, or on each channel
+    amp: bool = True  # mixed precision (float16 autocast) when running on CUDA
+    batch_tiles: int = 16  # tiles per forward pass
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the model URL
 
 
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
-    address: str = ""  # "" = start Ray in-process; "auto" = connect to a running cluster
+    address: str = ""  # "" = start Ray in-process (or join $RAY_ADDRESS); "auto" = connect to a running cluster
+    num_cpus: int = 0  # in-process Ray only: CPUs it may use; 0 = every core of this machine
     num_actors: int = 0  # 0 = derive from the cluster's resources
     num_cpus_per_actor: float = 0.5
     num_gpus_per_actor: float = 0.0  # whole or fractional; 0 = CPU actors
@@ -132,6 +140,67 @@ class RestoreConfig:
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     sr: SRConfig = dataclasses.field(default_factory=SRConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class SRDegradeConfig:
+    """How training inputs are made: shrink by ``scale`` then enlarge back (the write-up: 28->10->28)."""
+
+    scale: float = 2.8  # shrink factor; the small side is round(side / scale)
+    filter: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"
+    align_corners: bool = True  # bilinear/bicubic grid convention (Chainer's resize_images: true)
+    antialias: bool = False  # low-pass before shrinking (bilinear/bicubic only)
+
+
+@dataclasses.dataclass(frozen=True)
+class SRNetConfig:
+    """The CNN: 3x3 conv + BatchNorm + ReLU per hidden width, then a 3x3 conv to 1 channel."""
+
+    channels: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])  # the write-up
+    residual: bool = False  # True: predict the detail added to the input; False: sigmoid output
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsConfig:
+    """Generated digit-like images, used when ``input.path`` is empty."""
+
+    n_train: int = 60_000
+    n_val: int = 10_000
+    size: int = 28
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SRTrainLoopConfig:
+    epochs: int = 10
+    batch_size: int = 64  # per worker
+    lr: float = 1e-3  # Adam (Chainer's default alpha)
+    amp: bool = True  # float16 autocast + grad scaling on CUDA; ignored on CPU
+    seed: int = 0
+    val_fraction: float = 0.1  # dataset input: share of images held out for validation PSNR
+    patch_size: int = 48  # dataset input: training patch side (images smaller are padded)
+    patches_per_image: int = 8  # dataset input
+
+
+@dataclasses.dataclass(frozen=True)
+class SRWorkersConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # < 1 leaves CPUs for Ray Data's tasks on small machines
+    gpus_per_worker: float = 1.0  # with use_gpu
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSRConfig:
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)  # path "" = generated digits
+    output: str = ""  # model artifact folder (fsspec URL)
+    digits: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
+    net: SRNetConfig = dataclasses.field(default_factory=SRNetConfig)
+    degrade: SRDegradeConfig = dataclasses.field(default_factory=SRDegradeConfig)
+    train: SRTrainLoopConfig = dataclasses.field(default_factory=SRTrainLoopConfig)
+    workers: SRWorkersConfig = dataclasses.field(default_factory=SRWorkersConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
 
