@@ -221,6 +221,47 @@ class BenchmarkConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoDataConfig:
+    """The demo's generated dataset: faces, textures, digits and shapes."""
+
+    n_train: int = 192  # clean images (bases and SR training)
+    n_test: int = 32  # damaged images to restore (ground truth in the 'reference' column)
+    size: int = 64  # side of the square images
+    rgb: bool = True  # RGB images; false = gray
+    shards: int = 4  # Parquet files per set
+    dead_rate: float = 0.15  # share of test pixels set to 0 (dead)
+    blur_scale: float = 2.0  # test blur: shrink by this factor then enlarge back (the SR degrade)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSRConfig:
+    """The demo's brief SR training (the full settings are train-sr's)."""
+
+    enabled: bool = True  # false = no SR model, no nmf+sr row
+    epochs: int = 3
+    channels: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])  # CNN widths
+    residual: bool = True  # predict the detail on top of the blurred input
+    patch_size: int = 32  # training patch side
+    patches_per_image: int = 8
+    num_workers: int = 2  # Ray Train workers
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    output: str = "demo_out"  # everything the demo makes: data/, bases/, sr_model/, restored/, quality/, report/
+    data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)
+    nmf: NMFLearnConfig = dataclasses.field(
+        default_factory=lambda: NMFLearnConfig(k=64, patch_size=8, n_samples=6000, max_iter=60)
+    )
+    sr: DemoSRConfig = dataclasses.field(default_factory=DemoSRConfig)
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["nmf", "biharmonic", "median"])  # fit.method
+    force: bool = False  # true = redo every step; false = reuse what a previous run made
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
 # ----------------------------------------------------------------------------- loading
 
 
