@@ -1,0 +1,200 @@
+"""The edge between the jobs and Ray: starting/joining Ray, reading datasets, sizing actor pools.
+
+Only ``jobs/`` imports ray (``restore_core`` stays pure). Every job goes through these three
+functions so that they all start Ray, read fsspec URLs and size their actor pools the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import posixpath
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from restore_core.config import InputConfig, RayConfig
+from restore_core.errors import UserError
+from restore_core.io import datasets
+
+log = logging.getLogger("jobs.ray")
+
+#: CPUs kept free of actors for Ray Data's read and write tasks. With every CPU taken by actors
+#: the reads can never be scheduled and the job hangs (measured on Ray 2.60, 2 CPUs).
+MIN_FREE_CPUS = 0.5
+
+
+def init_ray(ray_cfg: RayConfig) -> None:
+    """Start Ray in this process, or connect to a running cluster; a no-op when Ray is up.
+
+    ``ray_cfg.address`` ``""`` starts an embedded Ray with ``ray_cfg.num_cpus`` CPUs (0 = all),
+    unless ``$RAY_ADDRESS`` is set (as it is inside ``ray job submit``), in which case the job
+    joins that cluster. Any other address (``"auto"``, ``"host:port"``, ``"ray://..."``) connects.
+    """
+    if ray.is_initialized():
+        return
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.*")
+    common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS", "")
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(
+                num_cpus=ray_cfg.num_cpus or None,
+                include_dashboard=False,
+                **common,
+            )
+    except ConnectionError as exc:
+        raise UserError(f"cannot connect to the Ray cluster at {address!r} ({exc}); check ray.address") from None
+    # Ray Data logs every execution plan at INFO; the job prints its own summary instead.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    # Progress bars only for a person at a terminal; logs and CI get the summary instead.
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.enable_auto_log_stats = False
+
+
+def arrow_filesystem(url: str, storage_options: dict[str, Any] | None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem (wrapping fsspec, so every fsspec URL works) and the path inside it."""
+    fs, root = datasets.filesystem(url, storage_options)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
+
+
+def is_process_local(url: str) -> bool:
+    """True for URLs only this process can see (``memory://``): Ray workers cannot read them."""
+    return url.startswith("memory://")
+
+
+def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
+    """The input as a Ray Dataset with the configured id and image columns.
+
+    ``format: parquet`` reads the sorted ``*.parquet`` files with ``ray.data.read_parquet``;
+    ``format: images`` reads every image file, ``id`` being its path relative to ``input.path``
+    and ``image`` its bytes. ``s3://`` with ``storage_options.endpoint_url`` (or any other fsspec
+    option) works because the pyarrow filesystem wraps the fsspec one. ``memory://`` URLs live
+    in this process only, so they are read here and handed to Ray (small test data only).
+    Missing paths, empty folders and missing columns fail here, before any work, as UserError.
+    """
+    if not input_cfg.path:
+        raise UserError("input.path is empty: point it at the images (Parquet files or a folder)")
+    files = datasets.list_files(input_cfg.path, input_cfg.format, input_cfg.storage_options)
+    idc, imc = input_cfg.id_column, input_cfg.image_column
+    if is_process_local(input_cfg.path):
+        rows = list(
+            datasets.iter_rows(
+                input_cfg.path, input_cfg.format, input_cfg.storage_options, idc, imc, input_cfg.limit
+            )
+        )
+        return ray.data.from_arrow(pa.Table.from_pylist(rows))
+    fs, root = arrow_filesystem(input_cfg.path, input_cfg.storage_options)
+    if input_cfg.format == "parquet":
+        _check_parquet_columns(fs, files[0], (idc, imc))
+        ds = ray.data.read_parquet(files, filesystem=fs)
+    else:
+        ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
+        base = root if not fs.get_file_info(root).is_file else posixpath.dirname(root)
+        ds = ds.map_batches(
+            _binary_to_rows, fn_kwargs={"root": base, "id_column": idc, "image_column": imc}, batch_format="pyarrow"
+        )
+    if input_cfg.limit:
+        ds = ds.limit(input_cfg.limit)
+    return ds
+
+
+def _check_parquet_columns(fs: pafs.FileSystem, path: str, needed: tuple[str, ...]) -> None:
+    try:
+        with fs.open_input_file(path) as f:
+            names = pq.read_schema(f).names
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UserError(f"cannot read the Parquet file {path} ({exc}); check input.path and credentials") from None
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise UserError(f"{path} has no column(s) {missing} (columns: {names}); set input.id_column/image_column")
+
+
+def _binary_to_rows(table: pa.Table, root: str, id_column: str, image_column: str) -> pa.Table:
+    paths = table.column("path").to_pylist()
+    ids = [posixpath.relpath(p, root) if p != root else posixpath.basename(p) for p in paths]
+    return pa.table({id_column: pa.array(ids, pa.string()), image_column: table.column("bytes")})
+
+
+def cluster_resources() -> tuple[float, float]:
+    """(CPUs, GPUs) of the whole cluster Ray is connected to."""
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+
+
+def actor_pool_args(ray_cfg: RayConfig) -> dict[str, Any]:
+    """``map_batches`` keyword arguments for an actor pool sized to the cluster.
+
+    Returns ``compute`` (an ``ActorPoolStrategy``), ``num_cpus`` and, for GPU actors,
+    ``num_gpus`` (whole or fractional). CPU actors: ``ray.num_actors`` (0 = one per CPU, at
+    most) actors of ``ray.num_cpus_per_actor`` CPUs each, always leaving ``MIN_FREE_CPUS`` for
+    the read and write tasks, without which the pipeline deadlocks. GPU actors: one per
+    ``num_gpus_per_actor`` share of the cluster's GPUs. A request the cluster cannot hold is a
+    UserError naming the key to change. ``batch_size`` is left to the caller.
+    """
+    cpus, gpus = cluster_resources()
+    cpu_per = float(ray_cfg.num_cpus_per_actor)
+    gpu_per = float(ray_cfg.num_gpus_per_actor)
+    if cpu_per <= 0:
+        raise UserError(f"ray.num_cpus_per_actor must be > 0, got {cpu_per}")
+    if gpu_per < 0 or (gpu_per > 1 and gpu_per != int(gpu_per)):
+        raise UserError(f"ray.num_gpus_per_actor must be a fraction in (0, 1] or a whole number, got {gpu_per}")
+    room = cpus - MIN_FREE_CPUS
+    fits_cpu = math.floor(room / cpu_per + 1e-9) if room > 0 else 0
+    args: dict[str, Any] = {"num_cpus": cpu_per}
+    if gpu_per > 0:
+        args["num_gpus"] = gpu_per
+        fits_gpu = math.floor(gpus / gpu_per + 1e-9)
+        if fits_gpu == 0:
+            if ray_cfg.num_actors <= 0:
+                raise UserError(
+                    f"ray.num_gpus_per_actor is {gpu_per} but the cluster has no GPU; set ray.num_actors to let an "
+                    "autoscaler add GPU nodes, or set ray.num_gpus_per_actor: 0 for CPU actors"
+                )
+            # An autoscaling cluster may have no GPU node yet: start with one actor, grow to the ask.
+            log.warning("no GPU in the cluster yet; waiting for the autoscaler to add GPU nodes")
+            args["compute"] = ray.data.ActorPoolStrategy(min_size=1, max_size=ray_cfg.num_actors)
+            return args
+        n = ray_cfg.num_actors or fits_gpu
+        n = min(n, fits_gpu)
+    else:
+        default = max(1, int(cpus))  # one actor per core: each runs torch single-threaded
+        n = ray_cfg.num_actors or default
+    if n > fits_cpu:
+        if ray_cfg.num_actors:
+            raise UserError(
+                f"ray.num_actors={n} x ray.num_cpus_per_actor={cpu_per} leaves no CPU for reading and writing on "
+                f"a cluster of {cpus:g} CPUs (the job would hang); lower one of them"
+            )
+        n = fits_cpu
+    if n < 1:
+        raise UserError(
+            f"ray.num_cpus_per_actor={cpu_per} does not fit a cluster of {cpus:g} CPUs with {MIN_FREE_CPUS} kept "
+            "for reads and writes; lower ray.num_cpus_per_actor"
+        )
+    args["compute"] = ray.data.ActorPoolStrategy(size=n)
+    return args
+
+
+def pool_size(args: dict[str, Any]) -> int:
+    """The (maximum) number of actors in ``actor_pool_args``' pool, for logs and summaries."""
+    compute = args["compute"]
+    return int(getattr(compute, "max_size", None) or getattr(compute, "size", None) or 1)
+
+
+def numpy_column(values: list[Any]) -> np.ndarray:
+    """An object array holding ``values`` as they are (strings, bytes, None)."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
