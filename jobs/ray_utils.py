@@ -102,9 +102,11 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     else:
         ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
         base = root if not fs.get_file_info(root).is_file else posixpath.dirname(root)
-        ds = ds.map_batches(
-            _binary_to_rows, fn_kwargs={"root": base, "id_column": idc, "image_column": imc}, batch_format="pyarrow"
-        )
+
+        def to_rows(table: pa.Table) -> pa.Table:
+            return _binary_to_rows(table, base, idc, imc)
+
+        ds = ds.map_batches(to_rows, batch_format="pyarrow")
     if input_cfg.limit:
         ds = ds.limit(input_cfg.limit)
     return ds
