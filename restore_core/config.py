@@ -141,6 +141,8 @@ class RestoreConfig:
     sr: SRConfig = dataclasses.field(default_factory=SRConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    only_flagged: str = ""  # a quality run folder (<quality output>/run=<date>); "" = restore every row
+    only_flagged_flags: list[str] = dataclasses.field(default_factory=lambda: ["dead_pixels"])  # flags to restore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +262,87 @@ class DemoConfig:
     force: bool = False  # true = redo every step; false = reuse what a previous run made
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagRule:
+    """A per-image flag: an image carries it when ``<metric> <op> <value>`` holds (NaN never does).
+
+    With ``--fail-on <flag>`` the run exits non-zero when more than ``max_share`` of the images
+    carry the flag.
+    """
+
+    metric: str = ""  # a metric column of the quality shards (restore_core.quality.FLAG_METRICS)
+    op: Literal[">", ">=", "<", "<="] = ">"
+    value: float = 0.0
+    max_share: float = 0.0  # share of images in [0, 1] above which --fail-on fails the run
+    enabled: bool = True
+
+
+#: The built-in flags. A ``flags`` mapping in the config is merged over these key by key, so
+#: ``--set flags.blurry.value=0.001`` changes one threshold and keeps the rest.
+DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
+    "decode_error": {"metric": "decode_error", "op": ">", "value": 0.0, "max_share": 0.0},
+    "dead_pixels": {"metric": "dead_fraction", "op": ">", "value": 0.01, "max_share": 0.01},
+    "blurry": {"metric": "sharpness", "op": "<", "value": 0.0003, "max_share": 0.05},
+    "saturated": {"metric": "saturated_fraction", "op": ">", "value": 0.05, "max_share": 0.05},
+    "underexposed": {"metric": "dark_fraction", "op": ">", "value": 0.5, "max_share": 0.05},
+    "overexposed": {"metric": "bright_fraction", "op": ">", "value": 0.5, "max_share": 0.05},
+    "low_contrast": {"metric": "contrast", "op": "<", "value": 0.02, "max_share": 0.05},
+    "exact_duplicate": {"metric": "exact_duplicates", "op": ">", "value": 0.0, "max_share": 0.01},
+    "near_duplicate": {"metric": "near_duplicates", "op": ">", "value": 0.0, "max_share": 0.05},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityReportConfig:
+    history_runs: int = 14  # flag-rate plot: this many latest runs (the current one included)
+    worst_per_flag: int = 8  # images shown per flag in the report's grid
+    thumbnail_size: int = 96  # longest side of the thumbnails kept for flagged images; 0 = none
+    max_duplicate_groups: int = 50  # duplicate groups listed in the report
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityConfig:
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    output: str = ""  # root folder (fsspec URL); a run goes to <output>/run=<run_date>/
+    output_storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # never logged
+    run_date: str = ""  # YYYY-MM-DD; "" = today (UTC). A rerun for the same date replaces that run
+    masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead-pixel detection
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    dark_level: float = 0.05  # exposure: luminance <= this counts as near black
+    bright_level: float = 0.95  # exposure: luminance >= this counts as near white
+    near_duplicate_distance: int = 4  # dHash Hamming distance (of 64 bits) for near duplicates
+    flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
+    fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
+    report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        # The loader hands the flags over as plain mappings: merge them over the defaults and
+        # validate each rule, naming the key at fault.
+        given = dict(self.flags or {})
+        merged: dict[str, FlagRule] = {}
+        for name in [*DEFAULT_FLAGS, *(k for k in given if k not in DEFAULT_FLAGS)]:
+            base = dict(DEFAULT_FLAGS.get(name, {}))
+            value: Any = given.get(name, {})
+            if isinstance(value, FlagRule):
+                value = dataclasses.asdict(value)
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key 'flags.{name}' must be a mapping, got {value!r}")
+            rule = from_dict(FlagRule, {**base, **value}, prefix=f"flags.{name}.")
+            if not rule.metric:
+                raise ConfigError(f"config key 'flags.{name}.metric' is missing: name a metric column")
+            if not 0.0 <= rule.max_share <= 1.0:
+                raise ConfigError(f"config key 'flags.{name}.max_share' must lie in [0, 1], got {rule.max_share}")
+            merged[name] = rule
+        object.__setattr__(self, "flags", merged)
+        unknown = [f for f in self.fail_on if f not in merged]
+        if unknown:
+            raise ConfigError(f"fail_on names unknown flag {unknown[0]!r} (flags: {', '.join(merged)})")
 
 
 # ----------------------------------------------------------------------------- loading
