@@ -9,7 +9,7 @@ output row; a row that fails gets ``status = "error"`` and a message, the others
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,13 @@ class Restorer:
     cfg : RestoreConfig
     """
 
-    def __init__(self, bases: Bases | None, sr_model: SRApply | None, cfg: RestoreConfig) -> None:
+    def __init__(
+        self,
+        bases: Bases | None,
+        sr_model: SRApply | None,
+        cfg: RestoreConfig,
+        flagged_ids: Collection[str] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.method = cfg.fit.method
         if self.method in ("nmf", "seed"):
@@ -75,6 +81,8 @@ class Restorer:
         if cfg.sr.enabled and sr_model is None:
             raise UserError("sr.enabled is true but no SR model was loaded: set sr.model")
         self.sr_model = sr_model if cfg.sr.enabled else None
+        # restore.only_flagged: when given, only these ids are restored; the rest pass through
+        self.flagged_ids = frozenset(flagged_ids) if flagged_ids is not None else None
 
     # ------------------------------------------------------------------ rows
     def _dead_mask(self, img: np.ndarray, mask_cell: Any) -> np.ndarray:
@@ -107,6 +115,17 @@ class Restorer:
             return results
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.flagged_ids is None:
+            return self.restore_rows(batch)
+        from restore_core.quality import restore_only_flagged  # imported here: quality imports this module
+
+        icfg = self.cfg.input
+        return restore_only_flagged(
+            self.restore_rows, batch, self.flagged_ids, icfg.id_column, icfg.image_column, OUTPUT_COLUMNS
+        )
+
+    def restore_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Restore every row of ``batch`` (``__call__`` without the only-flagged filter)."""
         t0 = time.perf_counter()
         ids = batch[self.cfg.input.id_column]
         n = len(ids)

@@ -1,0 +1,412 @@
+"""The per-batch quality step, flag rules, duplicate groups, and restoring only flagged rows.
+
+``QualityScorer`` is what the quality job maps over the dataset (``map_batches`` with an actor
+pool) and what tests and benchmarks call in-process: a batch of rows in (``dict[str,
+np.ndarray]``, Ray Data's numpy format), one row of no-reference metrics out for every row in.
+A row that cannot be decoded gets ``status = "error"``, ``decode_error = 1`` and a message; the
+others go on. Nothing here imports ray.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import posixpath
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from restore_core import codec, masks, metrics
+from restore_core.config import FlagRule, QualityConfig
+from restore_core.errors import ConfigError, ImageDecodeError, UserError
+from restore_core.io import datasets
+
+#: Numeric per-image columns (float64; NaN where not applicable, e.g. after a decode error).
+NUMERIC_COLUMNS = (
+    "width",
+    "height",
+    "channels",
+    "bytes",
+    "dead_fraction",  # [0, 1], lower is better
+    "saturated_fraction",  # [0, 1], lower is better
+    "sharpness",  # variance of the Laplacian, [0, inf), higher is sharper
+    "brightness",  # mean luminance, [0, 1]
+    "dark_fraction",  # share near black, [0, 1]
+    "bright_fraction",  # share near white, [0, 1]
+    "contrast",  # RMS contrast, [0, 0.5]
+    "entropy",  # bits, [0, 8]
+    "psnr",  # dB against the reference column, when there is one
+    "ssim",  # [-1, 1] against the reference column, when there is one
+    "decode_error",  # 1 when the row could not be read, else 0
+    "seconds",  # scoring time per row in its batch
+)
+#: Text per-image columns.
+TEXT_COLUMNS = ("id", "status", "error", "mode", "format", "sha256", "dhash", "flags")
+#: Columns computed over the whole run (duplicates), added by :func:`duplicate_columns`.
+GROUP_COLUMNS = ("exact_duplicates", "near_duplicates", "duplicate_group")
+#: Metrics that flag rules may name.
+FLAG_METRICS = (*NUMERIC_COLUMNS, "exact_duplicates", "near_duplicates")
+#: Metrics shown as histograms and quantiles in summaries.
+SUMMARY_METRICS = (
+    "dead_fraction",
+    "saturated_fraction",
+    "sharpness",
+    "brightness",
+    "dark_fraction",
+    "bright_fraction",
+    "contrast",
+    "entropy",
+    "width",
+    "height",
+    "psnr",
+    "ssim",
+)
+OUTPUT_COLUMNS = (*TEXT_COLUMNS, *NUMERIC_COLUMNS, "thumbnail")
+
+_OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+}
+
+
+def check_flag_metrics(flags: Mapping[str, FlagRule]) -> None:
+    """A ConfigError naming the first flag whose metric is not a known column."""
+    for name, rule in flags.items():
+        if rule.metric not in FLAG_METRICS:
+            raise ConfigError(
+                f"config key 'flags.{name}.metric' is {rule.metric!r}, not a metric column "
+                f"(one of: {', '.join(FLAG_METRICS)})"
+            )
+
+
+def evaluate_flags(columns: Mapping[str, np.ndarray], flags: Mapping[str, FlagRule]) -> dict[str, np.ndarray]:
+    """Boolean (n,) arrays, one for each enabled flag whose metric is among ``columns``.
+
+    NaN metrics (undecodable rows, PSNR without a reference) never raise a flag.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, rule in flags.items():
+        if not rule.enabled or rule.metric not in columns:
+            continue
+        values = np.asarray(columns[rule.metric], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            out[name] = np.asarray(_OPS[rule.op](values, rule.value) & ~np.isnan(values))
+    return out
+
+
+def thumbnail_png(img: np.ndarray, size: int) -> bytes:
+    """An 8-bit PNG of ``img`` (float32 [0, 1], (H, W[, C])) whose longest side is at most ``size``."""
+    a = np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 2:  # LA: Pillow writes LA PNGs, but keep the grey only
+        a = a[:, :, 0]
+    pil = Image.fromarray(a)
+    pil.thumbnail((size, size), Image.Resampling.BOX)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cell_bytes(value: Any) -> bytes | None:
+    # Same cell rules as the restore step (raw bytes or a Hugging Face {bytes, path} struct).
+    from restore_core.pipeline import cell_bytes
+
+    return cell_bytes(value)
+
+
+class QualityScorer:
+    """Scores a batch of rows with no-reference metrics (and PSNR/SSIM given a reference).
+
+    Parameters
+    ----------
+    cfg : QualityConfig
+        Dead-pixel rule (``masks``), exposure levels, flag rules (only those whose metric is
+        per-image are evaluated here; duplicate flags need the whole run), thumbnail size.
+
+    Output columns: :data:`OUTPUT_COLUMNS` plus the input's other columns except the image,
+    reference and mask bytes. ``flags`` holds the per-image flags, comma-separated; ``thumbnail``
+    a small PNG for flagged rows only (None otherwise), so the report can show the worst images
+    without reading the dataset again.
+    """
+
+    def __init__(self, cfg: QualityConfig) -> None:
+        check_flag_metrics(cfg.flags)
+        self.cfg = cfg
+
+    def score_image(self, img: np.ndarray, mask_cell: Any = None, ref_cell: Any = None) -> dict[str, float | str]:
+        """Metrics of one decoded image (float32 [0, 1], (H, W) or (H, W, C))."""
+        cfg = self.cfg
+        raw_mask = _cell_bytes(mask_cell) if mask_cell is not None else None
+        if raw_mask:
+            m, _ = codec.decode(raw_mask, cfg.decode.max_pixels)
+            dead = masks.mask_from_png(m, img.shape[:2])
+        else:
+            mc = cfg.masks
+            dead = masks.detect(img, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than)
+        exp = metrics.exposure(img, cfg.dark_level, cfg.bright_level)
+        row: dict[str, float | str] = {
+            "dead_fraction": metrics.dead_fraction(dead),
+            "saturated_fraction": metrics.saturated_fraction(img, cfg.masks.saturated_level),
+            # dead pixels are spikes that would hide blur: leave them out of the sharpness
+            "sharpness": metrics.sharpness(img, ignore=dead),
+            "brightness": exp.brightness,
+            "dark_fraction": exp.dark_fraction,
+            "bright_fraction": exp.bright_fraction,
+            "contrast": metrics.contrast(img),
+            "entropy": metrics.entropy(img),
+            "sha256": metrics.pixel_hash(img),
+            "dhash": f"{metrics.dhash(img):016x}",
+        }
+        ref_bytes = _cell_bytes(ref_cell) if ref_cell is not None else None
+        if ref_bytes:
+            ref, _ = codec.decode(ref_bytes, cfg.decode.max_pixels)
+            if ref.shape == img.shape:
+                row["psnr"] = metrics.psnr(ref, img)
+                row["ssim"] = metrics.ssim(ref, img)
+        return row
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        icfg = self.cfg.input
+        ids = batch[icfg.id_column]
+        n = len(ids)
+        images = batch.get(icfg.image_column)
+        refs = batch.get(icfg.reference_column)
+        mask_col = batch.get(icfg.mask_column)
+        out: dict[str, list[Any]] = {c: [None] * n for c in TEXT_COLUMNS}
+        for c in NUMERIC_COLUMNS:
+            out[c] = [float("nan")] * n
+        out["id"] = [str(i) for i in ids]
+        out["status"] = ["ok"] * n
+        out["decode_error"] = [0.0] * n
+        out["thumbnail"] = [None] * n
+        decoded: dict[int, np.ndarray] = {}
+        for i in range(n):
+            try:
+                if images is None:
+                    raise ImageDecodeError(f"no '{icfg.image_column}' column")
+                raw = _cell_bytes(images[i])
+                out["bytes"][i] = float(len(raw)) if raw is not None else float("nan")
+                img, info = codec.decode(raw, self.cfg.decode.max_pixels)
+                out["width"][i], out["height"][i], out["channels"][i] = info.width, info.height, info.channels
+                out["mode"][i], out["format"][i] = info.mode, info.format
+                row = self.score_image(
+                    img,
+                    mask_col[i] if mask_col is not None else None,
+                    refs[i] if refs is not None else None,
+                )
+                for k, v in row.items():
+                    out[k][i] = v
+                decoded[i] = img
+            except Exception as exc:  # one bad row must not fail the batch
+                out["status"][i] = "error"
+                out["error"][i] = f"{type(exc).__name__}: {exc}"[:500]
+                out["decode_error"][i] = 1.0
+                decoded.pop(i, None)
+        numeric = {c: np.asarray(out[c], dtype=np.float64) for c in NUMERIC_COLUMNS}
+        raised = evaluate_flags(numeric, self.cfg.flags)
+        size = self.cfg.report.thumbnail_size
+        for i in range(n):
+            names = [name for name, hit in raised.items() if hit[i]]
+            out["flags"][i] = ",".join(names)
+            if names and size > 0 and i in decoded:
+                out["thumbnail"][i] = thumbnail_png(decoded[i], size)
+        numeric["seconds"][:] = (time.perf_counter() - t0) / max(n, 1)
+        result: dict[str, np.ndarray] = {c: _objects(out[c]) for c in (*TEXT_COLUMNS, "thumbnail")}
+        result.update(numeric)
+        dropped = {icfg.image_column, icfg.reference_column, icfg.mask_column}
+        for name, col in batch.items():
+            if name not in result and name not in dropped:
+                result[name] = col
+        return result
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+def _popcount64(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x.astype(np.uint64))
+
+
+def near_duplicate_groups(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndarray:
+    """Group labels (int64, (n,)) joining hashes within ``max_distance`` bits of one another.
+
+    Transitive (single-link) groups; label = the smallest index in the group. Scales past
+    pairwise comparison by the pigeonhole rule: two 64-bit hashes within ``d`` bits agree exactly
+    on at least one of ``d + 1`` disjoint bit bands, so only hashes sharing a band value are
+    compared. Equal hashes are merged first, so a run of identical (e.g. flat) images costs one
+    comparison, not n².
+    """
+    h = np.asarray(hashes, dtype=np.uint64)
+    n = h.size
+    parent = np.arange(n, dtype=np.int64)
+
+    def find(i: int) -> int:
+        root = i
+        while parent[root] != root:
+            root = int(parent[root])
+        while parent[i] != root:  # path compression
+            parent[i], i = root, int(parent[i])
+        return root
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    if n == 0:
+        return parent
+    uniq, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    for i in range(n):
+        union(i, int(first[inverse[i]]))
+    if max_distance > 0 and uniq.size > 1:
+        bands = min(max_distance + 1, 64)
+        edges = np.linspace(0, 64, bands + 1).astype(int)
+        for lo, hi in itertools.pairwise(edges.tolist()):
+            width = hi - lo
+            key = (uniq >> np.uint64(lo)) & np.uint64((1 << width) - 1)
+            order = np.argsort(key, kind="stable")
+            sorted_keys = key[order]
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            stops = np.r_[starts[1:], sorted_keys.size]
+            for s, e in zip(starts, stops, strict=True):
+                if e - s < 2:
+                    continue
+                members = order[s:e]
+                vals = uniq[members]
+                for j in range(len(members) - 1):
+                    close = _popcount64(vals[j + 1 :] ^ vals[j]) <= max_distance
+                    for k in np.flatnonzero(close):
+                        union(int(first[members[j]]), int(first[members[j + 1 + k]]))
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+def duplicate_columns(
+    sha256: Sequence[str | None], dhash_hex: Sequence[str | None], max_distance: int
+) -> dict[str, np.ndarray]:
+    """Duplicate columns over a whole run.
+
+    Returns ``exact_duplicates`` (float64: how many *other* rows have the same pixels),
+    ``near_duplicates`` (float64: how many other rows are perceptually close, exact copies of
+    this row not counted) and ``duplicate_group`` (int64: the near-duplicate group label, -1 for
+    rows in no group or without a hash).
+    """
+    n = len(sha256)
+    valid = np.array([s is not None and d is not None for s, d in zip(sha256, dhash_hex, strict=True)], dtype=bool)
+    exact = np.zeros(n, dtype=np.float64)
+    near = np.zeros(n, dtype=np.float64)
+    group = np.full(n, -1, dtype=np.int64)
+    idx = np.flatnonzero(valid)
+    if idx.size == 0:
+        return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
+    shas = np.array([str(sha256[int(i)]) for i in idx])
+    _, sha_inv, sha_counts = np.unique(shas, return_inverse=True, return_counts=True)
+    exact[idx] = sha_counts[sha_inv] - 1
+    hashes = np.array([int(str(dhash_hex[int(i)]), 16) for i in idx], dtype=np.uint64)
+    labels = near_duplicate_groups(hashes, max_distance)
+    _, lab_inv, lab_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    near[idx] = lab_counts[lab_inv] - 1 - exact[idx]
+    in_group = lab_counts[lab_inv] > 1
+    group[idx[in_group]] = idx[labels[in_group]]
+    return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
+
+
+# ----------------------------------------------------------------------------- only flagged
+
+
+def read_flagged_ids(
+    run_folder: str, flags: Collection[str] = ("dead_pixels",), storage_options: dict[str, Any] | None = None
+) -> frozenset[str]:
+    """Ids of the images a quality run flagged with any of ``flags`` (for ``restore.only_flagged``).
+
+    ``run_folder`` is one run, ``<quality output>/run=<date>``; its ``flags.parquet`` (written
+    by the quality job, duplicate flags included) is read. A UserError when it is missing.
+    """
+    fs, root = datasets.filesystem(run_folder, storage_options)
+    path = posixpath.join(root, "flags.parquet")
+    if not fs.exists(path):
+        raise UserError(
+            f"{run_folder} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
+            "<quality output>/run=<date> folder"
+        )
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=["id", "flags"])
+    wanted = set(flags)
+    ids = table.column("id").to_pylist()
+    tags = table.column("flags").to_pylist()
+    return frozenset(str(i) for i, t in zip(ids, tags, strict=True) if t and wanted & set(t.split(",")))
+
+
+def restore_only_flagged(
+    restore: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    batch: dict[str, np.ndarray],
+    flagged_ids: Collection[str],
+    id_column: str,
+    image_column: str,
+    output_columns: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """Run ``restore`` on the flagged rows of ``batch``; pass the other rows through untouched.
+
+    Passed-through rows keep their image bytes as they came (no decode, no re-encode), get
+    ``status = "ok"``, ``method = "skipped"``, NaN metrics and 0 sizes. Row order is kept.
+    ``output_columns`` are the restore step's own columns (pipeline.OUTPUT_COLUMNS).
+    """
+    ids = batch[id_column]
+    n = len(ids)
+    hit = np.array([str(i) in flagged_ids for i in ids], dtype=bool)
+    if hit.all():
+        return restore(batch)
+    restored = restore({k: np.asarray(v)[hit] for k, v in batch.items()}) if hit.any() else {}
+    images = batch.get(image_column)
+    out: dict[str, np.ndarray] = {}
+    for name in dict.fromkeys([*output_columns, *restored, *(k for k in batch if k != image_column)]):
+        # the passed-through value first, by name, so every batch has the same column types
+        col: np.ndarray
+        if name == "id":
+            col = _objects([str(i) for i in ids])
+        elif name == "image":
+            col = _objects([_cell_bytes(images[i]) if images is not None else None for i in range(n)])
+        elif name == "status":
+            col = _objects(["ok"] * n)
+        elif name == "method":
+            col = _objects(["skipped"] * n)
+        elif name in batch and name != image_column:
+            col = np.asarray(batch[name]).copy()  # an input column the restore step passes through
+        elif name in ("width", "height", "channels"):
+            col = np.zeros(n, dtype=np.int64)
+        elif name.startswith(("psnr", "ssim", "dead_fraction")) or name == "seconds":
+            col = np.full(n, np.nan, dtype=np.float64)
+        else:
+            col = _objects([None] * n)
+        if name in restored:
+            part = np.asarray(restored[name])
+            if col.dtype != object and part.dtype == object:
+                col = col.astype(object)
+            col[hit] = part
+        out[name] = col
+    return out
+
+
+def table_from_columns(columns: Mapping[str, np.ndarray]) -> pa.Table:
+    """A pyarrow table from numpy columns (object columns of str/bytes/None become string/binary)."""
+    arrays = {}
+    for name, col in columns.items():
+        if col.dtype == object:
+            sample = next((v for v in col if v is not None), None)
+            typ = pa.binary() if isinstance(sample, bytes | bytearray) else pa.string()
+            arrays[name] = pa.array(list(col), type=typ)
+        else:
+            arrays[name] = pa.array(col)
+    return pa.table(arrays)

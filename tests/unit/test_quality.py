@@ -1,0 +1,126 @@
+"""The quality step (restore_core/quality.py): rows in, metric rows out; duplicates; only-flagged restore."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import ndimage
+
+from restore_core import codec, masks, quality, synth
+from restore_core.config import QualityConfig, RestoreConfig, from_dict
+from restore_core.errors import ConfigError, UserError
+from restore_core.pipeline import OUTPUT_COLUMNS, Restorer
+from tests.conftest import png_bytes
+
+
+def enc(img: np.ndarray) -> bytes:
+    return png_bytes(np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    return synth.photo_crops(4, 48, names=("grass", "gravel", "coins"), seed=0)
+
+
+def test_scorer_rows_in_rows_out(photos, rng):
+    dead, _ = masks.apply_dead_pixels(photos[1], 0.05, rng)
+    blurred = ndimage.gaussian_filter(photos[2], 3.0)
+    batch = {
+        "id": np.array(["a", "b", "c", "d", "e"], dtype=object),
+        "image": np.array([enc(photos[0]), enc(dead), enc(blurred), b"junk", enc(photos[0])], dtype=object),
+        "label": np.array([1, 2, 3, 4, 5]),
+    }
+    cfg = from_dict(QualityConfig, {"flags": {"blurry": {"value": 0.0005}}})
+    out = quality.QualityScorer(cfg)(batch)
+    assert list(out["id"]) == ["a", "b", "c", "d", "e"]
+    assert list(out["status"]) == ["ok", "ok", "ok", "error", "ok"]
+    assert "image" not in out and list(out["label"]) == [1, 2, 3, 4, 5]
+    assert out["dead_fraction"][1] == pytest.approx(0.05, abs=0.02)
+    assert list(out["flags"]) == ["", "dead_pixels", "blurry", "decode_error", ""]
+    assert out["decode_error"].tolist() == [0, 0, 0, 1, 0]
+    assert np.isnan(out["sharpness"][3]) and out["width"][0] == 48
+    assert out["sha256"][0] == out["sha256"][4] and out["sha256"][0] != out["sha256"][1]
+    thumb, _ = codec.decode(out["thumbnail"][1])
+    assert max(thumb.shape[:2]) <= 96 and out["thumbnail"][0] is None
+    assert np.isnan(out["psnr"]).all()
+    pa.table({k: pa.array(list(v)) for k, v in out.items()})  # Arrow-writable as it is
+
+
+def test_reference_gives_psnr(photos):
+    batch = {
+        "id": np.array(["a"], dtype=object),
+        "image": np.array([enc(np.clip(photos[0] + 0.02, 0, 1))], dtype=object),
+        "reference": np.array([enc(photos[0])], dtype=object),
+    }
+    out = quality.QualityScorer(QualityConfig())(batch)
+    assert 25 < out["psnr"][0] < 40 and 0 < out["ssim"][0] <= 1
+
+
+def test_unknown_flag_metric_names_the_key():
+    cfg = from_dict(QualityConfig, {"flags": {"tiny": {"metric": "widht", "op": "<", "value": 64}}})
+    with pytest.raises(ConfigError, match=r"flags\.tiny\.metric"):
+        quality.QualityScorer(cfg)
+    with pytest.raises(ConfigError, match="fail_on"):
+        from_dict(QualityConfig, {"fail_on": ["blury"]})
+
+
+def test_near_duplicate_groups():
+    base = 0x0F0F_F0F0_1234_ABCD
+    hashes = [base, base ^ 0b111, base ^ (1 << 63), 0xFFFF_0000_FFFF_0000, base, 0, 0, 0x1]
+    labels = quality.near_duplicate_groups(hashes, 4)
+    assert labels[0] == labels[1] == labels[2] == labels[4] == 0
+    assert labels[3] == 3
+    assert labels[5] == labels[6] == labels[7] == 5
+    # brute force agrees on random hashes
+    rng = np.random.default_rng(0)
+    h = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    h[100:110] = h[0] ^ np.uint64(3)
+    lab = quality.near_duplicate_groups(h, 3)
+    for i in range(0, 300, 7):
+        for j in range(300):
+            if int(h[i] ^ h[j]).bit_count() <= 3:
+                assert lab[i] == lab[j]
+
+
+def test_duplicate_columns():
+    sha = ["x", "x", "y", "z", None]
+    dh = [f"{5:016x}", f"{5:016x}", f"{7:016x}", f"{0xFFFF_FFFF_0000_0000:016x}", None]
+    cols = quality.duplicate_columns(sha, dh, 4)
+    assert cols["exact_duplicates"].tolist() == [1, 1, 0, 0, 0]
+    assert cols["near_duplicates"].tolist() == [1, 1, 2, 0, 0]  # 5 and 7 differ in one bit
+    assert cols["duplicate_group"].tolist() == [0, 0, 0, -1, -1]
+
+
+def test_restore_only_flagged(tmp_path, photos, rng):
+    damaged = [masks.apply_dead_pixels(p, 0.2, rng)[0] for p in photos[:3]]
+    raw = [enc(d) for d in damaged]
+    batch = {
+        "id": np.array(["a", "b", "c"], dtype=object),
+        "image": np.array(raw, dtype=object),
+        "label": np.array([7, 8, 9]),
+    }
+    cfg = from_dict(RestoreConfig, {"fit": {"method": "median"}})
+    full = Restorer(None, None, cfg)(batch)
+    out = Restorer(None, None, cfg, flagged_ids={"b"})(batch)
+    assert list(out) == list(full)  # same columns, same order
+    assert list(out["status"]) == ["ok", "ok", "ok"]
+    assert list(out["method"]) == ["skipped", "median", "skipped"]
+    assert out["image"][0] == raw[0] and out["image"][2] == raw[2]  # untouched bytes
+    assert out["image"][1] == full["image"][1]
+    assert out["dead_fraction_in"][1] > 0.1 and np.isnan(out["dead_fraction_in"][0])
+    assert out["width"].dtype == full["width"].dtype and list(out["label"]) == [7, 8, 9]
+    none = Restorer(None, None, cfg, flagged_ids=set())(batch)
+    assert list(none["method"]) == ["skipped"] * 3 and set(none) >= set(OUTPUT_COLUMNS)
+    assert none["width"].dtype == np.int64 and none["psnr_out"].dtype == np.float64
+
+
+def test_read_flagged_ids(tmp_path):
+    run = tmp_path / "run=2024-01-02"
+    run.mkdir()
+    pq.write_table(
+        pa.table({"id": ["a", "b", "c"], "flags": ["dead_pixels,blurry", "", "blurry"]}), run / "flags.parquet"
+    )
+    assert quality.read_flagged_ids(str(run)) == {"a"}
+    assert quality.read_flagged_ids(str(run), ["blurry"]) == {"a", "c"}
+    with pytest.raises(UserError, match="only_flagged"):
+        quality.read_flagged_ids(str(tmp_path))
