@@ -1,0 +1,441 @@
+"""Restore a dataset on Ray: read shards, fill dead pixels (and optionally super-resolve), write
+restored shards, then the manifest.
+
+The pipeline, one Ray Data stream::
+
+    shard plan ─> read shard rows (tasks) ─> Restorer (actor pool, CPU or GPU) ─> write fragments (tasks)
+                                                                                    │ row counts
+    driver: when a shard has all its rows ─> commit task: merge fragments in input order,
+            write data/part-NNNNN.parquet under a temporary name, rename ─> ... ─> _manifest.json
+
+Checking everything the user can get wrong happens before Ray starts: config, input listing,
+Parquet footers (credentials), the bases and SR artifacts, a probe write to the output.
+A rerun skips committed shards; ``--overwrite`` starts afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from jobs import ray_utils
+from jobs.common import Summary
+from restore_core.config import RestoreConfig, to_dict
+from restore_core.errors import UserError
+from restore_core.io import shards as shard_io
+from restore_core.io.artifacts import Bases, load_bases
+from restore_core.pipeline import Restorer
+
+CONFIG = RestoreConfig
+log = logging.getLogger("jobs.restore")
+
+NODE_COL = "__node"
+ACTOR_COL = "__actor"
+BASES_REF_COL = "__bases_ref"
+READ_S_COL = "__read_s"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete earlier output in output.path and start afresh"
+    )
+
+
+def apply_arguments(args: argparse.Namespace) -> list[str]:
+    return ["output.overwrite=true"] if getattr(args, "overwrite", False) else []
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_config(cfg: RestoreConfig) -> None:
+    """Refuse configurations that cannot work, with one line naming the key to fix."""
+    if not cfg.input.path:
+        raise UserError("input.path is empty: point it at the images to restore (Parquet files or a folder)")
+    if not cfg.output.path:
+        raise UserError("output.path is empty: set it to the folder (or s3://bucket/prefix) for the restored shards")
+    if ray_utils.is_process_local(cfg.output.path):
+        raise UserError("output.path memory:// lives in one process; Ray workers cannot write it: use a folder or s3://")
+    if cfg.output.rows_per_shard < 0:
+        raise UserError(f"output.rows_per_shard must be >= 0, got {cfg.output.rows_per_shard}")
+    if cfg.ray.batch_size < 1:
+        raise UserError(f"ray.batch_size must be >= 1, got {cfg.ray.batch_size}")
+    if cfg.fit.method in ("nmf", "seed") and not cfg.bases:
+        raise UserError(f"fit.method {cfg.fit.method} needs bases: set 'bases' to a learn-bases artifact folder")
+    if cfg.sr.enabled and not cfg.sr.model:
+        raise UserError("sr.enabled is true but sr.model is empty: set it to a train-sr artifact folder")
+    if os.path.abspath(cfg.input.path.rstrip("/")) == os.path.abspath(cfg.output.path.rstrip("/")):
+        raise UserError("output.path is the input folder: write the restored shards somewhere else")
+
+
+def load_sr_artifact(cfg: RestoreConfig) -> Any:
+    """The validated SR artifact (weights as arrays + meta), or None when SR is off."""
+    if not cfg.sr.enabled:
+        return None
+    from restore_core.io.artifacts import load_sr_model  # the SR artifact format (safetensors)
+
+    return load_sr_model(cfg.sr.model, cfg.sr.storage_options)
+
+
+def sr_apply_from_artifact(artifact: Any, cfg: RestoreConfig) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Build the SR callable in the actor from weights shipped once through the object store."""
+    if artifact is None:
+        return None
+    from restore_core import sr
+
+    model = sr.model_from_artifact(artifact, cfg.device)
+    s = cfg.sr
+
+    def apply(img: np.ndarray) -> np.ndarray:
+        return model.apply_image(
+            img,
+            scale=s.scale,
+            color=s.color,
+            tile=s.tile,
+            overlap=max(s.tile_overlap, model.net.receptive_radius),
+            batch_tiles=s.batch_tiles,
+            amp=s.amp,
+        )
+
+    return apply
+
+
+# ----------------------------------------------------------------------------- Ray stages
+
+
+def read_shards(batch: dict[str, np.ndarray], cfg: RestoreConfig, rows_per_block: int) -> Iterator[pa.Table]:
+    """Ray Data stage: shard descriptors in, the shards' rows out (in blocks of bounded size)."""
+    for i in range(len(batch["index"])):
+        t0 = time.perf_counter()
+        shard = shard_io.Shard(
+            int(batch["index"][i]), tuple(batch["files"][i]), int(batch["row_start"][i]), int(batch["row_end"][i])
+        )
+        table = shard_io.read_shard(shard, cfg.input)
+        per_row = (time.perf_counter() - t0) / max(table.num_rows, 1)
+        table = table.append_column(READ_S_COL, pa.array(np.full(table.num_rows, per_row)))
+        for start in range(0, table.num_rows, rows_per_block):
+            yield table.slice(start, rows_per_block)
+
+
+class RestoreActor:
+    """Ray Data actor: wraps :class:`restore_core.pipeline.Restorer`, built once per actor.
+
+    ``bases`` and ``sr_artifact`` arrive as ObjectRefs (put once by the driver) or already
+    resolved; both are handled. Each output row is tagged with the node and actor that made
+    it, and the bases object it used, so the summary can show where the work ran.
+    """
+
+    def __init__(self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int) -> None:
+        import ray
+        import torch
+
+        torch.set_num_threads(max(1, threads))  # the actor's CPU share, not every core of the node
+        self.bases_ref = bases.hex() if isinstance(bases, ray.ObjectRef) else ""
+        if isinstance(bases, ray.ObjectRef):
+            bases = ray.get(bases)
+        if bases is not None:
+            # Objects from the store are read-only views; torch wants memory it may own.
+            bases = dataclasses.replace(bases, H=np.array(bases.H))
+        if isinstance(sr_artifact, ray.ObjectRef):
+            sr_artifact = ray.get(sr_artifact)
+        self.restorer = Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg)
+        ctx = ray.get_runtime_context()
+        self.node = ctx.get_node_id()
+        self.actor = ctx.get_actor_id() or ""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.restorer(batch)
+        n = len(out["id"])
+        for col, value in ((NODE_COL, self.node), (ACTOR_COL, self.actor), (BASES_REF_COL, self.bases_ref)):
+            out[col] = np.full(n, value, dtype=object)
+        return out
+
+
+def write_fragments(table: pa.Table, url: str, storage_options: dict[str, Any]) -> pa.Table:
+    """Ray Data stage: write restored rows as fragments; return per-shard bookkeeping rows."""
+    t0 = time.perf_counter()
+    folder = shard_io.OutputFolder(url, storage_options)
+    info = {
+        "nodes": sorted(set(table.column(NODE_COL).to_pylist())),
+        "actors": sorted(set(table.column(ACTOR_COL).to_pylist())),
+        "bases_refs": sorted(set(table.column(BASES_REF_COL).to_pylist())),
+    }
+    shard_ids = table.column(shard_io.SHARD_COL).to_numpy()
+    sums = {
+        s: (
+            float(np.sum(table.column("seconds").to_numpy(zero_copy_only=False)[shard_ids == s])),
+            float(np.sum(table.column(READ_S_COL).to_numpy(zero_copy_only=False)[shard_ids == s])),
+        )
+        for s in np.unique(shard_ids)
+    }
+    counts = folder.write_fragment(table.drop_columns([NODE_COL, ACTOR_COL, BASES_REF_COL, READ_S_COL]))
+    write_s = (time.perf_counter() - t0) / max(len(counts), 1)
+    return pa.table(
+        {
+            "shard": [c["shard"] for c in counts],
+            "rows": [c["rows"] for c in counts],
+            "restore_s": [sums[c["shard"]][0] for c in counts],
+            "read_s": [sums[c["shard"]][1] for c in counts],
+            "write_s": [write_s] * len(counts),
+            "nodes": [info["nodes"]] * len(counts),
+            "actors": [info["actors"]] * len(counts),
+            "bases_refs": [info["bases_refs"]] * len(counts),
+        }
+    )
+
+
+def commit_shard(url: str, storage_options: dict[str, Any], shard: shard_io.Shard) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    stats = shard_io.OutputFolder(url, storage_options).commit_shard(shard)
+    stats["commit_s"] = time.perf_counter() - t0
+    return stats
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+@dataclasses.dataclass
+class _Progress:
+    rows: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+    read_s: float = 0.0
+    restore_s: float = 0.0
+    write_s: float = 0.0
+    commit_s: float = 0.0
+    nodes: set[str] = dataclasses.field(default_factory=set)
+    actors: set[str] = dataclasses.field(default_factory=set)
+    bases_refs: set[str] = dataclasses.field(default_factory=set)
+
+
+def run(cfg: RestoreConfig) -> Summary:
+    t_start = time.perf_counter()
+    check_config(cfg)
+    # Everything that can fail on the user's side fails here, before Ray starts.
+    plan = shard_io.plan_shards(cfg.input, cfg.output.rows_per_shard)
+    if not plan:
+        raise UserError(f"no rows in {cfg.input.path} (every Parquet file is empty?)")
+    needs_bases = cfg.fit.method in ("nmf", "seed")
+    bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases else None
+    sr_artifact = load_sr_artifact(cfg)
+    Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg)  # refuses bases/images mismatches now
+    out = shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options)
+    out.check_writable()
+    doc = shard_io.plan_document(plan, cfg.input, cfg.output.rows_per_shard)
+    fingerprint = shard_io.plan_fingerprint(doc)
+    if cfg.output.overwrite:
+        out.clear()
+    previous = out.read_json(shard_io.PLAN_FILE)
+    if previous is not None and previous.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"{cfg.output.path} holds output of a different input or output.rows_per_shard; "
+            "rerun with --overwrite (or set output.overwrite: true) to replace it"
+        )
+    if previous is None:
+        out.write_json(shard_io.PLAN_FILE, {"fingerprint": fingerprint, **doc})
+    done_before = out.committed()
+    pending = [s for s in plan if s.index not in done_before]
+    t_checks = time.perf_counter() - t_start
+
+    progress = _Progress()
+    t_pipeline = 0.0
+    n_actors = 0
+    bases_ref_hex = ""
+    if pending:
+        out.clear_tmp()
+        t0 = time.perf_counter()
+        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress)
+        t_pipeline = time.perf_counter() - t0
+    else:
+        log.info("all %d shards of %s are committed; nothing to do", len(plan), cfg.output.path)
+
+    stats = out.shard_stats(s.index for s in plan)
+    missing = [s.index for s in plan if s.index not in stats]
+    if missing:
+        raise RuntimeError(f"shards {missing[:5]} were not committed")
+    total = {k: sum(int(st.get(k, 0)) for st in stats.values()) for k in ("rows", "ok", "error")}
+    dead_in = sum(float(st.get("dead_in_sum", 0.0)) for st in stats.values()) / max(total["ok"], 1)
+    dead_out = sum(float(st.get("dead_out_sum", 0.0)) for st in stats.values()) / max(total["ok"], 1)
+    rows_now = sum(s.n_rows for s in pending)
+    wall = time.perf_counter() - t_start
+    rate = rows_now / t_pipeline if t_pipeline > 0 else 0.0
+    timings = {
+        "checks_s": t_checks,
+        "pipeline_s": t_pipeline,
+        "total_s": wall,
+        "actor_read_s": progress.read_s,
+        "actor_restore_s": progress.restore_s,
+        "task_write_s": progress.write_s,
+        "task_commit_s": progress.commit_s,
+    }
+    manifest_needed = bool(pending) or out.read_json(shard_io.MANIFEST_FILE) is None
+    if manifest_needed:
+        out.write_json(
+            shard_io.MANIFEST_FILE,
+            manifest(cfg, bases, sr_artifact, fingerprint, plan, total, dead_in, dead_out, rows_now, timings, rate),
+        )
+    busy = progress.restore_s / (t_pipeline * n_actors) if t_pipeline and n_actors else 0.0
+    values: dict[str, Any] = {
+        "rows": total["rows"],
+        "rows ok": total["ok"],
+        "rows error": total["error"],
+        "dead pixel fraction before": dead_in,
+        "dead pixel fraction after": dead_out,
+        "shards": len(plan),
+        "shards written now": len(pending),
+        "shards skipped (done before)": len(plan) - len(pending),
+        "rows processed now": rows_now,
+        "images/s": rate,
+        "actors": n_actors,
+        "actor nodes": len(progress.nodes),
+        "time: checks s": t_checks,
+        "time: pipeline s": t_pipeline,
+        "time: read s (tasks)": progress.read_s,
+        "time: restore s (actors)": progress.restore_s,
+        "time: write s (tasks)": progress.write_s,
+        "time: commit s (tasks)": progress.commit_s,
+        "actor busy fraction": busy,
+        "bases object": bases_ref_hex,
+        "bases objects seen by actors": ",".join(sorted(progress.bases_refs)),
+    }
+    return Summary(
+        job="restore",
+        values=values,
+        outputs={"data": f"{out.url}/{shard_io.DATA_DIR}", "manifest": f"{out.url}/{shard_io.MANIFEST_FILE}"},
+        exit_code=0,
+    )
+
+
+def _run_pipeline(
+    cfg: RestoreConfig, pending: list[shard_io.Shard], bases: Bases | None, sr_artifact: Any, progress: _Progress
+) -> tuple[int, str]:
+    """Run the Ray stream over the pending shards and commit each as soon as it is complete."""
+    import ray
+    import ray.data
+
+    ray_utils.init_ray(cfg.ray)
+    pool = ray_utils.actor_pool_args(cfg.ray)
+    n_actors = ray_utils.pool_size(pool)
+    # Put once: every actor on every node reads the same object instead of a copy per task.
+    bases_ref = ray.put(bases) if bases is not None else None
+    sr_ref = ray.put(sr_artifact) if sr_artifact is not None else None
+    log.info("restoring %d shards (%d rows) with %d actors", len(pending), sum(s.n_rows for s in pending), n_actors)
+
+    by_index = {s.index: s for s in pending}
+    rows_per_block = max(cfg.ray.batch_size * 4, 64)
+    # Reads and writes are I/O bound and must never wait for the actors' CPUs.
+    light: dict[str, Any] = {"num_cpus": 0.25}
+    ds: Any  # Ray's Dataset stubs do not follow map_batches' kwargs; the stages are tested instead
+    if ray_utils.is_process_local(cfg.input.path):
+        # memory:// exists in this process only: read here, hand the rows to Ray.
+        ds = ray.data.from_arrow(
+            [
+                t.append_column(READ_S_COL, pa.array(np.zeros(t.num_rows)))
+                for t in (shard_io.read_shard(s, cfg.input) for s in pending)
+            ]
+        )
+    else:
+        items = [{"index": s.index, "files": list(s.files), "row_start": s.row_start, "row_end": s.row_end}
+                 for s in pending]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            read_shards,
+            fn_kwargs={"cfg": cfg, "rows_per_block": rows_per_block},
+            batch_size=1,
+            batch_format="numpy",
+            **light,
+        )
+    ds = ds.map_batches(
+        RestoreActor,
+        fn_constructor_kwargs={
+            "bases": bases_ref,
+            "sr_artifact": sr_ref,
+            "cfg": cfg,
+            "threads": max(1, round(pool["num_cpus"])),
+        },
+        batch_size=cfg.ray.batch_size,
+        batch_format="numpy",
+        **pool,
+    )
+    ds = ds.map_batches(
+        write_fragments,
+        fn_kwargs={"url": cfg.output.path, "storage_options": cfg.output.storage_options},
+        batch_size=rows_per_block,
+        batch_format="pyarrow",
+        **light,
+    )
+    remote_commit = ray.remote(num_cpus=0.25, max_retries=2)(commit_shard)
+    commits = []
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in batch.to_pylist():
+            s = int(row["shard"])
+            progress.rows[s] += int(row["rows"])
+            progress.read_s += row["read_s"]
+            progress.restore_s += row["restore_s"]
+            progress.write_s += row["write_s"]
+            progress.nodes.update(row["nodes"])
+            progress.actors.update(row["actors"])
+            progress.bases_refs.update(r for r in row["bases_refs"] if r)
+            if progress.rows[s] == by_index[s].n_rows:
+                commits.append(remote_commit.remote(cfg.output.path, cfg.output.storage_options, by_index[s]))
+    for stats in ray.get(commits):
+        progress.commit_s += stats["commit_s"]
+    shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options).clear_tmp()
+    unfinished = [i for i, s in by_index.items() if progress.rows[i] != s.n_rows]
+    if unfinished:
+        raise RuntimeError(f"shards {unfinished[:5]} did not get all their rows")
+    return n_actors, bases_ref.hex() if bases_ref is not None else ""
+
+
+def manifest(
+    cfg: RestoreConfig,
+    bases: Bases | None,
+    sr_artifact: Any,
+    plan_fp: str,
+    plan: list[shard_io.Shard],
+    total: dict[str, int],
+    dead_in: float,
+    dead_out: float,
+    rows_now: int,
+    timings: dict[str, float],
+    rate: float,
+) -> dict[str, Any]:
+    """What the output was made from and with (no secrets: storage options are redacted)."""
+    import pyarrow
+    import ray
+    import torch
+
+    return {
+        "job": "restore",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": to_dict(cfg),
+        "artifacts": {
+            "bases": {"path": cfg.bases, "fingerprint": bases.fingerprint(), "meta": bases.meta.describe()}
+            if bases is not None
+            else None,
+            "sr_model": {"path": cfg.sr.model, "fingerprint": sr_artifact.fingerprint()}
+            if sr_artifact is not None
+            else None,
+        },
+        "plan": {"fingerprint": plan_fp, "shards": len(plan)},
+        "rows": total,
+        "dead_fraction_mean": {"before": dead_in, "after": dead_out},
+        "rows_processed_this_run": rows_now,
+        "images_per_s": rate,
+        "timings": timings,
+        "versions": {
+            "python": platform.python_version(),
+            "ray": ray.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "pyarrow": pyarrow.__version__,
+        },
+    }
