@@ -400,13 +400,22 @@ def restore_only_flagged(
 
 
 def table_from_columns(columns: Mapping[str, np.ndarray]) -> pa.Table:
-    """A pyarrow table from numpy columns (object columns of str/bytes/None become string/binary)."""
+    """A pyarrow table of a scored batch with fixed types for the quality columns.
+
+    Text columns are always ``string``, ``thumbnail`` ``binary`` and metrics ``float64``, even
+    in a batch where a column is all null, so every shard of a run has the same schema. Other
+    (passed-through) columns keep the type Arrow infers.
+    """
     arrays = {}
     for name, col in columns.items():
-        if col.dtype == object:
-            sample = next((v for v in col if v is not None), None)
-            typ = pa.binary() if isinstance(sample, bytes | bytearray) else pa.string()
-            arrays[name] = pa.array(list(col), type=typ)
+        if name in TEXT_COLUMNS:
+            arrays[name] = pa.array(list(col), type=pa.string())
+        elif name == "thumbnail":
+            arrays[name] = pa.array(list(col), type=pa.binary())
+        elif name in NUMERIC_COLUMNS:
+            arrays[name] = pa.array(np.asarray(col, dtype=np.float64))
+        elif col.dtype == object:
+            arrays[name] = pa.array(list(col))
         else:
             arrays[name] = pa.array(col)
     return pa.table(arrays)

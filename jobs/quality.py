@@ -1,0 +1,160 @@
+"""Nightly data-quality run: per-image metrics with Ray Data, flags, drift, a static report.
+
+``python -m jobs quality --config configs/quality.yaml [--run-date 2024-06-30] [--fail-on dead_pixels,blurry]``
+
+Reads the same inputs as restore, maps ``restore_core.quality.QualityScorer`` over them with an
+actor pool, writes the per-image shards into a staging folder, then (in the driver, over the
+metric columns only) finds duplicate groups, evaluates flags, compares with the previous finished
+run, writes ``flags.parquet``, ``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes
+the folder as ``<output>/run=<date>/``, replacing an earlier run of the same date. Exit code 1
+when a ``fail_on`` flag's share is over its ``max_share`` (for cron and Airflow alerting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import posixpath
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.common import Summary, format_table
+from jobs.ray_utils import actor_pool_args, arrow_filesystem, init_ray, is_process_local, pool_size, read_dataset
+from restore_core import report
+from restore_core.config import QualityConfig, to_dict
+from restore_core.errors import UserError
+from restore_core.io import datasets
+from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns
+
+CONFIG = QualityConfig
+log = logging.getLogger("jobs.quality")
+
+#: Exit code when a --fail-on limit is passed (2 stays "you made a mistake").
+EXIT_LIMIT_PASSED = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fail-on",
+        metavar="FLAGS",
+        help="comma-separated flags (e.g. dead_pixels,blurry); exit 1 when one's share passes its max_share",
+    )
+    parser.add_argument("--run-date", metavar="YYYY-MM-DD", help="the run's date (default: today, UTC)")
+
+
+def apply_arguments(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.fail_on is not None:
+        names = [n.strip() for n in args.fail_on.split(",") if n.strip()]
+        extra.append(f"fail_on=[{', '.join(names)}]")
+    if args.run_date:
+        extra.append(f"run_date='{args.run_date}'")
+    return extra
+
+
+class ScoreActor:
+    """The actor Ray Data runs: a QualityScorer whose output is an Arrow table of fixed schema."""
+
+    def __init__(self, cfg: QualityConfig) -> None:
+        self.scorer = QualityScorer(cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return table_from_columns(self.scorer(batch))
+
+
+def _read_shards(fs: Any, folder: str) -> pa.Table:
+    files = sorted(p for p in fs.find(folder) if p.endswith(".parquet"))
+    if not files:
+        raise UserError(f"the run wrote no shards under {folder}: is the input empty?")
+    tables = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables, promote_options="default").sort_by("id")
+
+
+def run(cfg: QualityConfig) -> Summary:
+    if not cfg.output:
+        raise UserError("output is empty: set it to the folder that holds the quality runs (run=<date>/ go inside)")
+    if is_process_local(cfg.output):
+        raise UserError(f"output {cfg.output!r} lives in one process only; Ray workers cannot write there")
+    check_flag_metrics(cfg.flags)
+    date = report.run_date_or_today(cfg.run_date)
+    fs, root = datasets.filesystem(cfg.output, cfg.output_storage_options)
+    t0 = time.perf_counter()
+    init_ray(cfg.ray)
+    ds = read_dataset(cfg.input)
+    pool = actor_pool_args(cfg.ray)
+    staging = report.staging_path(root, date)
+    out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
+    scored = ds.map_batches(
+        ScoreActor,
+        fn_constructor_kwargs={"cfg": cfg},
+        batch_size=cfg.ray.batch_size,
+        batch_format="numpy",
+        **pool,
+    )
+    scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
+    t_score = time.perf_counter() - t0
+
+    try:
+        # every column, thumbnails too: they exist for flagged rows only, so the table stays small
+        table = _read_shards(fs, posixpath.join(staging, "data"))
+        table = report.with_run_flags(table, cfg)
+        summary = report.summarize(table, cfg, date)
+        earlier = [d for d in report.list_runs(fs, root) if d < date]
+        previous = report.read_summary(fs, root, earlier[-1]) if earlier else None
+        previous_ids = report.read_ids(fs, root, earlier[-1]) if earlier else None
+        ids = table.column("id").to_pylist()
+        summary["drift"] = report.compare(summary, previous, ids, previous_ids)
+        fails = report.failures(summary, cfg.fail_on)
+        summary["failures"] = fails
+        summary["fail_on"] = list(cfg.fail_on)
+        summary["seconds"] = {"score_and_write": t_score}
+        summary["images_per_second"] = table.num_rows / t_score if t_score > 0 else 0.0
+        summary["config"] = to_dict(cfg)
+        keep = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
+        buf = pa.BufferOutputStream()
+        pq.write_table(table.select(keep), buf)
+        report.put(fs, posixpath.join(staging, "flags.parquet"), buf.getvalue().to_pybytes())
+        history = [report.read_summary(fs, root, d) for d in earlier[-max(cfg.report.history_runs - 1, 0) :]]
+        report.write_report(fs, staging, table, summary, history, cfg)
+        summary["seconds"]["total"] = time.perf_counter() - t0
+        report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
+        report.put(fs, posixpath.join(staging, report.SUCCESS), f"{date}\n".encode())
+        final = report.publish_run(fs, staging, root, date)
+    except BaseException:
+        if fs.exists(staging):  # leave no half-built staging folder behind
+            fs.rm(staging, recursive=True)
+        raise
+
+    rows = [
+        [n, f["rule"], f["count"], f"{100 * f['share']:.2f}%", f"{100 * f['max_share']:.2f}%"]
+        for n, f in summary["flags"].items()
+    ]
+    values: dict[str, Any] = {
+        "run date": date,
+        "images": summary["rows"],
+        "unreadable": summary["errors"],
+        "compared with": summary["drift"].get("previous_run") or "(no earlier run)",
+        "actors": pool_size(pool),
+        "images/s (score+write)": summary["images_per_second"],
+        "seconds": summary["seconds"]["total"],
+    }
+    for k, sentence in enumerate(summary["drift"]["sentences"], 1):
+        values[f"change {k}"] = sentence
+    for k, line in enumerate(fails, 1):
+        values[f"FAILED {k}"] = line
+    url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"
+    log.info("quality run published at %s", final)
+    return Summary(
+        job="quality",
+        values=values,
+        outputs={"run": url, "report": url + "/report.html", "summary": url + "/summary.json"},
+        table=format_table(["flag", "rule", "images", "share", "limit"], rows),
+        exit_code=EXIT_LIMIT_PASSED if fails else 0,
+    )
