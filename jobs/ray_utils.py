@@ -48,7 +48,10 @@ def init_ray(ray_cfg: RayConfig) -> None:
         if address:
             ray.init(address=address, **common)
         else:
+            # "local": always a new instance. Without it ray.init() would join any cluster that
+            # `ray start` left on this machine, which is not what address "" promises.
             ray.init(
+                address="local",
                 num_cpus=ray_cfg.num_cpus or None,
                 include_dashboard=False,
                 **common,

@@ -214,11 +214,18 @@ class OutputFolder:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def makedirs(self, path: str) -> None:
+        """Folders exist on local-like filesystems only; on object stores a ``mkdir`` could
+        create a bucket, which a job must never do behind the user's back."""
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        if {"file", "local"} & set(protocols):
+            self.fs.makedirs(path, exist_ok=True)
+
     def check_writable(self) -> None:
         """Write and delete a probe object: bad credentials or a read-only bucket fail here."""
         probe = self.path(f"_probe-{uuid.uuid4().hex}")
         try:
-            self.fs.makedirs(self.root, exist_ok=True)
+            self.makedirs(self.root)
             with self.fs.open(probe, "wb") as f:
                 f.write(b"ok")
             self.fs.rm(probe)
@@ -269,7 +276,7 @@ class OutputFolder:
     def _atomic_write(self, final: str, payload: bytes) -> None:
         parent = posixpath.dirname(final)
         tmp = posixpath.join(parent, f".{posixpath.basename(final)}.tmp-{uuid.uuid4().hex}")
-        self.fs.makedirs(parent, exist_ok=True)
+        self.makedirs(parent)
         with self.fs.open(tmp, "wb") as f:
             f.write(payload)
         self.fs.mv(tmp, final)
@@ -283,7 +290,7 @@ class OutputFolder:
         for s in np.unique(shard_ids):
             part = table.filter(pa.array(shard_ids == s))
             folder = self.path(TMP_DIR, posixpath.splitext(part_name(int(s)))[0])
-            self.fs.makedirs(folder, exist_ok=True)
+            self.makedirs(folder)
             with self.fs.open(posixpath.join(folder, f"{uuid.uuid4().hex}.parquet"), "wb") as f:
                 pq.write_table(part, f)
             out.append({"shard": int(s), "rows": part.num_rows})

@@ -29,11 +29,11 @@ REPO = Path(__file__).resolve().parents[2]
 IGNORED = {"seconds"}  # wall-clock per row: the only column allowed to differ between runs
 
 
-def make_cfg(input_path, bases, out_path, **sections) -> RestoreConfig:
+def make_cfg(input_path, bases_path, out_path, /, **sections) -> RestoreConfig:
     data = {
         "input": {"path": str(input_path)},
         "output": {"path": str(out_path)},
-        "bases": str(bases),
+        "bases": str(bases_path),
         "fit": {"max_iter": 50},
         "device": "cpu",
         "ray": {"batch_size": 4, "num_cpus": 2},
