@@ -1,21 +1,28 @@
-"""Learn NMF bases from clean images and write the bases artifact.
+"""Learn NMF bases from clean images and write the bases artifact, on Ray.
 
-Runs in-process on the local CPU/GPU (the data are sampled rows, bounded by ``nmf.n_samples``).
+Ray Data reads the images (any fsspec URL, Parquet or a folder) and samples training rows in
+parallel tasks: whole resized images (global mode) or random patches (patch mode), about
+``nmf.n_samples`` in all, so a dataset larger than memory works: only the samples reach the
+driver. The bases are learned once, in a GPU task when the cluster has a GPU (and ``device`` is
+not ``cpu``), else in the driver. The number of samples is recorded in meta.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+import zlib
+from typing import Any
 
 import numpy as np
 
+from jobs import ray_utils
 from jobs.common import Summary
 from restore_core import codec, nmf, sampling
 from restore_core.config import LearnBasesConfig
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
-from restore_core.io import datasets
 from restore_core.io.artifacts import Bases, BasesMeta, data_fingerprint, save_bases
 from restore_core.pipeline import cell_bytes
 
@@ -58,62 +65,128 @@ def meta_for(cfg: LearnBasesConfig, X: np.ndarray, result: nmf.NMFResult) -> Bas
     )
 
 
-def run(cfg: LearnBasesConfig) -> Summary:
-    if not cfg.input.path:
-        raise UserError("input.path is empty: point it at clean images (Parquet or a folder)")
-    if not cfg.output:
-        raise UserError("output is empty: set it to the folder where the bases will be written")
-    device = resolve_device(cfg.device)
-    t0 = time.perf_counter()
-    images, bad = [], 0
-    limit = cfg.input.limit or (cfg.nmf.n_samples if cfg.nmf.mode == "global" else 0)
-    for row in datasets.iter_rows(
-        cfg.input.path, cfg.input.format, cfg.input.storage_options, cfg.input.id_column, cfg.input.image_column, limit
-    ):
+def sample_rows(batch: dict[str, np.ndarray], cfg: LearnBasesConfig, per_image: int) -> dict[str, np.ndarray]:
+    """Ray Data stage: a batch of encoded images in, training rows out (one output row a sample).
+
+    Each image's patches come from a generator seeded by (``nmf.seed``, the image id), so the
+    samples do not depend on how Ray batches the images. Undecodable images give no row.
+    """
+    n = cfg.nmf
+    channels = 3 if n.channels == "rgb" else 1
+    ids_out: list[str] = []
+    pos_out: list[int] = []
+    rows: list[np.ndarray] = []
+    for id_, cell in zip(batch[cfg.input.id_column], batch[cfg.input.image_column], strict=True):
         try:
-            img, _ = codec.decode(cell_bytes(row[cfg.input.image_column]), cfg.decode.max_pixels)
-            images.append(img)
+            img, _ = codec.decode(cell_bytes(cell), cfg.decode.max_pixels)
         except ImageDecodeError as exc:
-            bad += 1
-            log.warning("skipping %s: %s", row.get(cfg.input.id_column), exc)
-    X = build_rows(images, cfg)
-    if X.shape[0] < cfg.nmf.k:
-        log.warning("only %d training rows for k=%d bases", X.shape[0], cfg.nmf.k)
-    if X.shape[0] == 0:
-        raise UserError(f"no usable training rows from {cfg.input.path} (images smaller than the patch?)")
-    t_read = time.perf_counter() - t0
+            log.warning("skipping %s: %s", id_, exc)
+            continue
+        if n.mode == "global":
+            X = sampling.global_row(img, n.image_size, channels)[None]
+        else:
+            rng = np.random.default_rng([n.seed, zlib.crc32(str(id_).encode())])
+            X = sampling.sample_patches(img, n.patch_size, channels, per_image, rng)
+        ids_out += [str(id_)] * X.shape[0]
+        pos_out += list(range(X.shape[0]))
+        rows += list(X)
+    width = n.image_size**2 * channels if n.mode == "global" else n.patch_size**2 * channels
+    return {
+        "id": np.asarray(ids_out, dtype=object),
+        "pos": np.asarray(pos_out, dtype=np.int64),
+        "x": np.asarray(rows, dtype=np.float32).reshape(len(rows), width),
+    }
+
+
+def _learn(X: np.ndarray, cfg: LearnBasesConfig, device: str) -> nmf.NMFResult:
     n = cfg.nmf
 
     def progress(it: int, loss: float) -> None:
         if it == 1 or it % 10 == 0:
             log.info("epoch %d  loss %.6g", it, loss)
 
-    result = nmf.learn_bases(
-        X,
-        n.k,
-        l1=n.l1,
-        solver=n.solver,
-        max_iter=n.max_iter,
-        tol=n.tol,
-        batch_size=n.batch_size,
-        seed=n.seed,
-        device=device,
-        progress=progress,
+    return nmf.learn_bases(
+        X, n.k, l1=n.l1, solver=n.solver, max_iter=n.max_iter, tol=n.tol, batch_size=n.batch_size, seed=n.seed,
+        device=device, progress=progress,
     )
-    bases = Bases(H=result.H_.astype(np.float32), meta=meta_for(cfg, X, result))
+
+
+def run(cfg: LearnBasesConfig) -> Summary:
+    if not cfg.input.path:
+        raise UserError("input.path is empty: point it at clean images (Parquet or a folder)")
+    if not cfg.output:
+        raise UserError("output is empty: set it to the folder where the bases will be written")
+    if cfg.nmf.n_samples < 1 or cfg.nmf.k < 1:
+        raise UserError("nmf.n_samples and nmf.k must be >= 1")
+    t0 = time.perf_counter()
+    ray_utils.init_ray(cfg.ray)
+    import ray
+
+    input_cfg = cfg.input
+    if cfg.nmf.mode == "global" and not input_cfg.limit:
+        # one row an image: reading more images than samples is wasted work
+        input_cfg = dataclasses.replace(input_cfg, limit=cfg.nmf.n_samples)
+    ds: Any = ray_utils.read_dataset(input_cfg)  # Any: Ray's stubs reject map_batches' fn_kwargs style
+    n_images = ds.count()
+    if n_images == 0:
+        raise UserError(f"no images in {cfg.input.path}")
+    per_image = max(1, int(np.ceil(cfg.nmf.n_samples / n_images))) if cfg.nmf.mode == "patch" else 1
+    samples = ds.map_batches(
+        sample_rows,
+        fn_kwargs={"cfg": cfg, "per_image": per_image},
+        batch_size=cfg.ray.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.ray.num_cpus_per_actor,
+    )
+    ids: list[str] = []
+    pos: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
+    for batch in samples.iter_batches(batch_format="numpy", batch_size=None):
+        ids += [str(i) for i in batch["id"]]
+        pos.append(np.asarray(batch["pos"]))
+        parts.append(np.asarray(batch["x"], dtype=np.float32))
+    if not parts or sum(p.shape[0] for p in parts) == 0:
+        raise UserError(
+            f"no usable training rows from {cfg.input.path} (images undecodable or smaller than the patch?)"
+        )
+    X = np.concatenate(parts)
+    # Ray returns batches in any order: sort by (image id, sample index) so the artifact is reproducible.
+    order = np.lexsort((np.concatenate(pos), np.asarray(ids, dtype=object).astype(str)))
+    X = X[order]
+    rng = np.random.default_rng(cfg.nmf.seed)
+    if X.shape[0] > cfg.nmf.n_samples:
+        X = X[np.sort(rng.choice(X.shape[0], cfg.nmf.n_samples, replace=False))]
+    used_images = len(set(ids))
+    if X.shape[0] < cfg.nmf.k:
+        log.warning("only %d training rows for k=%d bases", X.shape[0], cfg.nmf.k)
+    t_read = time.perf_counter() - t0
+
+    _, gpus = ray_utils.cluster_resources()
+    if gpus >= 1 and cfg.device != "cpu":
+        # One learning task on a GPU node; X travels once through the object store.
+        learn_remote = ray.remote(num_gpus=1, num_cpus=1)(_learn)
+        result: nmf.NMFResult = ray.get(learn_remote.remote(ray.put(X), cfg, "cuda"))
+        where = "GPU task"
+    else:
+        if cfg.device == "cuda":
+            raise UserError("device: cuda but the Ray cluster has no GPU; set device: auto or cpu")
+        result = _learn(X, cfg, str(resolve_device(cfg.device)))
+        where = f"driver ({resolve_device(cfg.device)})"
+    meta = meta_for(cfg, X, result)
+    meta = dataclasses.replace(
+        meta, extra={**meta.extra, "n_samples_requested": cfg.nmf.n_samples, "images": used_images, "learned_on": where}
+    )
+    bases = Bases(H=result.H_.astype(np.float32), meta=meta)
     save_bases(bases, cfg.output, cfg.input.storage_options)
-    return Summary(
-        job="learn-bases",
-        values={
-            "images": len(images),
-            "undecodable images skipped": bad,
-            "training rows": X.shape[0],
-            "bases": bases.meta.describe(),
-            "final loss": bases.meta.loss,
-            "epochs": result.n_iter_,
-            "read seconds": t_read,
-            "fit seconds": result.seconds_,
-            "device": str(device),
-        },
-        outputs={"bases": cfg.output},
-    )
+    values: dict[str, Any] = {
+        "images": n_images,
+        "undecodable images skipped": n_images - used_images,
+        "training rows": X.shape[0],
+        "bases": bases.meta.describe(),
+        "final loss": bases.meta.loss,
+        "epochs": result.n_iter_,
+        "read + sample seconds": t_read,
+        "fit seconds": result.seconds_,
+        "learned on": where,
+    }
+    return Summary(job="learn-bases", values=values, outputs={"bases": cfg.output})
