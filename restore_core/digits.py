@@ -97,15 +97,15 @@ def _draw_one(digit: int, rng: np.random.Generator, size: int) -> np.ndarray:
     cy, cx = ndimage.center_of_mass(np.clip(small, 0, None) + 1e-6)
     # Centre of mass at the image centre, plus a small random shift (position jitter).
     jy, jx = rng.uniform(-1.5, 1.5, 2) * size / 28
-    top = int(round(size / 2 - cy + jy))
-    left = int(round(size / 2 - cx + jx))
+    top = round(size / 2 - cy + jy)
+    left = round(size / 2 - cx + jx)
     top = min(max(top, 0), size - nh)
     left = min(max(left, 0), size - nw)
     out[top : top + nh, left : left + nw] = small
     return np.clip(out, 0.0, 1.0)
 
 
-def digits(n: int, size: int = 28, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def digits(n: int, size: int = 28, *, seed: int = 0, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` digit-like images and their labels.
 
     Parameters
@@ -116,6 +116,9 @@ def digits(n: int, size: int = 28, *, seed: int = 0) -> tuple[np.ndarray, np.nda
         Side of the square images (MNIST: 28).
     seed : int
         Same seed, same images (given the same Pillow/matplotlib fonts).
+    start : int
+        Index of the first image. Image ``i`` depends only on ``(seed, i)``, so disjoint index
+        ranges are disjoint sets (train / validation / benchmark) and can be drawn in parallel.
 
     Returns
     -------
@@ -126,9 +129,12 @@ def digits(n: int, size: int = 28, *, seed: int = 0) -> tuple[np.ndarray, np.nda
     """
     if n < 0 or size < 8:
         raise ValueError(f"need n >= 0 and size >= 8, got n={n}, size={size}")
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.int64)
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    labels = np.empty(n, np.int64)
     images = np.empty((n, size, size), np.float32)
     for i in range(n):
+        rng = np.random.default_rng([seed, start + i])
+        labels[i] = int(rng.integers(0, 10))
         images[i] = _draw_one(int(labels[i]), rng, size)
     return images, labels

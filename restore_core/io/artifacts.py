@@ -2,6 +2,10 @@
 
 A bases artifact is a folder (any fsspec URL) with ``bases.npy`` (float32, k x n_pixels,
 loaded with ``allow_pickle=False``) and ``meta.json``.
+
+An SR model artifact is a folder with ``model.safetensors`` (the network's state dict as plain
+arrays) and ``meta.json`` (architecture, degrade settings, validation PSNR, a fingerprint of the
+weights). This module stays torch-free: ``restore_core.sr`` turns the arrays into a network.
 """
 
 from __future__ import annotations
@@ -147,3 +151,100 @@ def load_bases(url: str, storage_options: dict[str, Any] | None = None) -> Bases
         raise ArtifactError(f"bases artifact at {url}: meta.json is malformed ({exc})") from None
     validate_bases(H, meta, where=f"bases artifact at {url}")
     return Bases(H=H, meta=meta)
+
+
+# ----------------------------------------------------------------------------- SR models
+
+SR_WEIGHTS_FILE = "model.safetensors"
+SR_META_FILE = "meta.json"
+SR_FORMAT = "imrestore-sr"
+
+
+@dataclasses.dataclass(frozen=True)
+class SRArtifact:
+    """An SR model as stored: ``tensors`` name -> array (float32 weights, int64 counters) and
+    ``meta`` (JSON object with at least ``format``, ``architecture`` and ``degrade``)."""
+
+    tensors: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    def fingerprint(self) -> str:
+        return tensors_fingerprint(self.tensors)
+
+
+def tensors_fingerprint(tensors: dict[str, np.ndarray]) -> str:
+    """A short hash of names, shapes, dtypes and values (order-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+
+def validate_sr(tensors: dict[str, np.ndarray], meta: dict[str, Any], where: str = "SR model") -> None:
+    """Refuse weights with NaN/Inf, a meta.json without the keys a loader needs, or weights that
+    do not match the fingerprint recorded in meta.json (a swapped or damaged file)."""
+    if not isinstance(meta, dict) or meta.get("format") != SR_FORMAT:
+        raise ArtifactError(f"{where}: meta.json is not an SR model's (format must be {SR_FORMAT!r})")
+    for key in ("architecture", "degrade"):
+        if not isinstance(meta.get(key), dict):
+            raise ArtifactError(f"{where}: meta.json has no '{key}' object; the artifact is corrupt")
+    if not tensors:
+        raise ArtifactError(f"{where}: {SR_WEIGHTS_FILE} holds no tensors")
+    for name, arr in tensors.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ArtifactError(f"{where}: tensor {name} holds NaN or Inf values; retrain the model")
+    recorded = meta.get("fingerprint")
+    if recorded is not None and recorded != tensors_fingerprint(tensors):
+        raise ArtifactError(f"{where}: {SR_WEIGHTS_FILE} does not match the fingerprint in meta.json; it is corrupt")
+
+
+def save_sr_model(artifact: SRArtifact, url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``model.safetensors`` then ``meta.json`` (last: its presence marks completion).
+
+    Returns the meta as written (with ``fingerprint``).
+    """
+    from safetensors.numpy import save as st_save
+
+    meta = dict(artifact.meta)
+    meta.setdefault("format", SR_FORMAT)
+    meta["fingerprint"] = artifact.fingerprint()
+    tensors = {k: np.ascontiguousarray(v) for k, v in artifact.tensors.items()}
+    validate_sr(tensors, meta)
+    fs, root = _fs(url, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(posixpath.join(root, SR_WEIGHTS_FILE), "wb") as f:
+        f.write(st_save(tensors, metadata={"format": SR_FORMAT}))
+    with fs.open(posixpath.join(root, SR_META_FILE), "w") as f:
+        json.dump(meta, f, indent=2, allow_nan=True)
+    return meta
+
+
+def load_sr_model(url: str, storage_options: dict[str, Any] | None = None) -> SRArtifact:
+    """Load and validate an SR model artifact (safetensors: no code runs on load).
+
+    Every failure is one :class:`ArtifactError` line naming the artifact.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
+
+    if not url:
+        raise ArtifactError("no SR model given: set 'sr.model' to a folder made by `train-sr`")
+    try:
+        fs, root = _fs(url, storage_options)
+        meta_path = posixpath.join(root, SR_META_FILE)
+        if not fs.exists(meta_path):
+            raise ArtifactError(
+                f"no SR model at {url} (meta.json missing): run `python -m jobs train-sr` first or fix 'sr.model'"
+            )
+        with fs.open(meta_path, "r") as f:
+            meta = json.load(f)
+        with fs.open(posixpath.join(root, SR_WEIGHTS_FILE), "rb") as f:
+            tensors = st_load(f.read())
+    except ArtifactError:
+        raise
+    except (ValueError, OSError, json.JSONDecodeError, EOFError, SafetensorError) as exc:
+        raise ArtifactError(f"SR model at {url} cannot be read ({type(exc).__name__}: {exc}); retrain it") from None
+    validate_sr(tensors, meta, where=f"SR model at {url}")
+    return SRArtifact(tensors=tensors, meta=meta)
