@@ -27,6 +27,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "learn-bases": Command("learn_bases", "learn NMF bases from clean images"),
     "benchmark": Command("benchmark", "damage clean images, restore with each method, compare"),
+    "train-sr": Command("train_sr", "train the super-resolution CNN with Ray Train"),
     "restore": Command("restore", "restore a dataset on Ray: fill dead pixels (and SR), write shards + manifest"),
     "quality": Command("quality", "nightly data-quality run: per-image metrics, flags, drift, HTML report"),
 }
