@@ -1,0 +1,102 @@
+"""Two nightly quality runs through the real CLI and a real local Ray: the second run has 5% of
+its images given dead pixels and blur; it must flag exactly those, say so in its drift section,
+exit non-zero with --fail-on dead_pixels, and its HTML report must render with every image."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import ndimage
+
+from restore_core import masks, synth
+from tests.conftest import png_bytes
+
+pytestmark = pytest.mark.integration
+
+N_IMAGES = 40
+DAMAGED = {"img-007", "img-023"}  # 5% of 40
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_images(folder: Path, damage: bool) -> None:
+    # Textured photo crops only: their sharpness sits far above the test's blur threshold and
+    # they hold no truly black pixels, so nothing but the damage can raise a flag.
+    imgs = synth.photo_crops(N_IMAGES, 48, names=("grass", "gravel", "coins", "text", "brick"), seed=7)
+    rng = np.random.default_rng(3)
+    ids = [f"img-{i:03d}" for i in range(N_IMAGES)]
+    blobs = []
+    for i, img in zip(ids, imgs, strict=True):
+        if damage and i in DAMAGED:
+            img, _ = masks.apply_dead_pixels(ndimage.gaussian_filter(img, 2.5), 0.05, rng)
+        blobs.append(png_bytes(np.rint(img * 255).astype(np.uint8)))
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(2):
+        part = slice(s * N_IMAGES // 2, (s + 1) * N_IMAGES // 2)
+        table = pa.table({"id": pa.array(ids[part]), "image": pa.array(blobs[part], pa.binary())})
+        pq.write_table(table, folder / f"part-{s}.parquet")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], data: Path, out: Path, date: str, *extra: str) -> tuple[int, str]:
+    """``python -m jobs quality ...`` through the real CLI entry point, in this process so that
+    the runs share the module's Ray (one Ray start instead of three on a 2-CPU machine)."""
+    from jobs.cli import main
+
+    argv = [
+        "quality", "--config", str(ROOT / "configs" / "quality.yaml"),
+        "--set", f"input.path={data}", "--set", f"output={out}",
+        "--set", "flags.blurry.value=0.0005", "--set", "ray.batch_size=8", "--run-date", date, *extra,
+    ]  # fmt: skip
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.timeout(600)
+def test_two_nightly_runs(tmp_path, local_ray, capsys):
+    out = tmp_path / "quality"
+    write_images(tmp_path / "day1", damage=False)
+    write_images(tmp_path / "day2", damage=True)
+
+    code, text = run_cli(capsys, tmp_path / "day1", out, "2024-03-01", "--fail-on", "dead_pixels")
+    assert code == 0, text[-3000:]
+    run1 = out / "run=2024-03-01"
+    assert (run1 / "_SUCCESS").exists() and (run1 / "report.html").exists()
+    flags1 = pq.read_table(run1 / "flags.parquet").to_pydict()
+    assert len(flags1["id"]) == N_IMAGES and not any(flags1["flags"])
+
+    code, text = run_cli(capsys, tmp_path / "day2", out, "2024-03-02", "--fail-on", "dead_pixels")
+    assert code == 1, text[-3000:]
+    assert "dead_pixels: 2 of 40 images (5.00%)" in text and "over by 4.00 points" in text
+
+    run2 = out / "run=2024-03-02"
+    flags2 = pq.read_table(run2 / "flags.parquet").to_pydict()
+    flagged = {i: set(f.split(",")) for i, f in zip(flags2["id"], flags2["flags"], strict=True) if f}
+    assert set(flagged) == DAMAGED
+    assert all(f == {"dead_pixels", "blurry"} for f in flagged.values()), flagged
+
+    summary = json.loads((run2 / "summary.json").read_text())
+    assert summary["drift"]["previous_run"] == "2024-03-01"
+    words = " ".join(summary["drift"]["sentences"])
+    assert "Flag dead_pixels rose from 0.0% to 5.0%" in words and "Flag blurry rose" in words
+    assert summary["flags"]["blurry"]["count"] == 2 and summary["failures"]
+    page = (run2 / "report.html").read_text()
+    assert "dead_pixels rose" in page and "img-007" in page
+    shards = pq.read_table(run2 / "data")
+    assert shards.num_rows == N_IMAGES and "thumbnail" in shards.column_names
+
+    # (a rerun for the same date replacing the run is covered by tests/unit/test_report.py)
+    assert not list((out / "_staging").glob("run=*")), "staging left behind"
+
+    from tests.unit.test_report import CHROMIUM, render_dom
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it as root: apt-get install -y chromium)")
+    dom = render_dom(str(run2 / "report.html"), str(tmp_path / "profile"))
+    assert 'data-failed="0"' in dom and f'data-loaded="{page.count("<img ")}"' in dom
