@@ -19,7 +19,6 @@ import posixpath
 import shutil
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,6 @@ from restore_core.io import datasets
 
 CONFIG = TrainSRConfig
 log = logging.getLogger("jobs.train_sr")
-_REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 # ----------------------------------------------------------------------------- data (Ray Data side)
@@ -88,28 +86,6 @@ class _MakePatches:
         return {"data": patches}
 
 
-def _read_images(cfg: TrainSRConfig) -> Any:
-    """The input as a Ray Dataset with id/image columns (Parquet or a folder of image files)."""
-    import ray.data
-
-    fs, root = datasets.filesystem(cfg.input.path, cfg.input.storage_options)
-    files = datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)
-    if cfg.input.format == "parquet":
-        ds = ray.data.read_parquet(files, filesystem=fs, columns=[cfg.input.id_column, cfg.input.image_column])
-    else:
-        ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
-        id_col, image_col = cfg.input.id_column, cfg.input.image_column
-
-        def rename(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            rel = [posixpath.relpath(str(p), root) for p in batch["path"]]
-            return {id_col: np.asarray(rel, dtype=object), image_col: batch["bytes"]}
-
-        ds = ds.map_batches(rename, batch_format="numpy")
-    if cfg.input.limit:
-        ds = ds.limit(cfg.input.limit)
-    return ds
-
-
 def build_datasets(cfg: TrainSRConfig) -> tuple[Any, Any]:
     """(train, val) Ray Datasets with one column ``data``: float32 (H, W) clean planes in [0, 1]."""
     import ray.data
@@ -130,7 +106,9 @@ def build_datasets(cfg: TrainSRConfig) -> tuple[Any, Any]:
         return train.materialize(), val.materialize()
     if not 0.0 < cfg.train.val_fraction < 1.0:
         raise UserError(f"train.val_fraction must be between 0 and 1 (exclusive), got {cfg.train.val_fraction}")
-    images = _read_images(cfg)
+    from jobs import ray_utils
+
+    images = ray_utils.read_dataset(cfg.input)
     raw = to_dict(cfg)
     raw["input"]["storage_options"] = dict(cfg.input.storage_options)  # workers need the real ones
     train = images.map_batches(_MakePatches, fn_constructor_kwargs={"cfg": raw, "val": False}, batch_format="numpy")
@@ -255,19 +233,6 @@ def plot_history(history: list[dict[str, float]], path: str) -> None:
     plt.close(fig)
 
 
-def _init_ray(cfg: TrainSRConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=True)
-    else:
-        # A local Ray: workers import jobs/ and restore_core/ from this checkout.
-        path = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=True)
-
-
 def _check(cfg: TrainSRConfig) -> None:
     if not cfg.output:
         raise UserError("output is empty: set it to the folder where the SR model will be written")
@@ -287,10 +252,11 @@ def run(cfg: TrainSRConfig) -> Summary:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from jobs import ray_utils
     from restore_core.io.artifacts import load_sr_model, save_sr_model
 
     t0 = time.perf_counter()
-    _init_ray(cfg)
+    ray_utils.init_ray(cfg.ray)
     # Per-operator bars flood logs; the per-epoch lines from rank 0 show progress instead.
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
     train_ds, val_ds = build_datasets(cfg)
