@@ -149,6 +149,8 @@ def _cli_cmd(cfg_args: list[str]) -> list[str]:
     return [sys.executable, "-m", "jobs", "restore", *cfg_args]
 
 
+@pytest.mark.slow  # four job runs: ~1 min on an idle 2-core machine, several under load
+@pytest.mark.timeout(900)
 def test_resume_after_kill_is_identical_and_rerun_does_nothing(local_ray, restore_dataset, tmp_path):
     import ray
 
