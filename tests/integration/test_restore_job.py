@@ -52,6 +52,7 @@ def comparable(folder: Path) -> dict[str, pa.Table]:
     return {f.name: pq.read_table(f).drop_columns(sorted(IGNORED)) for f in sorted((folder / "data").glob("*"))}
 
 
+@pytest.mark.timeout(900)  # includes the module's Ray start-up
 def test_restore_every_id_once_bad_rows_errors_equal_in_process(local_ray, restore_dataset, tmp_path):
     cfg = make_cfg(restore_dataset.path, restore_dataset.bases, tmp_path / "out")
     summary = restore.run(cfg)
@@ -91,6 +92,7 @@ def test_restore_every_id_once_bad_rows_errors_equal_in_process(local_ray, resto
     assert {"ray", "torch", "pyarrow"} <= set(manifest["versions"])
 
 
+@pytest.mark.timeout(900)
 def test_row_range_shards_and_overwrite(local_ray, restore_dataset, tmp_path):
     out = tmp_path / "out"
     cfg = make_cfg(restore_dataset.path, restore_dataset.bases, out, output={"rows_per_shard": 2})

@@ -46,6 +46,7 @@ def s3_cfg(moto_s3, **extra) -> RestoreConfig:
     return from_dict(RestoreConfig, data)
 
 
+@pytest.mark.timeout(900)  # ~30 s on an idle machine; Ray start-up under heavy load takes minutes
 def test_restore_s3_to_s3(local_ray, moto_s3, s3_dataset):
     summary = restore.run(s3_cfg(moto_s3))
     fs = s3_dataset
