@@ -5,6 +5,11 @@ Channels are kept: L stays gray, LA/RGB/RGBA keep their channels, palette images
 (RGBA when the palette has transparency), CMYK becomes RGB, 16-bit and 32-bit integer images
 are scaled by their full range, float images must already lie in [0, 1] and hold no NaN/Inf.
 EXIF orientation is not applied: pixels are restored as stored, so outputs align with inputs.
+Animated or multi-page files (GIF, APNG, WebP, multi-page TIFF, MPO) give their first frame only.
+
+Hostile bytes: only the formats in :data:`DECODE_FORMATS` are tried (Pillow's other plugins,
+EPS through Ghostscript among them, are never reached), and the pixel cap is checked on the
+declared size from the header, before any pixel buffer is allocated.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from PIL import Image, UnidentifiedImageError
 from restore_core.errors import ImageDecodeError
 
 DEFAULT_MAX_PIXELS = 64_000_000
+
+#: Pillow plugins allowed to parse input bytes: the raster formats datasets use (JPEG covers
+#: Pillow's MPO, the multi-frame JPEGs of phone cameras). Anything else is refused.
+DECODE_FORMATS = ("PNG", "JPEG", "TIFF", "GIF", "BMP", "DIB", "WEBP", "PPM")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +72,13 @@ def decode(
         raise ImageDecodeError("image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
+            # Our own cap below decides on sizes; Pillow's warning threshold (89M pixels) must
+            # not refuse images a user allowed. Its hard limit (2x that) still raises.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns about damaged metadata (corrupt EXIF, odd TIFF tags) and then goes on;
+            # the row's outcome says what matters, and a hostile dataset must not flood the logs.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            img = Image.open(io.BytesIO(raw), formats=DECODE_FORMATS)
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
@@ -74,14 +88,29 @@ def decode(
             if width == 0 or height == 0:
                 raise ImageDecodeError(f"image has zero size ({width}x{height})")
             fmt = img.format or "unknown"
+            # Animated / multi-page files: open() leaves us on frame 0 and load() reads only it;
+            # asking for n_frames would walk every frame of a hostile file.
             img.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"not a readable image ({len(raw)} bytes): {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, IndexError, TypeError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(
+            f"image declares more pixels than the cap of {max_pixels} (decode.max_pixels): {exc}"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"not a readable image ({len(raw)} bytes; formats tried: {', '.join(DECODE_FORMATS)})"
+        ) from None
+    except Exception as exc:
+        # Pillow's plugins raise many types on hostile bytes (OSError, SyntaxError, struct.error,
+        # ValueError, EOFError, IndexError, ...); callers get one type whatever the cause.
         raise ImageDecodeError(f"cannot decode {len(raw)}-byte image (truncated or corrupt?): {exc}") from None
-    return _to_array(img, fmt)
+    try:
+        return _to_array(img, fmt)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot convert {fmt} image of mode {img.mode!r}: {exc}") from None
 
 
 def _to_array(img: Image.Image, fmt: str) -> tuple[np.ndarray, ImageInfo]:

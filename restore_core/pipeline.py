@@ -18,7 +18,7 @@ from restore_core import codec, masks, metrics
 from restore_core.config import RestoreConfig
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases
+from restore_core.io.artifacts import Bases, validate_bases
 
 #: Metric columns written for every row (NaN where not applicable).
 METRIC_COLUMNS = (
@@ -75,6 +75,9 @@ class Restorer:
         if self.method in ("nmf", "seed"):
             if bases is None:
                 raise UserError(f"fit.method {self.method} needs bases: set 'bases' to a learn-bases artifact")
+            # Bases may arrive through ray.put rather than load_bases: refuse NaN, negative or
+            # mis-shaped ones here, before any row is processed (ArtifactError, one line).
+            validate_bases(bases.H, bases.meta, where=f"bases {cfg.bases or '(in memory)'}")
             self.inpainter: NMFInpainter | None = NMFInpainter(bases, cfg.fit, cfg.device)
         else:
             self.inpainter = None
@@ -127,6 +130,10 @@ class Restorer:
     def restore_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Restore every row of ``batch`` (``__call__`` without the only-flagged filter)."""
         t0 = time.perf_counter()
+        if self.cfg.input.id_column not in batch:
+            raise UserError(
+                f"input has no '{self.cfg.input.id_column}' column (columns: {sorted(batch)}); set input.id_column"
+            )
         ids = batch[self.cfg.input.id_column]
         n = len(ids)
         images_col = batch.get(self.cfg.input.image_column)

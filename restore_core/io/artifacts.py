@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import posixpath
 from typing import Any
 
@@ -72,6 +73,12 @@ def validate_bases(H: np.ndarray, meta: BasesMeta, where: str = "bases") -> None
         raise ArtifactError(f"{where}: meta.json mode must be 'global' or 'patch', got {meta.mode!r}")
     if meta.channels not in (1, 3):
         raise ArtifactError(f"{where}: meta.json channels must be 1 or 3, got {meta.channels}")
+    if meta.k < 1:
+        raise ArtifactError(f"{where}: meta.json k must be at least 1, got {meta.k}")
+    if meta.mode == "patch" and meta.patch_size < 1:
+        raise ArtifactError(f"{where}: meta.json patch_size must be at least 1, got {meta.patch_size}")
+    if meta.mode == "global" and min(meta.image_shape) < 1:
+        raise ArtifactError(f"{where}: meta.json image_shape must be positive, got {list(meta.image_shape)}")
     if H.ndim != 2 or H.dtype != np.float32:
         raise ArtifactError(f"{where}: bases.npy must be a 2-D float32 array, got {H.dtype} {H.shape}")
     if H.shape != (meta.k, meta.n_pixels) or meta.n_pixels != expected_pixels(meta):
@@ -113,6 +120,27 @@ def save_bases(bases: Bases, url: str, storage_options: dict[str, Any] | None = 
         json.dump(meta, f, indent=2, allow_nan=True)
 
 
+def _load_npy(raw: bytes) -> np.ndarray:
+    """``np.load`` without pickle, after checking that the header's shape fits the bytes.
+
+    np.load allocates the whole declared array before reading a stream, so a damaged or
+    hostile header claiming 10^12 elements would fail with MemoryError (or worse, succeed).
+    """
+    buf = io.BytesIO(raw)
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(buf)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(buf)
+    if dtype.hasobject:
+        raise ValueError("bases.npy holds Python objects (pickle); refused")
+    declared = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow
+    if declared != len(raw) - buf.tell():
+        raise ValueError(f"bases.npy declares {shape} {dtype} ({declared} bytes) but holds {len(raw) - buf.tell()}")
+    buf.seek(0)
+    return np.load(buf, allow_pickle=False)
+
+
 def load_bases(url: str, storage_options: dict[str, Any] | None = None) -> Bases:
     """Load and validate a bases artifact; every failure is one :class:`ArtifactError` line."""
     if not url:
@@ -128,10 +156,10 @@ def load_bases(url: str, storage_options: dict[str, Any] | None = None) -> Bases
         with fs.open(meta_path, "r") as f:
             raw = json.load(f)
         with fs.open(posixpath.join(root, "bases.npy"), "rb") as f:
-            H = np.load(io.BytesIO(f.read()), allow_pickle=False)
+            H = _load_npy(f.read())
     except ArtifactError:
         raise
-    except (ValueError, OSError, json.JSONDecodeError, EOFError) as exc:
+    except (ValueError, OSError, json.JSONDecodeError, EOFError, MemoryError) as exc:
         raise ArtifactError(f"bases artifact at {url} cannot be read ({exc}); relearn it") from None
     if not isinstance(raw, dict):
         raise ArtifactError(f"bases artifact at {url}: meta.json must be a JSON object")
