@@ -132,17 +132,21 @@ def _to_array(img: Image.Image, fmt: str) -> tuple[np.ndarray, ImageInfo]:
     elif mode == "RGBX":
         img = img.convert("RGB")
 
+    # Scaling is done in place: peak memory is the Pillow buffer + one float32 array, not two.
     m = img.mode
     if m in ("L", "LA", "RGB", "RGBA"):
-        arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+        arr = np.asarray(img, dtype=np.uint8).astype(np.float32)
+        arr /= 255.0
     elif m.startswith("I;16"):
-        arr = np.asarray(img).astype(np.float32) / 65535.0
+        arr = np.asarray(img).astype(np.float32)
+        arr /= 65535.0
         bit_depth = 16
     elif m == "I":
         raw = np.asarray(img)
         bit_depth = 16
         if raw.min() >= 0 and raw.max() <= 65535:
-            arr = raw.astype(np.float32) / 65535.0
+            arr = raw.astype(np.float32)
+            arr /= 65535.0
         else:
             arr = (raw.astype(np.float64) / float(np.iinfo(np.int32).max)).clip(0, 1).astype(np.float32)
     elif m == "F":
@@ -154,7 +158,8 @@ def _to_array(img: Image.Image, fmt: str) -> tuple[np.ndarray, ImageInfo]:
             raise ImageDecodeError(f"float image values span [{arr.min():.3g}, {arr.max():.3g}], expected [0, 1]")
     else:
         try:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8).astype(np.float32) / 255.0
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8).astype(np.float32)
+            arr /= 255.0
         except (OSError, ValueError) as exc:
             raise ImageDecodeError(f"unsupported image mode {mode!r}: {exc}") from None
     arr = np.ascontiguousarray(arr, dtype=np.float32)
