@@ -94,9 +94,11 @@ def photo_crops(
         p = photos[int(rng.integers(len(photos)))]
         s = float(rng.uniform(*scale_range))
         min_side = min(p.shape[:2])
-        s = max(s, size / min_side)
-        if s < 0.999:
-            p = rescale(p, s, anti_aliasing=True, channel_axis=-1 if p.ndim == 3 else None).astype(np.float32)
+        # Never smaller than the crop (half a pixel of margin against rounding); photos smaller
+        # than the crop are enlarged.
+        s = max(s, (size + 0.5) / min_side)
+        if abs(s - 1.0) > 1e-3 or min_side < size:
+            p = rescale(p, s, anti_aliasing=s < 1, channel_axis=-1 if p.ndim == 3 else None).astype(np.float32)
         y = int(rng.integers(0, p.shape[0] - size + 1))
         x = int(rng.integers(0, p.shape[1] - size + 1))
         out[i] = p[y : y + size, x : x + size]
