@@ -59,7 +59,7 @@ def test_bad_bytes_raise(data):
 
 def test_truncated_png_raises(rng):
     data = png_bytes(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    with pytest.raises(ImageDecodeError, match="truncated|corrupt|readable"):
+    with pytest.raises(ImageDecodeError, match=r"truncated|corrupt|readable"):
         codec.decode(data[: len(data) // 2])
 
 
