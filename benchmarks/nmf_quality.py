@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 import warnings
 
@@ -28,7 +29,14 @@ from restore_core.io.artifacts import Bases, BasesMeta
 
 
 def learn_patch_bases(p: int, k: int, n_patches: int, l1: float, max_iter: int, seed: int) -> Bases:
-    """Gray p x p patch bases learned (HALS) from photo crops that are not test images."""
+    """Gray p x p patch bases learned (HALS) from photo crops that are not test images.
+
+    Cached under ``bench_out/`` (git-ignored) so that sweeps over fit settings learn once.
+    """
+    cache = os.path.join("bench_out", f"nmf_quality_bases_p{p}_k{k}_n{n_patches}_l1{l1:g}_it{max_iter}_s{seed}.npy")
+    if os.path.exists(cache):
+        H = np.load(cache, allow_pickle=False)
+        return Bases(H, BasesMeta(mode="patch", k=k, n_pixels=p * p, channels=1, patch_size=p))
     train = synth.photo_crops(200, 96, seed=seed + 7)
     rng = np.random.default_rng(seed)
     per = max(1, n_patches // len(train))
@@ -36,6 +44,8 @@ def learn_patch_bases(p: int, k: int, n_patches: int, l1: float, max_iter: int, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", nmf.ConvergenceWarning)
         res = nmf.learn_bases(X, k, l1=l1, solver="hals", max_iter=max_iter, tol=1e-5, seed=seed)
+    os.makedirs("bench_out", exist_ok=True)
+    np.save(cache, res.H_)
     return Bases(res.H_, BasesMeta(mode="patch", k=k, n_pixels=p * p, channels=1, patch_size=p))
 
 

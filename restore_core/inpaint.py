@@ -173,16 +173,31 @@ class NMFInpainter:
         rec = self._solve(X, M).cpu().numpy()
         return [self._finish(p, r.reshape(p.shape), d) for p, r, d in zip(planes, rec, dead, strict=True)]
 
+    def _prior_target(self, plane: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The fill the prior pulls dead pixels towards (observed pixels unchanged)."""
+        if not d.any():
+            return plane
+        if self.fit.prior_fill == "biharmonic":
+            return baselines.biharmonic(plane, d)
+        return baselines.smooth_fill(plane, d)
+
     def _restore_patches(self, planes: list[np.ndarray], dead: list[np.ndarray]) -> list[np.ndarray]:
+        # Dead pixels are pulled weakly (weight ``fit.prior``) towards a prior fill, so patches
+        # that see only part of a hole do not extrapolate wildly. With ``refine`` > 0 the fit is
+        # repeated with the previous result as the prior's target (a fixed-point iteration).
+        targets = [self._prior_target(plane, d) for plane, d in zip(planes, dead, strict=True)]
+        out = self._patch_pass(planes, dead, targets)
+        for _ in range(max(0, self.fit.refine)):
+            out = self._patch_pass(planes, dead, out)
+        return out
+
+    def _patch_pass(
+        self, planes: list[np.ndarray], dead: list[np.ndarray], targets: list[np.ndarray]
+    ) -> list[np.ndarray]:
         p, s = self.bases.meta.patch_size, max(1, self.fit.stride)
         cols, masks, metas, fit_weights = [], [], [], []
         prior = self.fit.prior
-        smooths = []
-        for plane, d in zip(planes, dead, strict=True):
-            # A smoothness prior: dead pixels are pulled weakly (weight ``fit.prior``) towards a
-            # smooth fill, so patches that see only part of a hole do not extrapolate wildly.
-            smooth = baselines.smooth_fill(plane, d) if prior > 0 and d.any() else plane
-            smooths.append(smooth)
+        for plane, d, smooth in zip(planes, dead, targets, strict=True):
             target = np.where(d if plane.ndim == 2 else d[..., None], smooth, plane).astype(np.float32)
             img = torch.from_numpy(np.ascontiguousarray(target))
             img = img[None, None] if img.ndim == 2 else img.permute(2, 0, 1)[None]  # (1, C, H, W)
@@ -209,7 +224,7 @@ class NMFInpainter:
         results = []
         start = 0
         for (padded, (H_, W_), c), x, m, plane, d, smooth in zip(
-            metas, cols, masks, planes, dead, smooths, strict=True
+            metas, cols, masks, planes, dead, targets, strict=True
         ):
             n = x.shape[0]
             r = rec[start : start + n]

@@ -159,7 +159,9 @@ def fit_weights(
         Xt = torch.where(M > 0, Xt, torch.zeros((), device=dev)) * M  # NaN-safe M * X
         XHt = Xt @ Ht.T  # (B, k)
         lam = _masked_lipschitz(Ht, M)
-        if lipschitz is not None:
+        if lipschitz is not None and float(M.max()) <= 1.0:
+            # The unmasked constant bounds the masked one only for weights <= 1; larger
+            # weights (a strong prior) would make the clamped step diverge to NaN.
             lam = lam.clamp_max(lipschitz)
         step = 1.0 / lam.clamp_min(_EPS)  # (B, 1)
     lin = XHt - l1  # gradient = Y G - (X H^T - l1)

@@ -107,3 +107,29 @@ def test_baselines_change_only_dead_pixels():
 def test_fitconfig_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         FitConfig().stride = 3  # type: ignore[misc]
+
+
+def test_prior_fill_and_refine_are_used(patch_bases):
+    clean = synth.shapes(1, 24, seed=6)[0]
+    damaged, dead = _damage(clean, 0.6)
+    base = FitConfig(stride=2, prior=0.05)
+
+    def run(**kw):
+        return NMFInpainter(patch_bases, dataclasses.replace(base, **kw)).restore_batch([damaged], [dead])[0]
+
+    smooth, bih, refined = (
+        run(prior_fill="smooth"),
+        run(prior_fill="biharmonic"),
+        run(prior_fill="biharmonic", refine=1),
+    )
+    assert not np.array_equal(smooth[dead], bih[dead])
+    assert not np.array_equal(bih[dead], refined[dead])
+    for out in (bih, refined):
+        np.testing.assert_array_equal(out[~dead], damaged[~dead])
+    # A dominant prior makes the fill follow its target: closer to biharmonic than to the smooth fill.
+    from restore_core import baselines
+
+    strong = run(prior_fill="biharmonic", prior=100.0)
+    target = baselines.biharmonic(damaged, dead)
+    other = baselines.smooth_fill(damaged, dead)
+    assert np.abs(strong - target)[dead].mean() < np.abs(strong - other)[dead].mean()
