@@ -35,6 +35,7 @@ from restore_core.errors import UserError
 from restore_core.io import shards as shard_io
 from restore_core.io.artifacts import Bases, load_bases
 from restore_core.pipeline import Restorer
+from restore_core.quality import read_flagged_ids
 
 CONFIG = RestoreConfig
 log = logging.getLogger("jobs.restore")
@@ -135,7 +136,9 @@ class RestoreActor:
     it, and the bases object it used, so the summary can show where the work ran.
     """
 
-    def __init__(self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int) -> None:
+    def __init__(
+        self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int, flagged: Any = None
+    ) -> None:
         import ray
         import torch
 
@@ -148,7 +151,9 @@ class RestoreActor:
             bases = dataclasses.replace(bases, H=np.array(bases.H))
         if isinstance(sr_artifact, ray.ObjectRef):
             sr_artifact = ray.get(sr_artifact)
-        self.restorer = Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg)
+        if isinstance(flagged, ray.ObjectRef):
+            flagged = ray.get(flagged)
+        self.restorer = Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg, flagged_ids=flagged)
         ctx = ray.get_runtime_context()
         self.node = ctx.get_node_id()
         self.actor = ctx.get_actor_id() or ""
@@ -226,6 +231,12 @@ def run(cfg: RestoreConfig) -> Summary:
     needs_bases = cfg.fit.method in ("nmf", "seed")
     bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases else None
     sr_artifact = load_sr_artifact(cfg)
+    # restore.only_flagged: restore the rows a quality run flagged, pass the others through.
+    flagged = (
+        read_flagged_ids(cfg.only_flagged, cfg.only_flagged_flags, cfg.input.storage_options)
+        if cfg.only_flagged
+        else None
+    )
     Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg)  # refuses bases/images mismatches now
     out = shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options)
     out.check_writable()
@@ -252,7 +263,7 @@ def run(cfg: RestoreConfig) -> Summary:
     if pending:
         out.clear_tmp()
         t0 = time.perf_counter()
-        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress)
+        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress, flagged)
         t_pipeline = time.perf_counter() - t0
     else:
         log.info("all %d shards of %s are committed; nothing to do", len(plan), cfg.output.path)
@@ -287,6 +298,7 @@ def run(cfg: RestoreConfig) -> Summary:
         "rows": total["rows"],
         "rows ok": total["ok"],
         "rows error": total["error"],
+        "only flagged ids": len(flagged) if flagged is not None else "off (every row restored)",
         "dead pixel fraction before": dead_in,
         "dead pixel fraction after": dead_out,
         "shards": len(plan),
@@ -315,7 +327,12 @@ def run(cfg: RestoreConfig) -> Summary:
 
 
 def _run_pipeline(
-    cfg: RestoreConfig, pending: list[shard_io.Shard], bases: Bases | None, sr_artifact: Any, progress: _Progress
+    cfg: RestoreConfig,
+    pending: list[shard_io.Shard],
+    bases: Bases | None,
+    sr_artifact: Any,
+    progress: _Progress,
+    flagged: frozenset[str] | None = None,
 ) -> tuple[int, str]:
     """Run the Ray stream over the pending shards and commit each as soon as it is complete."""
     import ray
@@ -327,6 +344,7 @@ def _run_pipeline(
     # Put once: every actor on every node reads the same object instead of a copy per task.
     bases_ref = ray.put(bases) if bases is not None else None
     sr_ref = ray.put(sr_artifact) if sr_artifact is not None else None
+    flagged_ref = ray.put(flagged) if flagged is not None else None
     log.info("restoring %d shards (%d rows) with %d actors", len(pending), sum(s.n_rows for s in pending), n_actors)
 
     by_index = {s.index: s for s in pending}
@@ -360,6 +378,7 @@ def _run_pipeline(
             "sr_artifact": sr_ref,
             "cfg": cfg,
             "threads": max(1, round(pool["num_cpus"])),
+            "flagged": flagged_ref,
         },
         batch_size=cfg.ray.batch_size,
         batch_format="numpy",

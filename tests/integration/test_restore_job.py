@@ -206,3 +206,26 @@ def test_resume_after_kill_is_identical_and_rerun_does_nothing(local_ray, restor
                                  ray={"batch_size": 1}))
     assert again.values["shards written now"] == 0 and again.values["rows processed now"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()} == mtimes
+
+
+@pytest.mark.timeout(900)
+def test_only_flagged_restores_flagged_rows_and_passes_the_rest(local_ray, restore_dataset, tmp_path):
+    # A quality run's flags.parquet, as jobs/quality.py writes it: only two ids flagged dead_pixels.
+    run = tmp_path / "quality" / "run=2026-11-23"
+    run.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["s0-1", "s2-3", "s1-0"], "flags": ["dead_pixels", "dead_pixels,blurry", "blurry"]}),
+                   run / "flags.parquet")
+    cfg = make_cfg(restore_dataset.path, restore_dataset.bases, tmp_path / "out", only_flagged=str(run))
+    summary = restore.run(cfg)
+    assert summary.values["only flagged ids"] == 2
+    out = read_output(tmp_path / "out")
+    ids = out.column("id").to_pylist()
+    assert sorted(ids) == sorted(restore_dataset.ids)  # every row still comes out, once
+    method = dict(zip(ids, out.column("method").to_pylist(), strict=True))
+    assert method["s0-1"] == "nmf" and method["s2-3"] == "nmf"
+    assert all(m == "skipped" for i, m in method.items() if i not in {"s0-1", "s2-3"})
+    source = {r["id"]: r["image"] for f in sorted(Path(restore_dataset.path).glob("*.parquet"))
+              for r in pq.read_table(f).to_pylist()}
+    images = dict(zip(ids, out.column("image").to_pylist(), strict=True))
+    assert images["s1-0"] == source["s1-0"]  # passed through byte for byte
+    assert images["s0-1"] != source["s0-1"]  # restored
