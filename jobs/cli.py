@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from restore_core.checks import explain_exception
 from restore_core.config import load_config
 from restore_core.errors import UserError
 
@@ -27,8 +28,9 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "learn-bases": Command("learn_bases", "learn NMF bases from clean images"),
     "benchmark": Command("benchmark", "damage clean images, restore with each method, compare"),
-    "train-sr": Command("train_sr", "train the super-resolution CNN with Ray Train"),
     "restore": Command("restore", "restore a dataset on Ray: fill dead pixels (and SR), write shards + manifest"),
+    "train-sr": Command("train_sr", "train the super-resolution CNN with Ray Train"),
+    "demo": Command("demo", "generate a small dataset and run every job on it, locally, in minutes"),
     "quality": Command("quality", "nightly data-quality run: per-image metrics, flags, drift, HTML report"),
 }
 
@@ -70,14 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="ray.*")
     module = importlib.import_module(f"jobs.{COMMANDS[args.command].module}")
     try:
-        overrides = list(args.set)
+        # A command's own flags first, so that an explicit --set wins over them.
         apply_args = getattr(module, "apply_arguments", None)
-        if apply_args is not None:
-            overrides += apply_args(args)
+        overrides = list(apply_args(args)) if apply_args is not None else []
+        overrides += list(args.set)
         cfg = load_config(module.CONFIG, args.config, overrides)
         summary = module.run(cfg)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # explain_exception unwraps a UserError raised inside a Ray task to its one line.
+        print(f"error: {explain_exception(exc) or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        message = explain_exception(exc)  # library errors a user can fix (credentials, endpoint...)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,0 +1,526 @@
+"""The demo: every job, end to end, on a small generated dataset, on an embedded local Ray.
+
+``python -m jobs demo [--out DIR] [--small]`` makes, under ``DIR`` (default ``demo_out``):
+
+- ``data/train/`` clean images and ``data/test/`` damaged ones (blur, then dead pixels; the
+  clean image in the ``reference`` column), Parquet shards of faces, textures, digits, shapes;
+- ``bases/`` (learn-bases), ``sr_model/`` (train-sr, a few epochs);
+- ``restored/<method>/`` (the restore job once per method, and once with NMF then SR);
+- ``quality/`` (the nightly quality run over the damaged test set);
+- ``report/``: ``results.csv``, ``summary.json`` and ``before_after.png`` (the image grid).
+
+A second run reuses what exists: each step records a fingerprint of its settings and inputs in
+``_demo_state.json`` and is skipped when its output is there with the same fingerprint
+(``force: true`` redoes everything). A step whose job is not in this checkout is reported as
+unavailable and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from jobs.common import Summary, format_table
+from restore_core import codec, demo_data
+from restore_core.config import (
+    DemoConfig,
+    InputConfig,
+    LearnBasesConfig,
+    OutputConfig,
+    RestoreConfig,
+    SRConfig,
+    from_dict,
+)
+from restore_core.errors import UserError
+
+CONFIG = DemoConfig
+log = logging.getLogger("jobs.demo")
+
+#: --small: a demo CI can afford (about a minute on 2 CPUs).
+SMALL = [
+    "data.n_train=48",
+    "data.n_test=8",
+    "data.shards=2",
+    "nmf.n_samples=2000",
+    "nmf.max_iter=30",
+    "sr.epochs=1",
+    "sr.patches_per_image=4",
+]
+
+#: Restore output folder names (a method name may not be a safe folder name: nmf+sr).
+SR_ROW = "nmf+sr"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="folder for everything the demo makes (default: demo_out)")
+    parser.add_argument("--small", action="store_true", help="fewer, smaller images and one SR epoch (for CI)")
+
+
+def apply_arguments(args: argparse.Namespace) -> list[str]:
+    extra = [*SMALL] if args.small else []
+    if args.out:
+        extra.append(f"output={args.out}")
+    return extra
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+class Steps:
+    """Runs named steps once: a step is skipped when its marker file exists and the fingerprint
+    of its settings matches the one recorded in ``_demo_state.json``."""
+
+    def __init__(self, root: str, force: bool) -> None:
+        self.root = root
+        self.force = force
+        self.path = os.path.join(root, "_demo_state.json")
+        self.state: dict[str, str] = {}
+        if os.path.isfile(self.path) and not force:
+            with open(self.path, encoding="utf-8") as f:
+                self.state = json.load(f)
+        self.report: dict[str, str] = {}  # step -> "done in 3.1 s" | "reused" | "unavailable: ..."
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, settings: Any, marker: str, fn: Callable[[], Any]) -> bool:
+        """Run ``fn`` unless ``marker`` exists with the same settings; True when the output exists."""
+        fp = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if not self.force and self.state.get(name) == fp and os.path.exists(marker):
+            self.report[name] = "reused"
+            log.info("demo: %s reused (%s)", name, marker)
+            return True
+        t0 = time.perf_counter()
+        log.info("demo: %s ...", name)
+        try:
+            fn()
+        except _Unavailable as exc:
+            self.report[name] = f"unavailable: {exc}"
+            log.warning("demo: %s unavailable: %s", name, exc)
+            return False
+        self.seconds[name] = time.perf_counter() - t0
+        self.report[name] = f"done in {self.seconds[name]:.1f} s"
+        self.state[name] = fp
+        with open(self.path, "w", encoding="utf-8") as f:
+            json.dump(self.state, f, indent=2)
+        return True
+
+    def fingerprint(self, name: str) -> str:
+        return self.state.get(name, "")
+
+
+class _Unavailable(Exception):
+    """A job module that is not in this checkout (yet)."""
+
+
+def _job(module: str) -> Any:
+    try:
+        return importlib.import_module(f"jobs.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"jobs.{module}":
+            raise _Unavailable(f"jobs/{module}.py is not in this checkout") from None
+        raise
+
+
+def _summary_line(summary: Any) -> None:
+    if isinstance(summary, Summary):
+        for line in summary.render().splitlines():
+            log.info("  %s", line)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _blur(cfg: DemoConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """The test set's blur: the SR model's own degrade (same filter and scale as its training),
+    else a bilinear shrink-and-enlarge."""
+    try:
+        from restore_core import sr
+    except ImportError:
+        return lambda img: demo_data.shrink_enlarge(img, cfg.data.blur_scale)
+    from restore_core.config import SRDegradeConfig
+
+    dcfg = SRDegradeConfig(scale=cfg.data.blur_scale)
+
+    def blur(img: np.ndarray) -> np.ndarray:
+        planes = img[None] if img.ndim == 2 else np.moveaxis(img, 2, 0)  # (C, H, W)
+        out = sr.degrade_np(np.ascontiguousarray(planes, np.float32), dcfg)
+        return out[0] if img.ndim == 2 else np.moveaxis(out, 0, 2)
+
+    return blur
+
+
+def make_data(cfg: DemoConfig, root: str) -> None:
+    """Write the clean training set and the damaged test set (with references)."""
+    d = cfg.data
+    train, train_kinds = demo_data.generate(d.n_train, d.size, rgb=d.rgb, seed=d.seed)
+    test_clean, test_kinds = demo_data.generate(d.n_test, d.size, rgb=d.rgb, seed=d.seed + 10_000)
+    rng = np.random.default_rng(d.seed + 20_000)
+    blur = _blur(cfg)
+    damaged = [demo_data.damage(img, d.dead_rate, rng, blur)[0] for img in test_clean]
+    demo_data.write_shards(
+        demo_data.to_table([f"train-{i:05d}" for i in range(d.n_train)], train, train_kinds),
+        os.path.join(root, "train"),
+        d.shards,
+    )
+    demo_data.write_shards(
+        demo_data.to_table([f"test-{i:05d}" for i in range(d.n_test)], damaged, test_kinds, test_clean),
+        os.path.join(root, "test"),
+        d.shards,
+    )
+    with open(os.path.join(root, "_SUCCESS"), "w", encoding="utf-8") as f:
+        json.dump(dataclasses.asdict(d), f)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def learn_bases_cfg(cfg: DemoConfig, train: str, out: str) -> LearnBasesConfig:
+    return LearnBasesConfig(input=InputConfig(path=train), output=out, nmf=cfg.nmf, device=cfg.device, ray=cfg.ray)
+
+
+def train_sr_cfg(cfg: DemoConfig, train: str, out: str) -> Any:
+    """train-sr's config: the demo's images and blur, a few epochs on the local Ray."""
+    s = cfg.sr
+    return from_dict(
+        _train_sr_config_class(),
+        {
+            "input": {"path": train},
+            "output": out,
+            "net": {"channels": list(s.channels), "residual": s.residual},
+            "degrade": {"scale": cfg.data.blur_scale},
+            "train": {
+                "epochs": s.epochs,
+                "patch_size": min(s.patch_size, cfg.data.size),
+                "patches_per_image": s.patches_per_image,
+            },
+            "workers": {"num_workers": s.num_workers},
+            "ray": dataclasses.asdict(cfg.ray),
+        },
+    )
+
+
+def _train_sr_config_class() -> type:
+    from restore_core import config
+
+    cls = getattr(config, "TrainSRConfig", None)
+    if cls is None:
+        raise _Unavailable("restore_core.config has no TrainSRConfig")
+    return cls
+
+
+def restore_cfg(cfg: DemoConfig, test: str, out: str, method: str, bases: str, sr_model: str) -> RestoreConfig:
+    fit = dataclasses.replace(RestoreConfig().fit, method=method)  # type: ignore[arg-type]
+    sr = SRConfig(enabled=bool(sr_model), model=sr_model)
+    return RestoreConfig(
+        input=InputConfig(path=test),
+        output=OutputConfig(path=out, overwrite=True),
+        bases=bases if method in ("nmf", "seed") else "",
+        fit=fit,
+        sr=sr,
+        device=cfg.device,
+        ray=cfg.ray,
+    )
+
+
+def quality_cfg(cfg: DemoConfig, test: str, out: str) -> Any:
+    from restore_core import config
+
+    cls = getattr(config, "QualityConfig", None)
+    if cls is None:
+        raise _Unavailable("restore_core.config has no QualityConfig")
+    # One fixed run date: the demo's quality folder holds one run, replaced on a rerun.
+    return from_dict(
+        cls, {"input": {"path": test}, "output": out, "run_date": "2000-01-01", "ray": dataclasses.asdict(cfg.ray)}
+    )
+
+
+def _start_ray(cfg: DemoConfig) -> bool:
+    """Start the embedded Ray once for every step; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if not cfg.ray.address and not cfg.ray.num_cpus and not os.environ.get("RAY_ADDRESS"):
+        # Logical CPUs, not cores: train-sr runs its workers and the Ray Data actors that cut
+        # training patches at the same time; with 2 logical CPUs (a 2-core laptop or CI) they
+        # wait on each other for ever. Oversubscribing a small machine only slows it down.
+        cfg = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, num_cpus=max(4, os.cpu_count() or 1)))
+    try:
+        from jobs.ray_utils import init_ray
+    except ImportError:
+        ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
+    else:
+        init_ray(cfg.ray)
+    return True
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _read_output(folder: str) -> Any:
+    """The restore job's output rows (pyarrow table), or None when there is none."""
+    import pyarrow.parquet as pq
+
+    data = os.path.join(folder, "data")
+    if not os.path.isdir(data):
+        return None
+    files = sorted(os.path.join(data, f) for f in os.listdir(data) if f.endswith(".parquet"))
+    if not files:
+        return None
+    import pyarrow as pa
+
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+
+def _mean(table: Any, column: str, ok_only: bool = True) -> float:
+    if table is None or column not in table.column_names:
+        return float("nan")
+    values = np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if ok_only and "status" in table.column_names:
+        values = values[np.asarray(table.column("status").to_pylist()) == "ok"]
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def results_rows(outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per method (plus the damaged input), means over ok rows."""
+    rows: list[dict[str, Any]] = []
+    first = next((t for t in outputs.values() if t is not None), None)
+    if first is not None:
+        rows.append(
+            {
+                "method": "damaged input",
+                "psnr": _mean(first, "psnr_in"),
+                "ssim": _mean(first, "ssim_in"),
+                "psnr_dead": float("nan"),
+                "dead_after": _mean(first, "dead_fraction_in"),
+                "ok": first.num_rows,
+                "rows": first.num_rows,
+            }
+        )
+    for name, table in outputs.items():
+        if table is None:
+            continue
+        status = table.column("status").to_pylist() if "status" in table.column_names else []
+        rows.append(
+            {
+                "method": name,
+                "psnr": _mean(table, "psnr_out"),
+                "ssim": _mean(table, "ssim_out"),
+                "psnr_dead": _mean(table, "psnr_dead_out"),
+                "dead_after": _mean(table, "dead_fraction_out"),
+                "ok": sum(s == "ok" for s in status),
+                "rows": table.num_rows,
+            }
+        )
+    return rows
+
+
+def _images_by_id(table: Any, column: str) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if table is None or column not in table.column_names:
+        return out
+    for i, cell in zip(table.column("id").to_pylist(), table.column(column).to_pylist(), strict=True):
+        if cell:
+            out[str(i)] = codec.decode(cell)[0]
+    return out
+
+
+def plot_grid(test_table: Any, outputs: dict[str, Any], path: str, per_kind: int = 1) -> None:
+    """Before/after grid: a row per sample image (one of each kind), columns clean, damaged,
+    then each method, titled with the image's PSNR against the clean image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from restore_core import metrics
+
+    ids = test_table.column("id").to_pylist()
+    kinds = test_table.column("kind").to_pylist()
+    chosen: list[str] = []
+    for kind in demo_data.KINDS:
+        chosen += [i for i, k in zip(ids, kinds, strict=True) if k == kind][:per_kind]
+    clean = _images_by_id(test_table, "reference")
+    damaged = _images_by_id(test_table, "image")
+    restored = {name: _images_by_id(t, "image") for name, t in outputs.items() if t is not None}
+    columns = [("clean (reference)", clean), ("damaged input", damaged), *restored.items()]
+    fig, axes = plt.subplots(
+        len(chosen), len(columns), figsize=(1.75 * len(columns), 1.9 * len(chosen) + 0.2), squeeze=False
+    )
+    for r, image_id in enumerate(chosen):
+        ref = clean.get(image_id)
+        for c, (title, images) in enumerate(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            img = images.get(image_id)
+            if img is None:
+                ax.set_title(f"{title}\n(error)", fontsize=7)
+                continue
+            label = title
+            if c > 0 and ref is not None and ref.shape == img.shape:
+                label = f"{title}\n{metrics.psnr(ref, img):.1f} dB"
+            elif c == 0:
+                label = f"{title}\n{kinds[ids.index(image_id)]}"
+            ax.imshow(
+                np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
+            )
+            ax.set_title(label, fontsize=7)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(cfg: DemoConfig) -> Summary:
+    if not cfg.output:
+        raise UserError("output is empty: set it (or --out) to the folder where the demo writes its files")
+    unknown = [m for m in cfg.methods if m not in ("nmf", "seed", "biharmonic", "median", "none")]
+    if unknown:
+        raise UserError(f"methods: unknown method {unknown[0]!r} (choose from nmf, seed, biharmonic, median, none)")
+    if cfg.data.n_test < 1 or cfg.data.n_train < 1:
+        raise UserError("data.n_train and data.n_test must be >= 1")
+    t_start = time.perf_counter()
+    root = os.path.abspath(cfg.output)
+    os.makedirs(root, exist_ok=True)
+    steps = Steps(root, cfg.force)
+    data_dir = os.path.join(root, "data")
+    train, test = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
+    bases_dir, model_dir = os.path.join(root, "bases"), os.path.join(root, "sr_model")
+    report_dir = os.path.join(root, "report")
+    os.makedirs(report_dir, exist_ok=True)
+
+    data_marker = os.path.join(data_dir, "_SUCCESS")
+    steps.run("data", dataclasses.asdict(cfg.data), data_marker, lambda: make_data(cfg, data_dir))
+    data_fp = steps.fingerprint("data")
+
+    started_ray = _start_ray(cfg)
+    try:
+        lb_cfg = learn_bases_cfg(cfg, train, bases_dir)
+        have_bases = steps.run(
+            "learn-bases",
+            [data_fp, dataclasses.asdict(lb_cfg)],
+            os.path.join(bases_dir, "meta.json"),
+            lambda: _summary_line(_job("learn_bases").run(lb_cfg)),
+        )
+
+        have_model = False
+        if cfg.sr.enabled:
+
+            def train_sr() -> None:
+                module = _job("train_sr")
+                _summary_line(module.run(train_sr_cfg(cfg, train, model_dir)))
+
+            have_model = steps.run(
+                "train-sr", [data_fp, dataclasses.asdict(cfg.sr)], os.path.join(model_dir, "meta.json"), train_sr
+            )
+
+        plans: list[tuple[str, str, str]] = [(m, m, "") for m in cfg.methods]  # (row name, method, model)
+        if cfg.sr.enabled:
+            plans.append((SR_ROW, "nmf", model_dir))
+        outputs: dict[str, Any] = {}
+        for name, method, model in plans:
+            folder = os.path.join(root, "restored", name.replace("+", "_"))
+            if method in ("nmf", "seed") and not have_bases:
+                steps.report[f"restore {name}"] = "skipped: no bases"
+                continue
+            if model and not have_model:
+                steps.report[f"restore {name}"] = "skipped: no SR model"
+                continue
+            rcfg = restore_cfg(cfg, test, folder, method, bases_dir, model)
+
+            def restore(rcfg: RestoreConfig = rcfg) -> None:
+                _summary_line(_job("restore").run(rcfg))
+
+            fp = [data_fp, steps.fingerprint("learn-bases"), steps.fingerprint("train-sr"), dataclasses.asdict(rcfg)]
+            if steps.run(f"restore {name}", fp, os.path.join(folder, "_manifest.json"), restore):
+                outputs[name] = _read_output(folder)
+
+        quality_dir = os.path.join(root, "quality")
+        quality_summary: dict[str, Any] = {}
+
+        def quality() -> None:
+            s = _job("quality").run(quality_cfg(cfg, test, quality_dir))
+            _summary_line(s)
+            if isinstance(s, Summary):
+                quality_summary.update(s.outputs)
+
+        steps.run("quality", [data_fp], os.path.join(quality_dir, "run=2000-01-01"), quality)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    import pyarrow.parquet as pq
+
+    test_table = pq.read_table(test)  # the folder of shards
+    rows = results_rows(outputs)
+    grid = os.path.join(report_dir, "before_after.png")
+    report_outputs: dict[str, str] = {"data": data_dir}
+    if outputs:
+        plot_grid(test_table, outputs, grid)
+        report_outputs["before/after grid"] = grid
+    csv_path = os.path.join(report_dir, "results.csv")
+    keys = ["method", "psnr", "ssim", "psnr_dead", "dead_after", "ok", "rows"]
+    with open(csv_path, "w", encoding="utf-8") as f:
+        f.write(",".join(keys) + "\n")
+        for r in rows:
+            f.write(",".join(str(r[k]) for k in keys) + "\n")
+    report_outputs["results"] = csv_path
+    for label, path in (
+        ("bases", bases_dir),
+        ("SR model", model_dir),
+        ("SR training plot", os.path.join(model_dir, "training.png")),
+    ):
+        if os.path.exists(path):
+            report_outputs[label] = path
+    quality_report = _find_quality_report(quality_dir)
+    if quality_report:
+        report_outputs["quality report"] = quality_report
+    for name in outputs:
+        report_outputs[f"restored ({name})"] = os.path.join(root, "restored", name.replace("+", "_"))
+    summary_path = os.path.join(report_dir, "summary.json")
+    with open(summary_path, "w", encoding="utf-8") as f:
+        json.dump({"results": rows, "steps": steps.report, "outputs": report_outputs}, f, indent=2, default=str)
+    report_outputs["summary"] = summary_path
+
+    table = format_table(
+        ["method", "PSNR dB", "SSIM", "PSNR dead px", "dead px after", "rows ok"],
+        [[r["method"], r["psnr"], r["ssim"], r["psnr_dead"], r["dead_after"], f"{r['ok']}/{r['rows']}"] for r in rows],
+    )
+    values: dict[str, Any] = {
+        "images": f"{cfg.data.n_train} clean (train), {cfg.data.n_test} damaged (test), "
+        f"{cfg.data.size}x{cfg.data.size} {'RGB' if cfg.data.rgb else 'gray'}",
+        "damage": f"blur (shrink x{cfg.data.blur_scale:g} and enlarge), then {cfg.data.dead_rate:.0%} dead pixels",
+    }
+    values.update({f"step {k}": v for k, v in steps.report.items()})
+    values["seconds"] = time.perf_counter() - t_start
+    unavailable = [k for k, v in steps.report.items() if v.startswith("unavailable")]
+    return Summary(job="demo", values=values, outputs=report_outputs, table=table, exit_code=1 if unavailable else 0)
+
+
+def _find_quality_report(folder: str) -> str:
+    """The quality run's HTML report (or summary JSON), wherever the quality job put it."""
+    if not os.path.isdir(folder):
+        return ""
+    found = ""
+    for dirpath, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            if name.endswith(".html"):
+                return os.path.join(dirpath, name)
+            if name == "summary.json" and not found:
+                found = os.path.join(dirpath, name)
+    return found
