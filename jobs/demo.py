@@ -36,6 +36,7 @@ from restore_core.config import (
     DemoConfig,
     InputConfig,
     LearnBasesConfig,
+    NMFLearnConfig,
     OutputConfig,
     RestoreConfig,
     SRConfig,
@@ -184,7 +185,11 @@ def make_data(cfg: DemoConfig, root: str) -> None:
 
 
 def learn_bases_cfg(cfg: DemoConfig, train: str, out: str) -> LearnBasesConfig:
-    return LearnBasesConfig(input=InputConfig(path=train), output=out, nmf=cfg.nmf, device=cfg.device, ray=cfg.ray)
+    n = cfg.nmf
+    nmf = NMFLearnConfig(
+        mode="patch", k=n.k, patch_size=n.patch_size, channels=n.channels, n_samples=n.n_samples, max_iter=n.max_iter
+    )
+    return LearnBasesConfig(input=InputConfig(path=train), output=out, nmf=nmf, device=cfg.device, ray=cfg.ray)
 
 
 def train_sr_cfg(cfg: DemoConfig, train: str, out: str) -> Any:
@@ -227,8 +232,14 @@ def restore_cfg(cfg: DemoConfig, test: str, out: str, method: str, bases: str, s
         fit=fit,
         sr=sr,
         device=cfg.device,
-        ray=cfg.ray,
+        ray=_small_pool(cfg),
     )
+
+
+def _small_pool(cfg: DemoConfig) -> Any:
+    """One actor unless asked otherwise: the demo's test set is a few dozen images, and each
+    actor's start (a process importing torch) costs more than restoring them."""
+    return cfg.ray if cfg.ray.num_actors else dataclasses.replace(cfg.ray, num_actors=1)
 
 
 def quality_cfg(cfg: DemoConfig, test: str, out: str) -> Any:
@@ -239,7 +250,8 @@ def quality_cfg(cfg: DemoConfig, test: str, out: str) -> Any:
         raise _Unavailable("restore_core.config has no QualityConfig")
     # One fixed run date: the demo's quality folder holds one run, replaced on a rerun.
     return from_dict(
-        cls, {"input": {"path": test}, "output": out, "run_date": "2000-01-01", "ray": dataclasses.asdict(cfg.ray)}
+        cls,
+        {"input": {"path": test}, "output": out, "run_date": "2000-01-01", "ray": dataclasses.asdict(_small_pool(cfg))},
     )
 
 
@@ -411,7 +423,7 @@ def run(cfg: DemoConfig) -> Summary:
         lb_cfg = learn_bases_cfg(cfg, train, bases_dir)
         have_bases = steps.run(
             "learn-bases",
-            [data_fp, dataclasses.asdict(lb_cfg)],
+            [data_fp, dataclasses.asdict(lb_cfg.nmf)],
             os.path.join(bases_dir, "meta.json"),
             lambda: _summary_line(_job("learn_bases").run(lb_cfg)),
         )
@@ -444,7 +456,8 @@ def run(cfg: DemoConfig) -> Summary:
             def restore(rcfg: RestoreConfig = rcfg) -> None:
                 _summary_line(_job("restore").run(rcfg))
 
-            fp = [data_fp, steps.fingerprint("learn-bases"), steps.fingerprint("train-sr"), dataclasses.asdict(rcfg)]
+            settings = {k: v for k, v in dataclasses.asdict(rcfg).items() if k != "ray"}  # results do not depend on it
+            fp = [data_fp, steps.fingerprint("learn-bases"), steps.fingerprint("train-sr"), settings]
             if steps.run(f"restore {name}", fp, os.path.join(folder, "_manifest.json"), restore):
                 outputs[name] = _read_output(folder)
 

@@ -238,6 +238,17 @@ class DemoDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoNMFConfig:
+    """The demo's bases (learn-bases' nmf section, smaller)."""
+
+    k: int = 64  # number of bases
+    patch_size: int = 8  # patch side p
+    channels: Literal["gray", "rgb"] = "gray"  # gray bases restore RGB images channel by channel
+    n_samples: int = 6000  # patches sampled for training
+    max_iter: int = 60  # epochs at most
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoSRConfig:
     """The demo's brief SR training (the full settings are train-sr's)."""
 
@@ -254,9 +265,7 @@ class DemoSRConfig:
 class DemoConfig:
     output: str = "demo_out"  # everything the demo makes: data/, bases/, sr_model/, restored/, quality/, report/
     data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)
-    nmf: NMFLearnConfig = dataclasses.field(
-        default_factory=lambda: NMFLearnConfig(k=64, patch_size=8, n_samples=6000, max_iter=60)
-    )
+    nmf: DemoNMFConfig = dataclasses.field(default_factory=DemoNMFConfig)
     sr: DemoSRConfig = dataclasses.field(default_factory=DemoSRConfig)
     methods: list[str] = dataclasses.field(default_factory=lambda: ["nmf", "biharmonic", "median"])  # fit.method
     force: bool = False  # true = redo every step; false = reuse what a previous run made
