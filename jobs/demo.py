@@ -367,7 +367,7 @@ def plot_grid(test_table: Any, outputs: dict[str, Any], path: str, per_kind: int
     restored = {name: _images_by_id(t, "image") for name, t in outputs.items() if t is not None}
     columns = [("clean (reference)", clean), ("damaged input", damaged), *restored.items()]
     fig, axes = plt.subplots(
-        len(chosen), len(columns), figsize=(1.75 * len(columns), 1.9 * len(chosen) + 0.2), squeeze=False
+        len(chosen), len(columns), figsize=(1.6 * len(columns), 1.6 * len(chosen) + 0.3), squeeze=False
     )
     for r, image_id in enumerate(chosen):
         ref = clean.get(image_id)
@@ -375,19 +375,28 @@ def plot_grid(test_table: Any, outputs: dict[str, Any], path: str, per_kind: int
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(kinds[ids.index(image_id)], fontsize=8)
             img = images.get(image_id)
             if img is None:
-                ax.set_title(f"{title}\n(error)", fontsize=7)
+                ax.text(0.5, 0.5, "error", ha="center", va="center", transform=ax.transAxes)
                 continue
-            label = title
-            if c > 0 and ref is not None and ref.shape == img.shape:
-                label = f"{title}\n{metrics.psnr(ref, img):.1f} dB"
-            elif c == 0:
-                label = f"{title}\n{kinds[ids.index(image_id)]}"
             ax.imshow(
                 np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
             )
-            ax.set_title(label, fontsize=7)
+            if c > 0 and ref is not None and ref.shape == img.shape:
+                # PSNR against the clean image, in a box inside the panel so rows never overlap.
+                ax.text(
+                    0.03,
+                    0.04,
+                    f"{metrics.psnr(ref, img):.1f} dB",
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    color="white",
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "linewidth": 0},
+                )
     fig.tight_layout(pad=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
