@@ -391,7 +391,9 @@ def _run_pipeline(
         batch_format="pyarrow",
         **light,
     )
-    remote_commit = ray.remote(num_cpus=0.25, max_retries=2)(commit_shard)
+    # Storage hiccups (S3 5xx, connection resets) raise in the task: retry those too, with
+    # Ray's backoff, before giving up on the job.
+    remote_commit = ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=True)(commit_shard)
     commits = []
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for row in batch.to_pylist():

@@ -309,6 +309,12 @@ class OutputFolder:
                 tables.append(pq.read_table(f))
         table = concat(tables) if tables else None
         rows = table.column(ROW_COL).to_numpy() if table is not None else np.empty(0, np.int64)
+        if table is not None and len(np.unique(rows)) < len(rows):
+            # A write task retried after its fragment landed leaves the same rows twice; the
+            # copies are the same input row restored the same way, so keep the first.
+            _, first = np.unique(rows, return_index=True)
+            table = table.take(pa.array(np.sort(first)))
+            rows = table.column(ROW_COL).to_numpy()
         if len(rows) != shard.n_rows or len(np.unique(rows)) != shard.n_rows:
             raise RuntimeError(
                 f"shard {shard.index}: {len(rows)} rows ({len(np.unique(rows))} distinct) in fragments, "
