@@ -4,7 +4,12 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tests run beside Ray workers on small machines; one BLAS/OpenMP thread in the test process
+# avoids oversubscription (measured: 2 threads were ~20x slower than 1 on a loaded 2-core box).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
