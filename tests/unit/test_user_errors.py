@@ -199,3 +199,44 @@ def test_s3_credentials_missing(tmp_path: Path, s3_bucket_with_data: str) -> Non
     line = _one_error_line(proc)
     assert "no S3 credentials" in line
     assert "AWS_ACCESS_KEY_ID" in line and "storage_options" in line
+
+
+# ----------------------------------------------------------------------------- the pure checks
+
+
+def test_check_bases_fit_names_size_and_channels() -> None:
+    from restore_core.checks import check_bases_fit
+    from restore_core.errors import ArtifactError
+
+    global_100 = BasesMeta(mode="global", k=4, n_pixels=100 * 100, channels=1, image_shape=(100, 100))
+    with pytest.raises(ArtifactError, match=r"made for 100x100 images .* 64x64 gray"):
+        check_bases_fit(global_100, (64, 64))
+    check_bases_fit(global_100, (100, 100))
+    check_bases_fit(global_100, (100, 100, 3))  # gray bases restore colour channel by channel
+    rgb_patch = BasesMeta(mode="patch", k=4, n_pixels=8 * 8 * 3, channels=3, patch_size=8)
+    with pytest.raises(ArtifactError, match=r"are RGB .* 64x48 gray.*nmf.channels: gray"):
+        check_bases_fit(rgb_patch, (48, 64))
+    check_bases_fit(rgb_patch, (48, 64, 3))
+    with pytest.raises(ArtifactError, match="smaller than one patch"):
+        check_bases_fit(rgb_patch, (4, 64, 3))
+
+
+def test_check_gpus_and_explain_exception() -> None:
+    from restore_core.checks import check_gpus, explain_exception
+    from restore_core.errors import UserError
+
+    check_gpus(0.0, 0.0)
+    check_gpus(0.5, 1.0)
+    with pytest.raises(UserError, match=r"ray.num_gpus_per_actor is 1 but the Ray cluster has no GPU"):
+        check_gpus(1.0, 0.0)
+    from botocore.exceptions import NoCredentialsError
+
+    try:
+        try:
+            raise NoCredentialsError()
+        except NoCredentialsError as inner:
+            raise RuntimeError("listing failed") from inner
+    except RuntimeError as outer:
+        message = explain_exception(outer)
+    assert message is not None and message.startswith("no S3 credentials found") and "\n" not in message
+    assert explain_exception(ValueError("a bug")) is None
