@@ -104,25 +104,82 @@ class NMFInpainter:
 
     # ------------------------------------------------------------------ public
     def restore_batch(
-        self, images: Sequence[np.ndarray], dead: Sequence[np.ndarray], pixel_budget: int = 4_000_000
+        self,
+        images: Sequence[np.ndarray],
+        dead: Sequence[np.ndarray],
+        pixel_budget: int = 1_000_000,
+        tile: int = 512,
     ) -> list[np.ndarray]:
         """Restore every image; returns float32 images of the same shapes.
 
         Images are solved together in groups of at most ``pixel_budget`` pixels, so that one
-        solver call serves many small images while memory stays bounded for large ones.
+        solver call serves many small images while memory stays bounded. In patch mode, images
+        larger than ``tile`` x ``tile`` are cut into overlapping tiles first (each restored like
+        a small image, the overlaps cropped away), so peak memory does not grow with image size.
         """
-        out: list[np.ndarray] = []
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []
+        layout: list[list[tuple[int, tuple[slice, slice], tuple[slice, slice]]]] = []
+        for img, d in zip(images, dead, strict=True):
+            spans = self._tiles(img.shape[:2], tile)
+            layout.append([])
+            for window, keep_out, keep_in in spans:
+                layout[-1].append((len(pieces), keep_out, keep_in))
+                pieces.append((img[window], d[window]))
+        solved: list[np.ndarray] = []
         group: list[int] = []
         size = 0
-        for i, img in enumerate(images):
+        for i, (img, _) in enumerate(pieces):
             if group and size + img.size > pixel_budget:
-                out.extend(self._restore_group([images[j] for j in group], [dead[j] for j in group]))
+                solved.extend(self._restore_group([pieces[j][0] for j in group], [pieces[j][1] for j in group]))
                 group, size = [], 0
             group.append(i)
             size += img.size
         if group:
-            out.extend(self._restore_group([images[j] for j in group], [dead[j] for j in group]))
+            solved.extend(self._restore_group([pieces[j][0] for j in group], [pieces[j][1] for j in group]))
+        out = []
+        for img, parts in zip(images, layout, strict=True):
+            if len(parts) == 1:
+                out.append(solved[parts[0][0]])
+                continue
+            full = np.empty(img.shape, dtype=np.float32)
+            for index, keep_out, keep_in in parts:
+                full[keep_out] = solved[index][keep_in]
+            out.append(full)
         return out
+
+    def _tiles(
+        self, shape: tuple[int, ...], tile: int
+    ) -> list[tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice]]]:
+        """(window, where its kept part goes, the kept part within the window) per tile."""
+        h, w = int(shape[0]), int(shape[1])
+        if self.bases.meta.mode != "patch" or (h <= tile and w <= tile):
+            return [((slice(0, h), slice(0, w)), (slice(0, h), slice(0, w)), (slice(0, h), slice(0, w)))]
+        margin = 2 * self.bases.meta.patch_size  # context on each side of a kept part
+        step = max(tile - 2 * margin, margin)
+
+        def spans(n: int) -> list[tuple[int, int, int, int]]:
+            if n <= tile:
+                return [(0, n, 0, n)]
+            out = []
+            for start in range(0, n, step):
+                stop = min(start + step, n)
+                lo, hi = max(0, start - margin), min(n, stop + margin)
+                out.append((lo, hi, start, stop))
+                if stop == n:
+                    break
+            return out
+
+        result = []
+        for y0, y1, ky0, ky1 in spans(h):
+            for x0, x1, kx0, kx1 in spans(w):
+                result.append(
+                    (
+                        (slice(y0, y1), slice(x0, x1)),
+                        (slice(ky0, ky1), slice(kx0, kx1)),
+                        (slice(ky0 - y0, ky1 - y0), slice(kx0 - x0, kx1 - x0)),
+                    )
+                )
+        return result
 
     def _restore_group(self, images: Sequence[np.ndarray], dead: Sequence[np.ndarray]) -> list[np.ndarray]:
         jobs: list[tuple[int, np.ndarray, np.ndarray]] = []  # (image index, plane, dead)

@@ -133,3 +133,15 @@ def test_prior_fill_and_refine_are_used(patch_bases):
     target = baselines.biharmonic(damaged, dead)
     other = baselines.smooth_fill(damaged, dead)
     assert np.abs(strong - target)[dead].mean() < np.abs(strong - other)[dead].mean()
+
+
+def test_large_images_are_tiled_with_the_same_result(patch_bases):
+    clean = synth.shapes(1, 70, seed=11)[0]
+    damaged, dead = _damage(clean, 0.4, seed=3)
+    inp = NMFInpainter(patch_bases, FitConfig(stride=2, tol=1e-6, max_iter=500))
+    whole = inp.restore_batch([damaged], [dead], tile=128)[0]
+    tiled = inp.restore_batch([damaged], [dead], tile=40)[0]  # 3x3 tiles with 12-pixel margins
+    assert tiled.shape == clean.shape
+    np.testing.assert_array_equal(tiled[~dead], damaged[~dead])
+    assert abs(metrics.psnr(clean, tiled) - metrics.psnr(clean, whole)) < 0.3
+    assert np.abs(tiled - whole).mean() < 0.01
