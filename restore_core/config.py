@@ -427,8 +427,29 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys here: {', '.join(sorted(names))})")
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            # Start from the parent's default for this section (its default_factory may differ
+            # from the section class's own defaults), then apply the given keys.
+            default = _field_default(fields[name])
+            section = from_dict(typing.cast(type, tp), value, prefix=f"{prefix}{name}.")
+            if default is not None:
+                section = dataclasses.replace(default, **{k: getattr(section, k) for k in value})
+            kwargs[name] = section
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
     return cls(**kwargs)
+
+
+def _field_default(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

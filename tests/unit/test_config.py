@@ -54,3 +54,19 @@ def test_storage_options_redacted():
     cfg = from_dict(RestoreConfig, {"input": {"storage_options": {"key": "AKIA123", "secret": "s3cr3t"}}})
     text = repr(to_dict(cfg))
     assert "AKIA123" not in text and "s3cr3t" not in text
+
+
+def test_section_override_keeps_the_parents_defaults():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        a: int = 1
+        b: int = 2
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        inner: Inner = dataclasses.field(default_factory=lambda: Inner(a=10, b=20))
+
+    cfg = from_dict(Outer, {"inner": {"b": 5}})
+    assert cfg.inner == Inner(a=10, b=5)  # not Inner(a=1, b=5)
