@@ -435,7 +435,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             # Start from the parent's default for this section (its default_factory may differ
             # from the section class's own defaults), then apply the given keys.
             default = _field_default(fields[name])
-            section = from_dict(typing.cast(type, tp), value, prefix=f"{prefix}{name}.")
+            section: Any = from_dict(typing.cast(type, tp), value, prefix=f"{prefix}{name}.")
             if default is not None:
                 section = dataclasses.replace(default, **{k: getattr(section, k) for k in value})
             kwargs[name] = section
