@@ -30,8 +30,10 @@ import pyarrow as pa
 
 from jobs import ray_utils
 from jobs.common import Summary
+from restore_core import checks
 from restore_core.config import RestoreConfig, to_dict
 from restore_core.errors import UserError
+from restore_core.io import datasets
 from restore_core.io import shards as shard_io
 from restore_core.io.artifacts import Bases, load_bases
 from restore_core.pipeline import Restorer
@@ -66,7 +68,9 @@ def check_config(cfg: RestoreConfig) -> None:
     if not cfg.output.path:
         raise UserError("output.path is empty: set it to the folder (or s3://bucket/prefix) for the restored shards")
     if ray_utils.is_process_local(cfg.output.path):
-        raise UserError("output.path memory:// lives in one process; Ray workers cannot write it: use a folder or s3://")
+        raise UserError(
+            "output.path memory:// lives in one process; Ray workers cannot write it: use a folder or s3://"
+        )
     if cfg.output.rows_per_shard < 0:
         raise UserError(f"output.rows_per_shard must be >= 0, got {cfg.output.rows_per_shard}")
     if cfg.ray.batch_size < 1:
@@ -136,9 +140,7 @@ class RestoreActor:
     it, and the bases object it used, so the summary can show where the work ran.
     """
 
-    def __init__(
-        self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int, flagged: Any = None
-    ) -> None:
+    def __init__(self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int, flagged: Any = None) -> None:
         import ray
         import torch
 
@@ -237,7 +239,16 @@ def run(cfg: RestoreConfig) -> Summary:
         if cfg.only_flagged
         else None
     )
-    Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg)  # refuses bases/images mismatches now
+    Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg)  # refuses corrupt bases now
+    if bases is not None:
+        # Bases made for another image size or channel count would fail every row: say so once.
+        icfg = cfg.input
+        rows = datasets.iter_rows(
+            icfg.path, icfg.format, icfg.storage_options, icfg.id_column, icfg.image_column, limit=8
+        )
+        shape = checks.first_image_shape(rows, icfg.image_column, cfg.decode.max_pixels)
+        if shape is not None:
+            checks.check_bases_fit(bases.meta, shape, where=icfg.path, bases_url=cfg.bases)
     out = shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options)
     out.check_writable()
     doc = shard_io.plan_document(plan, cfg.input, cfg.output.rows_per_shard)
@@ -361,8 +372,9 @@ def _run_pipeline(
             ]
         )
     else:
-        items = [{"index": s.index, "files": list(s.files), "row_start": s.row_start, "row_end": s.row_end}
-                 for s in pending]
+        items = [
+            {"index": s.index, "files": list(s.files), "row_start": s.row_start, "row_end": s.row_end} for s in pending
+        ]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             read_shards,

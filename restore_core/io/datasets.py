@@ -7,7 +7,7 @@ so sharding is deterministic.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import fsspec
@@ -62,16 +62,26 @@ def iter_rows(
         if fmt == "images":
             rel = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
             with fs.open(path, "rb") as f:
-                rows: list[dict[str, Any]] = [{id_column: rel, image_column: f.read()}]
+                rows: Iterator[dict[str, Any]] = iter([{id_column: rel, image_column: f.read()}])
+                count = yield from _take(rows, count, limit)
         else:
+            # Streamed in small record batches: a caller that wants a few rows reads a few.
             with fs.open(path, "rb") as f:
-                table = pq.read_table(f)
-            missing = {id_column, image_column} - set(table.column_names)
-            if missing:
-                raise UserError(f"{path} has no column(s) {sorted(missing)} (columns: {table.column_names})")
-            rows = table.to_pylist()
-        for row in rows:
-            yield row
-            count += 1
-            if limit and count >= limit:
-                return
+                parquet = pq.ParquetFile(f)
+                names = parquet.schema_arrow.names
+                missing = {id_column, image_column} - set(names)
+                if missing:
+                    raise UserError(f"{path} has no column(s) {sorted(missing)} (columns: {names})")
+                rows = (row for batch in parquet.iter_batches(batch_size=64) for row in batch.to_pylist())
+                count = yield from _take(rows, count, limit)
+        if limit and count >= limit:
+            return
+
+
+def _take(rows: Iterator[dict[str, Any]], count: int, limit: int) -> Generator[dict[str, Any], None, int]:
+    for row in rows:
+        if limit and count >= limit:
+            break
+        yield row
+        count += 1
+    return count

@@ -92,13 +92,8 @@ def _restore_with(tmp_path: Path, dataset: Path, bases: Path) -> subprocess.Comp
     )  # fmt: skip
 
 
-_NOT_WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="jobs/restore.py does not yet call restore_core.checks.check_bases_fit on the first image before work",
-)
 
 
-@_NOT_WIRED
 def test_global_bases_for_another_size(tmp_path: Path, gray_dataset: Path) -> None:
     meta = BasesMeta(mode="global", k=4, n_pixels=100 * 100, channels=1, image_shape=(100, 100))
     proc = _restore_with(tmp_path, gray_dataset, _bases(tmp_path / "bases", meta))
@@ -107,7 +102,6 @@ def test_global_bases_for_another_size(tmp_path: Path, gray_dataset: Path) -> No
     assert not (tmp_path / "out" / "data").exists() or not list((tmp_path / "out" / "data").iterdir())
 
 
-@_NOT_WIRED
 def test_rgb_bases_on_gray_images(tmp_path: Path, gray_dataset: Path) -> None:
     meta = BasesMeta(mode="patch", k=4, n_pixels=8 * 8 * 3, channels=3, patch_size=8)
     proc = _restore_with(tmp_path, gray_dataset, _bases(tmp_path / "bases", meta))
