@@ -98,21 +98,7 @@ def sr_apply_from_artifact(artifact: Any, cfg: RestoreConfig) -> Callable[[np.nd
         return None
     from restore_core import sr
 
-    model = sr.model_from_artifact(artifact, cfg.device)
-    s = cfg.sr
-
-    def apply(img: np.ndarray) -> np.ndarray:
-        return model.apply_image(
-            img,
-            scale=s.scale,
-            color=s.color,
-            tile=s.tile,
-            overlap=max(s.tile_overlap, model.net.receptive_radius),
-            batch_tiles=s.batch_tiles,
-            amp=s.amp,
-        )
-
-    return apply
+    return sr.apply_fn(sr.model_from_artifact(artifact, cfg.device), cfg.sr)
 
 
 # ----------------------------------------------------------------------------- Ray stages

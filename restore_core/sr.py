@@ -506,6 +506,13 @@ def load_sr_apply(
     the CNN), tiled by ``sr_cfg.tile`` with ``sr_cfg.tile_overlap`` pixels of context.
     """
     model = load_model(url or sr_cfg.model, device, sr_cfg.storage_options)
+    apply = apply_fn(model, sr_cfg)
+    apply.model = model  # type: ignore[attr-defined]  # for callers that want the meta
+    return apply
+
+
+def apply_fn(model: Any, sr_cfg: SRConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """``model``'s per-image inference with the settings of ``sr_cfg`` (scale, colour, tiling)."""
 
     def apply(img: np.ndarray) -> np.ndarray:
         return model.apply_image(
@@ -518,5 +525,4 @@ def load_sr_apply(
             amp=sr_cfg.amp,
         )
 
-    apply.model = model  # type: ignore[attr-defined]  # for callers that want the meta
     return apply
