@@ -12,6 +12,23 @@ from PIL import Image
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def bases():
+    """Small gray 6x6 patch bases (k=16) learned from generated shapes; shared by unit tests."""
+    import warnings
+
+    from restore_core import nmf, sampling, synth
+    from restore_core.io.artifacts import Bases, BasesMeta
+
+    imgs = synth.shapes(10, 32, seed=0)
+    rng = np.random.default_rng(0)
+    X = np.concatenate([sampling.sample_patches(im, 6, 1, 60, rng) for im in imgs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nmf.ConvergenceWarning)
+        res = nmf.learn_bases(X, 16, max_iter=20, seed=0)
+    return Bases(res.H_, BasesMeta(mode="patch", k=16, n_pixels=36, channels=1, patch_size=6))
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

@@ -21,44 +21,22 @@ import struct
 import subprocess
 import sys
 import textwrap
-import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from restore_core import codec, nmf, sampling, synth
+from restore_core import codec
 from restore_core.config import RestoreConfig, from_dict
 from restore_core.errors import ImageDecodeError
-from restore_core.io.artifacts import Bases, BasesMeta
+from restore_core.io.artifacts import Bases
 from restore_core.pipeline import Restorer
 from tests.conftest import png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 PATCH = 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # On a shared 2-core machine torch's spinning OpenMP threads slow tiny solves 100x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def bases() -> Bases:
-    imgs = synth.shapes(10, 32, seed=0)
-    rng = np.random.default_rng(0)
-    X = np.concatenate([sampling.sample_patches(im, PATCH, 1, 60, rng) for im in imgs])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nmf.ConvergenceWarning)
-        res = nmf.learn_bases(X, 16, max_iter=20, seed=0)
-    return Bases(res.H_, BasesMeta(mode="patch", k=16, n_pixels=PATCH * PATCH, channels=1, patch_size=PATCH))
 
 
 @pytest.fixture(scope="module")

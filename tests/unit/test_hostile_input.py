@@ -18,17 +18,15 @@ import io
 import os
 import pickle
 import posixpath
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from restore_core import codec, nmf, sampling, synth
+from restore_core import codec
 from restore_core.config import RestoreConfig, from_dict, load_config
 from restore_core.errors import ArtifactError, ConfigError, ImageDecodeError, UserError
 from restore_core.io.artifacts import Bases, BasesMeta, load_bases, save_bases
@@ -131,26 +129,6 @@ hostile_cell = st.one_of(
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # On a shared 2-core machine torch's spinning OpenMP threads slow tiny solves 100x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def bases() -> Bases:
-    imgs = synth.shapes(10, 32, seed=0)
-    rng = np.random.default_rng(0)
-    X = np.concatenate([sampling.sample_patches(im, 6, 1, 60, rng) for im in imgs])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nmf.ConvergenceWarning)
-        res = nmf.learn_bases(X, 16, max_iter=20, seed=0)
-    return Bases(res.H_, BasesMeta(mode="patch", k=16, n_pixels=36, channels=1, patch_size=6))
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,11 @@
-import warnings
 
 import numpy as np
 import pytest
 
-from restore_core import codec, masks, nmf, sampling, synth
+from restore_core import codec, masks, synth
 from restore_core.config import RestoreConfig, from_dict
-from restore_core.io.artifacts import Bases, BasesMeta
 from restore_core.pipeline import Restorer
 from tests.conftest import png_bytes
-
-
-@pytest.fixture(scope="module")
-def bases():
-    imgs = synth.shapes(10, 32, seed=0)
-    rng = np.random.default_rng(0)
-    X = np.concatenate([sampling.sample_patches(im, 6, 1, 60, rng) for im in imgs])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nmf.ConvergenceWarning)
-        res = nmf.learn_bases(X, 16, max_iter=20, seed=0)
-    return Bases(res.H_, BasesMeta(mode="patch", k=16, n_pixels=36, channels=1, patch_size=6))
 
 
 def test_restorer_rows_in_rows_out(bases):
