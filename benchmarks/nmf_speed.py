@@ -104,6 +104,22 @@ def ours_to_match(X: np.ndarray, H: np.ndarray, target: float, device: torch.dev
     return secs, obj, tol
 
 
+def iters_to_match(
+    fit: Callable[[int], Any], obj: Callable[[Any], float], target: float, start: int = 2
+) -> tuple[float, float, int]:
+    """Fewest iterations (doubling from ``start``) at which ``obj(fit(n))`` <= ``target``.
+
+    Returns (seconds of that run, its objective, iterations).
+    """
+    n_it = start
+    while True:
+        secs, W = timed(lambda n=n_it: fit(n))
+        val = obj(W)
+        if val <= target * (1 + 1e-7) or n_it >= 1 << 14:
+            return secs, val, n_it
+        n_it *= 2
+
+
 def make_global_bases(side: int, k: int, n: int, epochs: int, seed: int) -> np.ndarray:
     X = synth.photo_crops(n, side, seed=seed + 11).reshape(n, -1)
     return nmf.learn_bases(X, k, solver="hals", max_iter=epochs, tol=0, seed=seed).H_
@@ -154,7 +170,26 @@ def global_section(args: argparse.Namespace, dev: torch.device, rows: list[list[
             f"seed loop ({args.seed_iter} GD steps, {ns} images, per image)",
             f"{ips_seed:.4f}",
             f"{obj_seed:.3f}",
-            f"nmf {ips_ours / ips_seed:.0f}x faster (nmf obj on same {ns}: {obj_ours_ns:.3f})",
+            f"nmf as restoring runs it: {ips_ours / ips_seed:.0f}x faster, obj {obj_ours_ns:.3f} on the same {ns}",
+        ]
+    )
+    # Equal objective, on the objective restoring minimises (observed pixels only): our solver
+    # runs on the whole batch, its iterations doubled until its objective on the seed's images
+    # is no worse than the seed's. (On the unmasked objective the seed, which never projects
+    # onto W >= 0, can end below any non-negative solution, so no equal point exists there.)
+    e_secs, e_obj, e_it = iters_to_match(
+        lambda n_it: nmf.fit_weights(X, H, M, tol=0.0, max_iter=n_it, device=dev),
+        lambda Wm: nmf.objective(X[:ns], Wm[:ns], H, M[:ns]),
+        obj_seed,
+        start=1,
+    )
+    rows.append(
+        [
+            scale,
+            "nmf fit_weights to the seed's objective (masked)",
+            f"{B / e_secs:.2f}",
+            f"{e_obj:.3f}",
+            f"{e_it} it; {B / e_secs / ips_seed:.0f}x the seed loop at equal objective",
         ]
     )
 
@@ -298,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--side", type=int, default=100)
     ap.add_argument("--k", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rate", type=float, default=0.5)
     ap.add_argument("--tol", type=float, default=FitConfig().tol)
     ap.add_argument("--max-iter", type=int, default=FitConfig().max_iter)
@@ -320,7 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     args = ap.parse_args(argv)
     if args.threads:
+        # The same number of threads for torch and for scikit-learn's BLAS (a fair race).
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     if args.full:
         args.batch, args.patch_images = 256, 8
         args.learn_n, args.learn_side, args.learn_k = 3000, 100, 1000

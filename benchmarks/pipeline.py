@@ -112,13 +112,16 @@ def tree_rss(root: int) -> int:
 
 
 def job_config(data: Path, bases: Path, out: Path, cpus: int, batch: int) -> RestoreConfig:
-    return from_dict(RestoreConfig, {
-        "input": {"path": str(data)},
-        "output": {"path": str(out), "overwrite": True},
-        "bases": str(bases),
-        "device": "cpu",
-        "ray": {"num_cpus": cpus, "batch_size": batch},
-    })
+    return from_dict(
+        RestoreConfig,
+        {
+            "input": {"path": str(data)},
+            "output": {"path": str(out), "overwrite": True},
+            "bases": str(bases),
+            "device": "cpu",
+            "ray": {"num_cpus": cpus, "batch_size": batch},
+        },
+    )
 
 
 def in_process(cfg: RestoreConfig, cpus: int) -> tuple[float, int]:
@@ -195,19 +198,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(row), flush=True)
     ray.shutdown()
     report = {
-        "machine": {"cpus_visible": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_1m_at_end": os.getloadavg()[0]},
+        "machine": {
+            "cpus_visible": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+        },
         "args": vars(args),
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    hdr = (f"{'scale':>5} {'images':>7} {'in-proc img/s':>13} {'job img/s':>10} {'ratio':>6} "
-           f"{'job total s':>11} {'peak MiB':>9}")
+    hdr = (
+        f"{'scale':>5} {'images':>7} {'in-proc img/s':>13} {'job img/s':>10} {'ratio':>6} "
+        f"{'job total s':>11} {'peak MiB':>9}"
+    )
     print(hdr)
     for r in results:
-        print(f"{r['scale']:>5} {r['images']:>7} {r['in_process_img_s']:>13.2f} {r['job_img_s']:>10.2f} "
-              f"{r['ratio_pipeline']:>6.2f} {r['job_total_s']:>11.1f} {r['peak_rss_mib']:>9.0f}")
+        print(
+            f"{r['scale']:>5} {r['images']:>7} {r['in_process_img_s']:>13.2f} {r['job_img_s']:>10.2f} "
+            f"{r['ratio_pipeline']:>6.2f} {r['job_total_s']:>11.1f} {r['peak_rss_mib']:>9.0f}"
+        )
     return report
 
 

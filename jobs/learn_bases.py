@@ -106,8 +106,16 @@ def _learn(X: np.ndarray, cfg: LearnBasesConfig, device: str) -> nmf.NMFResult:
             log.info("epoch %d  loss %.6g", it, loss)
 
     return nmf.learn_bases(
-        X, n.k, l1=n.l1, solver=n.solver, max_iter=n.max_iter, tol=n.tol, batch_size=n.batch_size, seed=n.seed,
-        device=device, progress=progress,
+        X,
+        n.k,
+        l1=n.l1,
+        solver=n.solver,
+        max_iter=n.max_iter,
+        tol=n.tol,
+        batch_size=n.batch_size,
+        seed=n.seed,
+        device=device,
+        progress=progress,
     )
 
 

@@ -93,9 +93,7 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     idc, imc = input_cfg.id_column, input_cfg.image_column
     if is_process_local(input_cfg.path):
         rows = list(
-            datasets.iter_rows(
-                input_cfg.path, input_cfg.format, input_cfg.storage_options, idc, imc, input_cfg.limit
-            )
+            datasets.iter_rows(input_cfg.path, input_cfg.format, input_cfg.storage_options, idc, imc, input_cfg.limit)
         )
         return ray.data.from_arrow(pa.Table.from_pylist(rows))
     fs, root = arrow_filesystem(input_cfg.path, input_cfg.storage_options)

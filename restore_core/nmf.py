@@ -166,34 +166,18 @@ def fit_weights(
         step = 1.0 / lam.clamp_min(_EPS)  # (B, 1)
     lin = XHt - l1  # gradient = Y G - (X H^T - l1)
 
-    Y = W.clone()
-    t = torch.ones(B, 1, device=dev)
-    converged = False
-    it = 0
-    for it in range(1, max_iter + 1):
-        if G is not None:
-            grad = Y @ G - lin  # (B, k)
-        else:
-            assert M is not None
-            grad = ((Y @ Ht) * M) @ Ht.T - lin  # (B, k): two GEMMs
-        W_new = (Y - step * grad).clamp_min_(0.0)
-        delta = W_new - W
-        # Adaptive restart (O'Donoghue & Candes): drop momentum where it points uphill.
-        restart = ((grad * delta).sum(dim=1, keepdim=True) > 0).float()
-        t_new = (1.0 + torch.sqrt(1.0 + 4.0 * t * t)) / 2.0
-        t_new = restart + (1.0 - restart) * t_new
-        beta = (1.0 - restart) * (t - 1.0) / t_new
-        Y = W_new + beta * delta
-        W, t = W_new, t_new
-        if it % check_every == 0 or it == max_iter:
-            # Relative change of the whole batch (Frobenius): a per-row maximum would keep
-            # thousands of converged patches iterating for the sake of one slow row.
-            rel = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(W).clamp_min(1e-8)
-            if float(rel) < tol:
-                converged = True
-                break
+    # On a CPU, rows go through the solver in blocks small enough to stay in cache: the
+    # element-wise steps between the GEMMs then run from cache instead of memory (about 1.5x
+    # on 8x8 patches), and each block stops as soon as it has converged.
+    rows = B if dev.type != "cpu" else max(1024, _CACHE_FLOATS // (Ht.shape[1] + k))
+    total_it, converged = 0, True
+    for s in range(0, B, rows):
+        e = min(B, s + rows)
+        it, ok = _fista(W[s:e], lin[s:e], step[s:e], Ht, G, None if M is None else M[s:e], max_iter, tol, check_every)
+        total_it += it * (e - s)
+        converged &= ok
     if info is not None:
-        info["n_iter"] = float(it)
+        info["n_iter"] = total_it / B  # mean iterations per row
         info["converged"] = float(converged)
     if not converged and max_iter >= check_every:
         warnings.warn(
@@ -202,6 +186,50 @@ def fit_weights(
             stacklevel=2,
         )
     return _like(W, X)
+
+
+_CACHE_FLOATS = 1 << 18  # 1 MiB of float32 per row block: about one core's L2
+
+
+def _fista(
+    W: torch.Tensor,
+    lin: torch.Tensor,
+    step: torch.Tensor,
+    H: torch.Tensor,
+    G: torch.Tensor | None,
+    M: torch.Tensor | None,
+    max_iter: int,
+    tol: float,
+    check_every: int,
+) -> tuple[int, bool]:
+    """FISTA with adaptive restart on one block of rows; writes the result into ``W``."""
+    B = W.shape[0]
+    Y = W.clone()
+    t = torch.ones(B, 1, device=W.device)
+    Ht = H.T
+    it = 0
+    for it in range(1, max_iter + 1):
+        if G is not None:
+            grad = torch.addmm(lin, Y, G, alpha=1.0, beta=-1.0)  # Y G - lin
+        else:
+            assert M is not None
+            grad = torch.addmm(lin, (Y @ H).mul_(M), Ht, beta=-1.0)  # two GEMMs
+        W_new = torch.addcmul(Y, step, grad, value=-1.0).clamp_(min=0.0)
+        delta = W_new - W
+        # Adaptive restart (O'Donoghue & Candes): drop momentum where it points uphill.
+        restart = torch.linalg.vecdot(grad, delta).unsqueeze(1) > 0
+        t_new = torch.where(restart, 1.0, (1.0 + torch.sqrt(1.0 + 4.0 * t * t)) / 2.0)
+        beta = torch.where(restart, 0.0, (t - 1.0) / t_new)
+        Y = torch.addcmul(W_new, beta, delta)
+        W.copy_(W_new)
+        t = t_new
+        if it % check_every == 0 or it == max_iter:
+            # Relative change of the whole block (Frobenius): a per-row maximum would keep
+            # thousands of converged patches iterating for the sake of one slow row.
+            rel = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(W).clamp_min(1e-8)
+            if float(rel) < tol:
+                return it, True
+    return it, False
 
 
 def fit_weights_seed(
@@ -279,24 +307,27 @@ def _normalize_rows(W: torch.Tensor | None, H: torch.Tensor) -> None:
         W *= norms[None, :]
 
 
+def _hals_rows(A: torch.Tensor, G: torch.Tensor, C: torch.Tensor, shift: float, floor: float) -> None:
+    """One HALS sweep over the rows of ``A`` (k, p), in place.
+
+    Minimises ``0.5 * tr(A^T G A) - tr(A^T C) + shift * sum(A)`` one row at a time, each row
+    clamped to ``>= floor``: ``A`` is H with ``G = W^T W``, ``C = W^T X``, or W^T with
+    ``G = H H^T``, ``C = H X^T``. Rows are contiguous, so every update is a GEMV plus two
+    vector ops.
+    """
+    diag = torch.diagonal(G).tolist()
+    for j, d in enumerate(diag):
+        if d <= _EPS:
+            continue
+        r = torch.addmv(C[j], A.T, G[j], alpha=-1.0)  # C_j - G_j A
+        if shift:
+            r -= shift
+        A[j].add_(r, alpha=1.0 / d).clamp_(min=floor)
+
+
 def _hals_update_h(H: torch.Tensor, WtW: torch.Tensor, WtX: torch.Tensor) -> None:
     """One HALS sweep over the rows of H (in place), given W^T W (k, k) and W^T X (k, m)."""
-    for j in range(H.shape[0]):
-        denom = WtW[j, j]
-        if denom <= _EPS:
-            continue
-        H[j] += (WtX[j] - WtW[j] @ H) / denom
-        H[j].clamp_(min=_EPS)
-
-
-def _hals_update_w(W: torch.Tensor, HHt: torch.Tensor, XHt: torch.Tensor, l1: float) -> None:
-    """One HALS sweep over the columns of W (in place), given H H^T and X H^T."""
-    for j in range(W.shape[1]):
-        denom = HHt[j, j]
-        if denom <= _EPS:
-            continue
-        W[:, j] += (XHt[:, j] - l1 - W @ HHt[:, j]) / denom
-        W[:, j].clamp_(min=0.0)
+    _hals_rows(H, WtW, WtX, 0.0, _EPS)
 
 
 def learn_bases(
@@ -356,26 +387,46 @@ def learn_bases(
     if bool((Xt < 0).any()):
         raise ValueError("X must be non-negative")
     W, H = _init(Xt, k, gen)
+    Wt = W.T.contiguous()  # (k, n): HALS updates rows, contiguous in this layout
+    n = Xt.shape[0]
+    xx = float(Xt.double().square().sum())
+    # Inner sweeps per product (Gillis & Glineur 2012): a sweep costs k^2 (n or m) against
+    # the k n m of the GEMMs that feed it, so when k is small a few more sweeps come cheap.
+    inner = max(1, min(4, (min(n, Xt.shape[1]) // max(k, 1)) // 4))
+    HHt = H @ H.T
     history: list[float] = []
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
         if solver == "mu":
-            HHt = H @ H.T
+            W = Wt.T
             W *= (Xt @ H.T) / (W @ HHt + l1 + _EPS)
             WtW = W.T @ W
-            H *= (W.T @ Xt) / (WtW @ H + _EPS)
+            WtX = W.T @ Xt
+            H *= WtX / (WtW @ H + _EPS)
         else:
-            _hals_update_w(W, H @ H.T, Xt @ H.T, l1)
-            _hals_update_h(H, W.T @ W, W.T @ Xt)
-        _normalize_rows(W, H)
-        loss = objective(Xt, W, H, l1=l1)
+            HXt = H @ Xt.T  # (k, n)
+            for _ in range(inner):
+                _hals_rows(Wt, HHt, HXt, l1, 0.0)
+            WtW, WtX = Wt @ Wt.T, Wt @ Xt
+            for _ in range(inner):
+                _hals_rows(H, WtW, WtX, 0.0, _EPS)
+        HHt = H @ H.T
+        # ||X - W H||^2 = ||X||^2 - 2 <H, W^T X> + <W^T W, H H^T>: no n x m product needed.
+        sse = xx - 2.0 * float((H.double() * WtX.double()).sum()) + float((WtW.double() * HHt.double()).sum())
+        loss = (0.5 * max(sse, 0.0) + l1 * float(Wt.double().sum())) / max(n, 1)
+        # Unit-norm bases, the scale moved into the weights (the loss does not change).
+        norms = torch.linalg.vector_norm(H, dim=1).clamp_min(_EPS)  # (k,)
+        H /= norms[:, None]
+        Wt *= norms[:, None]
+        HHt /= norms[:, None] * norms[None, :]
         history.append(loss)
         if progress is not None:
             progress(it, loss)
         if len(history) > 1 and (history[-2] - loss) <= tol * abs(history[-2]):
             converged = True
             break
+    W = Wt.T
     if not converged:
         warnings.warn(
             f"learn_bases stopped at max_iter={max_iter} before reaching tol={tol}",

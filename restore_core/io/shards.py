@@ -96,9 +96,7 @@ def part_name(index: int) -> str:
 # ----------------------------------------------------------------------------- planning
 
 
-def parquet_row_counts(
-    files: Sequence[str], fs: fsspec.AbstractFileSystem, max_workers: int = 16
-) -> list[int]:
+def parquet_row_counts(files: Sequence[str], fs: fsspec.AbstractFileSystem, max_workers: int = 16) -> list[int]:
     """Row counts from the Parquet footers (only the footers are read), in parallel threads."""
 
     def count(path: str) -> int:
@@ -354,9 +352,7 @@ def finalize(table: pa.Table) -> pa.Table:
     """Drop the in-flight columns and give the known columns their fixed types."""
     keep = [c for c in table.column_names if not c.startswith(INTERNAL_PREFIX)]
     table = table.select(keep)
-    fields = [
-        pa.field(f.name, OUTPUT_SCHEMA[f.name]) if f.name in OUTPUT_SCHEMA else f for f in table.schema
-    ]
+    fields = [pa.field(f.name, OUTPUT_SCHEMA[f.name]) if f.name in OUTPUT_SCHEMA else f for f in table.schema]
     return table.cast(pa.schema(fields))
 
 

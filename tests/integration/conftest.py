@@ -58,9 +58,7 @@ def make_dataset_tables() -> list[pa.Table]:
             ids += ["s2-empty", "s2-truncated"]
             blobs += [b"", blobs[0][: len(blobs[0]) // 2]]
         tables.append(
-            pa.table(
-                {"id": pa.array(ids, pa.string()), "image": pa.array(blobs, pa.binary()), "label": [s] * len(ids)}
-            )
+            pa.table({"id": pa.array(ids, pa.string()), "image": pa.array(blobs, pa.binary()), "label": [s] * len(ids)})
         )
     return tables
 
@@ -82,7 +80,12 @@ def make_bases(k: int = 12) -> Bases:
         warnings.simplefilter("ignore", nmf.ConvergenceWarning)  # 30 epochs are plenty for the test
         result = nmf.learn_bases(X, k, max_iter=30, seed=0, device="cpu")
     meta = BasesMeta(
-        mode="patch", k=k, n_pixels=PATCH * PATCH, channels=1, patch_size=PATCH, n_samples=int(X.shape[0]),
+        mode="patch",
+        k=k,
+        n_pixels=PATCH * PATCH,
+        channels=1,
+        patch_size=PATCH,
+        n_samples=int(X.shape[0]),
         data_fingerprint=data_fingerprint(X),
     )
     return Bases(H=result.H_.astype(np.float32), meta=meta)
@@ -138,13 +141,18 @@ def moto_s3() -> Iterator[S3Server]:
     endpoint = f"http://127.0.0.1:{port}"
     # Fake credentials for the fake server; never real ones. Env vars reach Ray workers too.
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
     try:
         yield S3Server(
             endpoint=endpoint,
-            storage_options={"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint},
-                             "use_listings_cache": False},
+            storage_options={
+                "key": "testing",
+                "secret": "testing",
+                "client_kwargs": {"endpoint_url": endpoint},
+                "use_listings_cache": False,
+            },
         )
     finally:
         server.stop()

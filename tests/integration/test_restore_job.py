@@ -145,9 +145,23 @@ def test_bad_config_fails_before_any_work(restore_dataset, tmp_path, change, mes
 
 def test_cli_one_line_error_exit_2(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "jobs", "restore", "--set", f"input.path={tmp_path / 'nope'}",
-         "--set", f"output.path={tmp_path / 'out'}", "--set", f"bases={tmp_path / 'b'}"],
-        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "jobs",
+            "restore",
+            "--set",
+            f"input.path={tmp_path / 'nope'}",
+            "--set",
+            f"output.path={tmp_path / 'out'}",
+            "--set",
+            f"bases={tmp_path / 'b'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: input path does not exist")
@@ -167,19 +181,37 @@ def _cli_cmd(cfg_args: list[str]) -> list[str]:
 def test_resume_after_kill_is_identical_and_rerun_does_nothing(local_ray, restore_dataset, tmp_path):
     import ray
 
-    args = ["--set", f"input.path={restore_dataset.path}", "--set", f"bases={restore_dataset.bases}",
-            "--set", "fit.max_iter=50", "--set", "device=cpu", "--set", "ray.batch_size=1",
-            "--set", "output.rows_per_shard=1",
-            # the killed job joins this module's Ray: no cluster start-up inside the test
-            "--set", f"ray.address={ray.get_runtime_context().gcs_address}"]
+    args = [
+        "--set",
+        f"input.path={restore_dataset.path}",
+        "--set",
+        f"bases={restore_dataset.bases}",
+        "--set",
+        "fit.max_iter=50",
+        "--set",
+        "device=cpu",
+        "--set",
+        "ray.batch_size=1",
+        "--set",
+        "output.rows_per_shard=1",
+        # the killed job joins this module's Ray: no cluster start-up inside the test
+        "--set",
+        f"ray.address={ray.get_runtime_context().gcs_address}",
+    ]
     # Reference: an uninterrupted run.
     ref = tmp_path / "ref"
-    restore.run(make_cfg(restore_dataset.path, restore_dataset.bases, ref, output={"rows_per_shard": 1},
-                         ray={"batch_size": 1}))
+    restore.run(
+        make_cfg(restore_dataset.path, restore_dataset.bases, ref, output={"rows_per_shard": 1}, ray={"batch_size": 1})
+    )
 
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cli_cmd([*args, "--set", f"output.path={out}"]), cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli_cmd([*args, "--set", f"output.path={out}"]),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 240
         while not _committed(out):
@@ -195,15 +227,17 @@ def test_resume_after_kill_is_identical_and_rerun_does_nothing(local_ray, restor
     assert 1 <= done_at_kill < 15, done_at_kill
     assert not (out / "_manifest.json").exists()
 
-    summary = restore.run(make_cfg(restore_dataset.path, restore_dataset.bases, out, output={"rows_per_shard": 1},
-                                   ray={"batch_size": 1}))
+    summary = restore.run(
+        make_cfg(restore_dataset.path, restore_dataset.bases, out, output={"rows_per_shard": 1}, ray={"batch_size": 1})
+    )
     assert summary.values["shards skipped (done before)"] >= done_at_kill
     assert comparable(out) == comparable(ref)
     assert (out / "_manifest.json").exists() and not list((out / "data").glob(".*"))
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
-    again = restore.run(make_cfg(restore_dataset.path, restore_dataset.bases, out, output={"rows_per_shard": 1},
-                                 ray={"batch_size": 1}))
+    again = restore.run(
+        make_cfg(restore_dataset.path, restore_dataset.bases, out, output={"rows_per_shard": 1}, ray={"batch_size": 1})
+    )
     assert again.values["shards written now"] == 0 and again.values["rows processed now"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()} == mtimes
 
@@ -213,8 +247,10 @@ def test_only_flagged_restores_flagged_rows_and_passes_the_rest(local_ray, resto
     # A quality run's flags.parquet, as jobs/quality.py writes it: only two ids flagged dead_pixels.
     run = tmp_path / "quality" / "run=2026-11-23"
     run.mkdir(parents=True)
-    pq.write_table(pa.table({"id": ["s0-1", "s2-3", "s1-0"], "flags": ["dead_pixels", "dead_pixels,blurry", "blurry"]}),
-                   run / "flags.parquet")
+    pq.write_table(
+        pa.table({"id": ["s0-1", "s2-3", "s1-0"], "flags": ["dead_pixels", "dead_pixels,blurry", "blurry"]}),
+        run / "flags.parquet",
+    )
     cfg = make_cfg(restore_dataset.path, restore_dataset.bases, tmp_path / "out", only_flagged=str(run))
     summary = restore.run(cfg)
     assert summary.values["only flagged ids"] == 2
@@ -224,8 +260,11 @@ def test_only_flagged_restores_flagged_rows_and_passes_the_rest(local_ray, resto
     method = dict(zip(ids, out.column("method").to_pylist(), strict=True))
     assert method["s0-1"] == "nmf" and method["s2-3"] == "nmf"
     assert all(m == "skipped" for i, m in method.items() if i not in {"s0-1", "s2-3"})
-    source = {r["id"]: r["image"] for f in sorted(Path(restore_dataset.path).glob("*.parquet"))
-              for r in pq.read_table(f).to_pylist()}
+    source = {
+        r["id"]: r["image"]
+        for f in sorted(Path(restore_dataset.path).glob("*.parquet"))
+        for r in pq.read_table(f).to_pylist()
+    }
     images = dict(zip(ids, out.column("image").to_pylist(), strict=True))
     assert images["s1-0"] == source["s1-0"]  # passed through byte for byte
     assert images["s0-1"] != source["s0-1"]  # restored

@@ -60,8 +60,9 @@ def test_restore_s3_to_s3(local_ray, moto_s3, s3_dataset):
     out = pa.concat_tables(tables)
     want_ids = [i for t in make_dataset_tables() for i in t.column("id").to_pylist()]
     assert out.column("id").to_pylist() == want_ids
-    errors = {i for i, s in zip(out.column("id").to_pylist(), out.column("status").to_pylist(), strict=True)
-              if s == "error"}
+    errors = {
+        i for i, s in zip(out.column("id").to_pylist(), out.column("status").to_pylist(), strict=True) if s == "error"
+    }
     assert errors == set(BAD_IDS)
     assert summary.values["rows ok"] == len(want_ids) - len(BAD_IDS)
     assert not fs.exists("out-bucket/restored/_tmp")

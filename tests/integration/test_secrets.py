@@ -42,8 +42,13 @@ def _session_log_files() -> list[Path]:
 
 @pytest.mark.timeout(900)
 def test_credentials_never_reach_outputs_logs_or_summary(local_ray, moto_s3, tmp_path: Path, capfd):
-    opts = {"key": FAKE_KEY, "secret": FAKE_SECRET, "token": FAKE_TOKEN,
-            "client_kwargs": {"endpoint_url": moto_s3.endpoint}, "use_listings_cache": False}
+    opts = {
+        "key": FAKE_KEY,
+        "secret": FAKE_SECRET,
+        "token": FAKE_TOKEN,
+        "client_kwargs": {"endpoint_url": moto_s3.endpoint},
+        "use_listings_cache": False,
+    }
     fs = s3fs.S3FileSystem(**opts)
     bucket = "secrets-bucket"
     fs.mkdir(bucket)

@@ -50,10 +50,23 @@ def test_ray_job_submit_to_ray_start_head(restore_dataset, tmp_path):
         "--object-manager-port": free_port(),
     }
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-         "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-         *(f"{k}={v}" for k, v in ports.items())],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            *(f"{k}={v}" for k, v in ports.items()),
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     address = f"http://127.0.0.1:{dash}"
     out = tmp_path / "out"
@@ -61,19 +74,51 @@ def test_ray_job_submit_to_ray_start_head(restore_dataset, tmp_path):
         deadline = time.monotonic() + 180
         while True:  # wait for the job API
             assert head.poll() is None, head.stderr.read().decode()[-2000:] if head.stderr else "ray start died"
-            probe = subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True,
-                                   text=True, timeout=60, check=False)
+            probe = subprocess.run(
+                [RAY, "job", "list", "--address", address],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             if probe.returncode == 0:
                 break
             assert time.monotonic() < deadline, probe.stderr[-2000:]
             time.sleep(2)
         submit = subprocess.run(
-            [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--runtime-env-json", '{"excludes": [".venv", ".git", "out", "artifacts", "bench_out", "demo_out"]}',
-             "--", sys.executable, "-m", "jobs", "restore",
-             "--set", f"input.path={restore_dataset.path}", "--set", f"bases={restore_dataset.bases}",
-             "--set", f"output.path={out}", "--set", "fit.max_iter=50", "--set", "device=cpu"],
-            env=env, capture_output=True, text=True, timeout=420, cwd=REPO, check=False,
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(REPO),
+                "--runtime-env-json",
+                '{"excludes": [".venv", ".git", "out", "artifacts", "bench_out", "demo_out"]}',
+                "--",
+                sys.executable,
+                "-m",
+                "jobs",
+                "restore",
+                "--set",
+                f"input.path={restore_dataset.path}",
+                "--set",
+                f"bases={restore_dataset.bases}",
+                "--set",
+                f"output.path={out}",
+                "--set",
+                "fit.max_iter=50",
+                "--set",
+                "device=cpu",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+            cwd=REPO,
+            check=False,
         )
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
         assert "succeeded" in (submit.stdout + submit.stderr)
@@ -88,8 +133,11 @@ def test_ray_job_submit_to_ray_start_head(restore_dataset, tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
     table = _read(out)
     assert sorted(table.column("id").to_pylist()) == sorted(restore_dataset.ids)
-    errors = {i for i, s in zip(table.column("id").to_pylist(), table.column("status").to_pylist(), strict=True)
-              if s == "error"}
+    errors = {
+        i
+        for i, s in zip(table.column("id").to_pylist(), table.column("status").to_pylist(), strict=True)
+        if s == "error"
+    }
     assert errors == set(BAD_IDS)
     assert (out / "_manifest.json").exists()
 
@@ -106,14 +154,17 @@ def test_two_nodes_share_one_bases_object(restore_dataset, tmp_path):
         cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()
-        cfg = from_dict(RestoreConfig, {
-            "input": {"path": str(restore_dataset.path)},
-            "output": {"path": str(tmp_path / "out"), "rows_per_shard": 1},
-            "bases": str(restore_dataset.bases),
-            "fit": {"max_iter": 50},
-            "device": "cpu",
-            "ray": {"address": cluster.address, "num_gpus_per_actor": 1, "batch_size": 1},
-        })
+        cfg = from_dict(
+            RestoreConfig,
+            {
+                "input": {"path": str(restore_dataset.path)},
+                "output": {"path": str(tmp_path / "out"), "rows_per_shard": 1},
+                "bases": str(restore_dataset.bases),
+                "fit": {"max_iter": 50},
+                "device": "cpu",
+                "ray": {"address": cluster.address, "num_gpus_per_actor": 1, "batch_size": 1},
+            },
+        )
         summary = restore.run(cfg)
     finally:
         ray.shutdown()

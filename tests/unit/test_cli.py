@@ -10,8 +10,9 @@ from tests.conftest import png_bytes
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "jobs", *args], capture_output=True, text=True, cwd=cwd,
-                          check=False, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs", *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=300
+    )
 
 
 def test_help_lists_commands():
@@ -39,17 +40,46 @@ def test_missing_input_path_is_one_line(tmp_path):
 
 def test_learn_bases_then_benchmark(tmp_path):
     imgs = synth.shapes(12, 24, seed=0)
-    table = pa.table({"id": [f"i{i}" for i in range(12)],
-                      "image": [png_bytes(np.rint(im * 255).astype(np.uint8)) for im in imgs]})
+    table = pa.table(
+        {"id": [f"i{i}" for i in range(12)], "image": [png_bytes(np.rint(im * 255).astype(np.uint8)) for im in imgs]}
+    )
     pq.write_table(table, tmp_path / "part-0.parquet")
-    out = _cli("learn-bases", "--set", f"input.path={tmp_path}", "--set", f"output={tmp_path / 'bases'}",
-               "--set", "nmf.k=16", "--set", "nmf.patch_size=6", "--set", "nmf.n_samples=800",
-               "--set", "nmf.max_iter=20")
+    out = _cli(
+        "learn-bases",
+        "--set",
+        f"input.path={tmp_path}",
+        "--set",
+        f"output={tmp_path / 'bases'}",
+        "--set",
+        "nmf.k=16",
+        "--set",
+        "nmf.patch_size=6",
+        "--set",
+        "nmf.n_samples=800",
+        "--set",
+        "nmf.max_iter=20",
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "bases" / "bases.npy").exists()
-    out = _cli("benchmark", "--set", f"input.path={tmp_path}", "--set", f"bases={tmp_path / 'bases'}",
-               "--set", f"output={tmp_path / 'bench'}", "--set", "n_images=3", "--set", "rates=[0.3, 0.6]",
-               "--set", "methods=[nmf, median]", "--set", "k_values=[4, 8]", "--set", "nmf.max_iter=5")
+    out = _cli(
+        "benchmark",
+        "--set",
+        f"input.path={tmp_path}",
+        "--set",
+        f"bases={tmp_path / 'bases'}",
+        "--set",
+        f"output={tmp_path / 'bench'}",
+        "--set",
+        "n_images=3",
+        "--set",
+        "rates=[0.3, 0.6]",
+        "--set",
+        "methods=[nmf, median]",
+        "--set",
+        "k_values=[4, 8]",
+        "--set",
+        "nmf.max_iter=5",
+    )
     assert out.returncode == 0, out.stderr
     assert "PSNR" in out.stdout
     for name in ("results.csv", "psnr_vs_rate.png", "grid.png", "weights_hist.png", "psnr_vs_k.png"):

@@ -230,8 +230,12 @@ def test_restorer_odd_ids_come_out_once(restorer: Restorer, ids: list):
 
 
 def test_restorer_every_seed_format_restores(restorer: Restorer):
-    out = restorer({"id": np.array(sorted(CORPUS), dtype=object),
-                    "image": np.array([CORPUS[k] for k in sorted(CORPUS)], dtype=object)})
+    out = restorer(
+        {
+            "id": np.array(sorted(CORPUS), dtype=object),
+            "image": np.array([CORPUS[k] for k in sorted(CORPUS)], dtype=object),
+        }
+    )
     assert list(out["status"]) == ["ok"] * len(CORPUS), list(zip(out["id"], out["error"], strict=True))
 
 
@@ -251,11 +255,14 @@ ROOT = "s3://bucket/out/images"
 
 
 @DEFAULT
-@given(st.one_of(
-    st.text(max_size=60),
-    st.lists(st.sampled_from(["..", ".", "", "a", "b.png", "/", "\\", "~", "s3:", "C:", "%2e%2e", "\x00"]),
-             max_size=8).map("/".join),
-))
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.lists(
+            st.sampled_from(["..", ".", "", "a", "b.png", "/", "\\", "~", "s3:", "C:", "%2e%2e", "\x00"]), max_size=8
+        ).map("/".join),
+    )
+)
 def test_safe_join_never_leaves_root(row_id: str):
     try:
         path = safe_join(ROOT, row_id, ".png")
@@ -269,8 +276,24 @@ def test_safe_join_never_leaves_root(row_id: str):
 
 @pytest.mark.parametrize(
     "row_id",
-    ["../x.png", "a/../../x.png", "/etc/passwd", "s3://other/k.png", "C:\\x.png", "C:x.png", "a\\..\\..\\x",
-     "a\x00b.png", "", "   ", ".", "./", "a/" + "x" * 300, "/".join(["ab"] * 400), "..", "file:///etc/passwd"],
+    [
+        "../x.png",
+        "a/../../x.png",
+        "/etc/passwd",
+        "s3://other/k.png",
+        "C:\\x.png",
+        "C:x.png",
+        "a\\..\\..\\x",
+        "a\x00b.png",
+        "",
+        "   ",
+        ".",
+        "./",
+        "a/" + "x" * 300,
+        "/".join(["ab"] * 400),
+        "..",
+        "file:///etc/passwd",
+    ],
 )
 def test_safe_relpath_refuses_escapes(row_id: str):
     with pytest.raises(UnsafePathError):
@@ -279,8 +302,14 @@ def test_safe_relpath_refuses_escapes(row_id: str):
 
 @pytest.mark.parametrize(
     ("row_id", "rel"),
-    [("a/b/c.png", "a/b/c.png"), ("./a//b.png", "a/b.png"), ("x..y.png", "x..y.png"), ("..a", "..a"), (42, "42"),
-     ("ünï/cödé.png", "ünï/cödé.png")],
+    [
+        ("a/b/c.png", "a/b/c.png"),
+        ("./a//b.png", "a/b.png"),
+        ("x..y.png", "x..y.png"),
+        ("..a", "..a"),
+        (42, "42"),
+        ("ünï/cödé.png", "ünï/cödé.png"),
+    ],
 )
 def test_safe_relpath_keeps_ordinary_ids(row_id: object, rel: str):
     assert safe_relpath(row_id) == rel

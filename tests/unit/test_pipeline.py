@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 
@@ -49,8 +48,10 @@ def test_hf_struct_and_mask_column(bases):
 
 
 def test_baseline_method_needs_no_bases():
-    batch = {"id": np.array(["x"], dtype=object),
-             "image": np.array([png_bytes(np.full((8, 8, 3), 100, np.uint8))], dtype=object)}
+    batch = {
+        "id": np.array(["x"], dtype=object),
+        "image": np.array([png_bytes(np.full((8, 8, 3), 100, np.uint8))], dtype=object),
+    }
     out = Restorer(None, None, from_dict(RestoreConfig, {"fit": {"method": "median"}}))(batch)
     assert out["status"][0] == "ok"
     assert codec.decode(out["image"][0])[0].shape == (8, 8, 3)

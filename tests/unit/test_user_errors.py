@@ -92,8 +92,6 @@ def _restore_with(tmp_path: Path, dataset: Path, bases: Path) -> subprocess.Comp
     )  # fmt: skip
 
 
-
-
 def test_global_bases_for_another_size(tmp_path: Path, gray_dataset: Path) -> None:
     meta = BasesMeta(mode="global", k=4, n_pixels=100 * 100, channels=1, image_shape=(100, 100))
     proc = _restore_with(tmp_path, gray_dataset, _bases(tmp_path / "bases", meta))
