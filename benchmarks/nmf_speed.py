@@ -19,6 +19,7 @@ Defaults finish in a few minutes on a 2-core CPU; ``--full`` runs the issue's ex
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import time
@@ -96,7 +97,7 @@ def ours_to_match(X: np.ndarray, H: np.ndarray, target: float, device: torch.dev
     """
     obj, secs, tol = float("inf"), 0.0, 1e-2
     while tol >= 1e-7:
-        secs, W = timed(lambda t=tol: nmf.fit_weights(X, H, tol=t, max_iter=5000, device=device))
+        secs, W = timed(functools.partial(nmf.fit_weights, X, H, tol=tol, max_iter=5000, device=device))
         obj = nmf.objective(X, W, H)
         if obj <= target * (1 + 1e-7):
             break
@@ -113,7 +114,7 @@ def iters_to_match(
     """
     n_it = start
     while True:
-        secs, W = timed(lambda n=n_it: fit(n))
+        secs, W = timed(functools.partial(fit, n_it))
         val = obj(W)
         if val <= target * (1 + 1e-7) or n_it >= 1 << 14:
             return secs, val, n_it
