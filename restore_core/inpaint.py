@@ -253,6 +253,7 @@ class NMFInpainter:
     ) -> list[np.ndarray]:
         p, s = self.bases.meta.patch_size, max(1, self.fit.stride)
         cols, masks, metas, fit_weights = [], [], [], []
+        needed: list[torch.Tensor] = []
         prior = self.fit.prior
         for plane, d, smooth in zip(planes, dead, targets, strict=True):
             target = np.where(d if plane.ndim == 2 else d[..., None], smooth, plane).astype(np.float32)
@@ -271,13 +272,23 @@ class NMFInpainter:
             x = F.unfold(img, p, stride=s)[0].T  # (N, C*p*p), channel-major
             m = F.unfold(obs.expand(1, c, -1, -1).contiguous(), p, stride=s)[0].T  # (N, C*p*p)
             wts = F.unfold(weight.expand(1, c, -1, -1).contiguous(), p, stride=s)[0].T  # (N, C*p*p)
+            dead_in = F.pad(torch.from_numpy(d).float()[None, None], (0, pw, 0, ph))  # padding is not dead
+            needed.append(F.unfold(dead_in, p, stride=s)[0].amax(dim=0) > 0)  # (N,)
             cols.append(x)
             masks.append(m)
             fit_weights.append(wts)
             metas.append((img.shape[2:], (H_, W_), c))
-        X = torch.cat(cols).to(self.device)
-        M = torch.cat(fit_weights).to(self.device)
-        rec = self._solve(X, M).cpu()
+        X = torch.cat(cols)
+        M = torch.cat(fit_weights)
+        if self.keep_observed:
+            # Only patches that hold a dead pixel inside the image feed a pixel of the result
+            # (observed ones are kept as they are): with sparse defects, most patches are skipped.
+            need = torch.cat(needed)
+            rec = torch.zeros_like(X)
+            if bool(need.any()):
+                rec[need] = self._solve(X[need].to(self.device), M[need].to(self.device)).cpu()
+        else:
+            rec = self._solve(X.to(self.device), M.to(self.device)).cpu()
         results = []
         start = 0
         for (padded, (H_, W_), c), x, m, plane, d, smooth in zip(

@@ -145,3 +145,28 @@ def test_large_images_are_tiled_with_the_same_result(patch_bases):
     np.testing.assert_array_equal(tiled[~dead], damaged[~dead])
     assert abs(metrics.psnr(clean, tiled) - metrics.psnr(clean, whole)) < 0.3
     assert np.abs(tiled - whole).mean() < 0.01
+
+
+def test_only_patches_with_a_dead_pixel_are_fitted(patch_bases, monkeypatch):
+    """Sparse defects: the solver sees the few patches around the dead pixels, and the result
+    equals a full fit of every patch (the skipped ones feed no dead pixel)."""
+    clean = synth.shapes(1, 40, seed=3)[0]
+    dead = np.zeros(clean.shape, bool)
+    dead[20, 20] = dead[5, 33] = True
+    damaged = np.where(dead, 0.0, clean).astype(np.float32)
+    seen: list[int] = []
+    real = nmf.fit_weights
+
+    def spy(X, *args, **kwargs):
+        seen.append(int(X.shape[0]))
+        return real(X, *args, **kwargs)
+
+    monkeypatch.setattr(nmf, "fit_weights", spy)
+    fit = FitConfig(stride=2, tol=1e-7, max_iter=2000)
+    out = NMFInpainter(patch_bases, fit).restore_batch([damaged], [dead])[0]
+    # A 6x6 patch every 2 pixels: at most 3 x 3 patches hold a given pixel.
+    assert 0 < sum(seen) <= 2 * 9
+    full = NMFInpainter(patch_bases, dataclasses.replace(fit, keep_observed=False)).restore_batch([damaged], [dead])[0]
+    assert sum(seen) > 18 * 18 - 1  # the full reconstruction fits every patch
+    np.testing.assert_allclose(out[dead], full[dead], atol=1e-4)
+    np.testing.assert_array_equal(out[~dead], damaged[~dead])
