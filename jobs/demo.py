@@ -24,8 +24,10 @@ import importlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -91,6 +93,7 @@ class Steps:
                 self.state = json.load(f)
         self.report: dict[str, str] = {}  # step -> "done in 3.1 s" | "reused" | "unavailable: ..."
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def run(self, name: str, settings: Any, marker: str, fn: Callable[[], Any]) -> bool:
         """Run ``fn`` unless ``marker`` exists with the same settings; True when the output exists."""
@@ -109,9 +112,10 @@ class Steps:
             return False
         self.seconds[name] = time.perf_counter() - t0
         self.report[name] = f"done in {self.seconds[name]:.1f} s"
-        self.state[name] = fp
-        with open(self.path, "w", encoding="utf-8") as f:
-            json.dump(self.state, f, indent=2)
+        with self._lock:  # steps may run in two threads (see run)
+            self.state[name] = fp
+            with open(self.path, "w", encoding="utf-8") as f:
+                json.dump(self.state, f, indent=2)
         return True
 
     def fingerprint(self, name: str) -> str:
@@ -237,9 +241,13 @@ def restore_cfg(cfg: DemoConfig, test: str, out: str, method: str, bases: str, s
 
 
 def _small_pool(cfg: DemoConfig) -> Any:
-    """One actor unless asked otherwise: the demo's test set is a few dozen images, and each
-    actor's start (a process importing torch) costs more than restoring them."""
-    return cfg.ray if cfg.ray.num_actors else dataclasses.replace(cfg.ray, num_actors=1)
+    """Unless asked otherwise, one single-thread actor per core, at most one per shard: the
+    demo's test set is a few dozen images in a few shards, and an actor's start (a process
+    importing torch) is only worth it when it gets a shard of its own."""
+    if cfg.ray.num_actors:
+        return cfg.ray
+    actors = max(1, min(cfg.data.shards, os.cpu_count() or 1))
+    return dataclasses.replace(cfg.ray, num_actors=actors, num_cpus_per_actor=1.0)
 
 
 def quality_cfg(cfg: DemoConfig, test: str, out: str) -> Any:
@@ -429,44 +437,23 @@ def run(cfg: DemoConfig) -> Summary:
 
     started_ray = _start_ray(cfg)
     try:
-        lb_cfg = learn_bases_cfg(cfg, train, bases_dir)
-        have_bases = steps.run(
-            "learn-bases",
-            [data_fp, dataclasses.asdict(lb_cfg.nmf)],
-            os.path.join(bases_dir, "meta.json"),
-            lambda: _summary_line(_job("learn_bases").run(lb_cfg)),
-        )
-
-        have_model = False
-        if cfg.sr.enabled:
-
-            def train_sr() -> None:
-                module = _job("train_sr")
-                _summary_line(module.run(train_sr_cfg(cfg, train, model_dir)))
-
-            have_model = steps.run(
-                "train-sr", [data_fp, dataclasses.asdict(cfg.sr)], os.path.join(model_dir, "meta.json"), train_sr
-            )
-
-        plans: list[tuple[str, str, str]] = [(m, m, "") for m in cfg.methods]  # (row name, method, model)
-        if cfg.sr.enabled:
-            plans.append((SR_ROW, "nmf", model_dir))
         outputs: dict[str, Any] = {}
-        for name, method, model in plans:
+
+        def restore_step(name: str, method: str, model: str) -> None:
             folder = os.path.join(root, "restored", name.replace("+", "_"))
-            if method in ("nmf", "seed") and not have_bases:
-                steps.report[f"restore {name}"] = "skipped: no bases"
-                continue
-            if model and not have_model:
-                steps.report[f"restore {name}"] = "skipped: no SR model"
-                continue
             rcfg = restore_cfg(cfg, test, folder, method, bases_dir, model)
 
             def restore(rcfg: RestoreConfig = rcfg) -> None:
                 _summary_line(_job("restore").run(rcfg))
 
             settings = {k: v for k, v in dataclasses.asdict(rcfg).items() if k != "ray"}  # results do not depend on it
-            fp = [data_fp, steps.fingerprint("learn-bases"), steps.fingerprint("train-sr"), settings]
+            # Only what this run reads: restores without SR may finish before train-sr does.
+            fp = [
+                data_fp,
+                steps.fingerprint("learn-bases") if method in ("nmf", "seed") else "",
+                steps.fingerprint("train-sr") if model else "",
+                settings,
+            ]
             if steps.run(f"restore {name}", fp, os.path.join(folder, "_manifest.json"), restore):
                 outputs[name] = _read_output(folder)
 
@@ -479,7 +466,49 @@ def run(cfg: DemoConfig) -> Summary:
             if isinstance(s, Summary):
                 quality_summary.update(s.outputs)
 
-        steps.run("quality", [data_fp], os.path.join(quality_dir, "run=2000-01-01"), quality)
+        def without_sr() -> bool:
+            """learn-bases, a restore per method, quality: everything that needs no SR model."""
+            lb_cfg = learn_bases_cfg(cfg, train, bases_dir)
+            have_bases = steps.run(
+                "learn-bases",
+                [data_fp, dataclasses.asdict(lb_cfg.nmf)],
+                os.path.join(bases_dir, "meta.json"),
+                lambda: _summary_line(_job("learn_bases").run(lb_cfg)),
+            )
+            for method in cfg.methods:
+                if method in ("nmf", "seed") and not have_bases:
+                    steps.report[f"restore {method}"] = "skipped: no bases"
+                    continue
+                restore_step(method, method, "")
+            steps.run("quality", [data_fp], os.path.join(quality_dir, "run=2000-01-01"), quality)
+            return have_bases
+
+        # SR training runs in this thread while the other steps go on in a second one: on a
+        # small machine most of each step is start-up latency (processes importing torch,
+        # Ray Train's worker group), which overlaps well. Ray's API is thread-safe.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-steps") as pool:
+            others = pool.submit(without_sr)
+            have_model = False
+            if cfg.sr.enabled:
+
+                def train_sr() -> None:
+                    module = _job("train_sr")
+                    _summary_line(module.run(train_sr_cfg(cfg, train, model_dir)))
+
+                have_model = steps.run(
+                    "train-sr", [data_fp, dataclasses.asdict(cfg.sr)], os.path.join(model_dir, "meta.json"), train_sr
+                )
+            have_bases = others.result()
+        if cfg.sr.enabled:
+            if not have_bases:
+                steps.report[f"restore {SR_ROW}"] = "skipped: no bases"
+            elif not have_model:
+                steps.report[f"restore {SR_ROW}"] = "skipped: no SR model"
+            else:
+                restore_step(SR_ROW, "nmf", model_dir)
+        # Rows in a fixed order, whatever order the threads finished in.
+        order = [*cfg.methods, SR_ROW]
+        outputs = {name: outputs[name] for name in order if name in outputs}
     finally:
         if started_ray:
             import ray

@@ -113,6 +113,11 @@ def build_datasets(cfg: TrainSRConfig) -> tuple[Any, Any]:
     raw["input"]["storage_options"] = dict(cfg.input.storage_options)  # workers need the real ones
     train = images.map_batches(_MakePatches, fn_constructor_kwargs={"cfg": raw, "val": False}, batch_format="numpy")
     val = images.map_batches(_MakePatches, fn_constructor_kwargs={"cfg": raw, "val": True}, batch_format="numpy")
+    if cfg.train.cache_patches:
+        # The patches are seeded by their images' ids, so every epoch would cut the same ones:
+        # cut them once. Without this, each epoch re-reads and re-decodes the whole input (and
+        # the validation pass does it again), which dominates on small and medium datasets.
+        return train.materialize(), val.materialize()
     return train, val
 
 

@@ -86,7 +86,7 @@ class FitConfig:
     stride: int = 2  # patch mode: distance between overlapping patches
     l1: float = 0.0
     max_iter: int = 300
-    tol: float = 1e-4
+    tol: float = 1e-3  # 1e-4 gains ~0.01 dB for 1.4x the time (docs/nmf.md)
     keep_observed: bool = True  # False = the write-up's full reconstruction
     masked: bool = True  # False = fit against every pixel, dead ones included (the write-up)
     prior: float = 0.05  # weight pulling dead pixels towards the prior fill in the fit; 0 = off
@@ -183,6 +183,7 @@ class SRTrainLoopConfig:
     val_fraction: float = 0.1  # dataset input: share of images held out for validation PSNR
     patch_size: int = 48  # dataset input: training patch side (images smaller are padded)
     patches_per_image: int = 8  # dataset input
+    cache_patches: bool = True  # dataset input: cut patches once, keep them in Ray's object store (spills to disk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +259,7 @@ class DemoSRConfig:
     residual: bool = True  # predict the detail on top of the blurred input
     patch_size: int = 32  # training patch side
     patches_per_image: int = 8
-    num_workers: int = 2  # Ray Train workers
+    num_workers: int = 1  # Ray Train workers (1: on a laptop a second one only adds start-up)
 
 
 @dataclasses.dataclass(frozen=True)
