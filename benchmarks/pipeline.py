@@ -1,6 +1,6 @@
 """Throughput of the Ray restore job against the same Restorer called in-process.
 
-    python -m benchmarks.pipeline --images 256 --cpus 2 --scales 1 4 16 --out bench_out/pipeline.json
+    python benchmarks/pipeline.py --images 32 --per-file 32 --cpus 2 --scales 1 4 16
 
 Both sides restore the same Parquet shards of damaged images with the same bases and config on
 the same number of cores: in-process, one Python process calls ``Restorer`` on batches (torch
@@ -146,7 +146,7 @@ def in_process(cfg: RestoreConfig, cpus: int) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=128, help="images at scale 1")
+    ap.add_argument("--images", type=int, default=32, help="images at scale 1")
     ap.add_argument("--size", type=int, default=64, help="image side (pixels)")
     ap.add_argument("--per-file", type=int, default=32, help="rows per input Parquet file (= per shard)")
     ap.add_argument("--cpus", type=int, default=2)
