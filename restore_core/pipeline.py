@@ -171,6 +171,7 @@ class Restorer:
                 restored = result
                 if self.sr_model is not None:
                     restored = self.sr_model(restored)
+                restored = no_new_dead(restored, img, dead if self.cfg.fit.method != "none" else None, info.bit_depth)
                 self._metrics(out, i, img, restored, dead, ref_col[i] if ref_col is not None else None)
                 out["image"][i] = codec.encode_like(restored, info)
             except Exception as exc:
@@ -209,6 +210,32 @@ class Restorer:
         out["status"][i] = "error"
         out["error"][i] = f"{type(exc).__name__}: {exc}"[:500]
         out["image"][i] = None
+
+
+def no_new_dead(restored: np.ndarray, img: np.ndarray, dead: np.ndarray | None, bit_depth: int) -> np.ndarray:
+    """Lift to one output step the pixels that would be written back as dead (every channel
+    quantised to 0) though they were filled, or were not zero in the input: a fill or the SR
+    net can reach 0 in dark areas, and the file would then hold new "dead" pixels that the next
+    run (or a quality check) counts. Zero regions that were kept (not in ``dead``) stay zero, and
+    so do dead pixels when nothing filled them (``dead=None``, method ``none``). Images enlarged
+    by SR (other shape) are left as they are."""
+    if restored.shape[:2] != img.shape[:2]:
+        return restored
+    step = 1.0 / (2**bit_depth - 1)
+    if dead is not None and dead.all():
+        dead = None  # nothing observed, nothing filled: the image comes back as it was
+
+    def zero(a: np.ndarray) -> np.ndarray:
+        z = a < 0.5 * step
+        return z.all(axis=2) if a.ndim == 3 else z
+
+    was_zero = zero(img)
+    lift = zero(restored) & (~was_zero if dead is None else (dead | ~was_zero))
+    if not lift.any():
+        return restored
+    out = restored.copy()
+    out[lift] = np.maximum(out[lift], step)
+    return out
 
 
 def _column(values: list[Any]) -> np.ndarray:

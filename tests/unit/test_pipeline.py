@@ -55,3 +55,28 @@ def test_baseline_method_needs_no_bases():
     out = Restorer(None, None, from_dict(RestoreConfig, {"fit": {"method": "median"}}))(batch)
     assert out["status"][0] == "ok"
     assert codec.decode(out["image"][0])[0].shape == (8, 8, 3)
+
+
+def test_no_new_dead_pixels_are_written():
+    """A fill or SR that reaches 0 would write new 'dead' pixels; kept zero regions and unfilled
+    dead pixels (method none) stay as they are."""
+    from restore_core.pipeline import no_new_dead
+
+    img = np.full((4, 4, 3), 0.5, np.float32)
+    img[0, 0] = 0.0  # dead, filled with 0 by the method
+    img[3, 3] = 0.0  # a zero region the masks kept (not dead)
+    dead = np.zeros((4, 4), bool)
+    dead[0, 0] = True
+    restored = img.copy()
+    restored[1, 1] = 0.001  # SR pushed a dark pixel below half an 8-bit step
+    out = no_new_dead(restored, img, dead, 8)
+    assert (out[0, 0] == np.float32(1 / 255)).all() and (out[1, 1] == np.float32(1 / 255)).all()
+    assert (out[3, 3] == 0).all() and out[2, 2, 0] == np.float32(0.5)
+    # 16-bit output: one 16-bit step is enough.
+    assert no_new_dead(restored, img, dead, 16)[1, 1, 0] == np.float32(0.001)
+    # Method none: the dead pixel stays dead, the SR-made zero is still lifted.
+    out_none = no_new_dead(restored, img, None, 8)
+    assert (out_none[0, 0] == 0).all() and (out_none[1, 1] > 0).all()
+    # Enlarged by SR: left alone.
+    big = np.zeros((8, 8, 3), np.float32)
+    assert no_new_dead(big, img, dead, 8) is big
