@@ -141,7 +141,8 @@ class Restorer:
         mask_col = batch.get(self.cfg.input.mask_column)
 
         out: dict[str, list[Any]] = {c: [None] * n for c in OUTPUT_COLUMNS}
-        out["id"] = [str(i) for i in ids]
+        # A null id stays null (str() would make it the id "None"); the row is an error row.
+        out["id"] = [None if i is None else str(i) for i in ids]
         for c in METRIC_COLUMNS:
             out[c] = [float("nan")] * n
         for c in ("width", "height", "channels"):
@@ -152,6 +153,10 @@ class Restorer:
         decoded: dict[int, tuple[np.ndarray, codec.ImageInfo, np.ndarray]] = {}
         for i in range(n):
             try:
+                if out["id"][i] is None:
+                    raise ValueError(
+                        f"the row has no id (null in column '{self.cfg.input.id_column}'); give every row an id"
+                    )
                 if images_col is None:
                     raise ImageDecodeError(f"no '{self.cfg.input.image_column}' column")
                 img, info = codec.decode(cell_bytes(images_col[i]), self.cfg.decode.max_pixels)

@@ -193,7 +193,7 @@ def check_rows(restorer: Restorer, cells: list, ids: list) -> None:
     batch["image"][:] = cells
     batch["keep"] = np.arange(len(cells))
     out = restorer(batch)  # must not raise, whatever the cells hold
-    assert list(out["id"]) == [str(i) for i in ids]  # every id, once, in order
+    assert list(out["id"]) == [None if i is None else str(i) for i in ids]  # every id, once, in order (null stays null)
     assert list(out["keep"]) == list(range(len(cells)))  # pass-through columns stay aligned
     assert all(len(col) == len(cells) for col in out.values())
     for i in range(len(cells)):

@@ -80,3 +80,12 @@ def test_no_new_dead_pixels_are_written():
     # Enlarged by SR: left alone.
     big = np.zeros((8, 8, 3), np.float32)
     assert no_new_dead(big, img, dead, 8) is big
+
+
+def test_null_id_is_an_error_row_not_the_id_none(bases):
+    img = png_bytes(np.full((12, 12), 100, np.uint8))
+    batch = {"id": np.array(["a", None, "None"], dtype=object), "image": np.array([img, img, img], dtype=object)}
+    out = Restorer(bases, None, from_dict(RestoreConfig, {}))(batch)
+    assert list(out["id"]) == ["a", None, "None"]
+    assert list(out["status"]) == ["ok", "error", "ok"]
+    assert "no id" in out["error"][1] and "'id'" in out["error"][1]
