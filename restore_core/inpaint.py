@@ -242,6 +242,10 @@ class NMFInpainter:
         # Dead pixels are pulled weakly (weight ``fit.prior``) towards a prior fill, so patches
         # that see only part of a hole do not extrapolate wildly. With ``refine`` > 0 the fit is
         # repeated with the previous result as the prior's target (a fixed-point iteration).
+        if self.fit.method == "seed":
+            # The write-up literally: fit the damaged patches as they are (dead pixels = 0), no
+            # prior, no fallback fill, every pixel reconstructed.
+            return self._patch_pass(planes, dead, planes, fallback=False)
         targets = [self._prior_target(plane, d) for plane, d in zip(planes, dead, strict=True)]
         out = self._patch_pass(planes, dead, targets)
         for _ in range(max(0, self.fit.refine)):
@@ -249,7 +253,7 @@ class NMFInpainter:
         return out
 
     def _patch_pass(
-        self, planes: list[np.ndarray], dead: list[np.ndarray], targets: list[np.ndarray]
+        self, planes: list[np.ndarray], dead: list[np.ndarray], targets: list[np.ndarray], fallback: bool = True
     ) -> list[np.ndarray]:
         p, s = self.bases.meta.patch_size, max(1, self.fit.stride)
         cols, masks, metas, fit_weights = [], [], [], []
@@ -307,7 +311,7 @@ class NMFInpainter:
             est_np = est.permute(1, 2, 0).numpy() if c > 1 else est[0].numpy()
             out = self._finish(plane, est_np, d)
             weak = d & (support < 1.0)
-            if weak.any():
+            if fallback and weak.any():
                 # Where patches saw little (holes near or larger than a patch), blend towards a
                 # smooth fill from the observed pixels: a prior of weight ``prior_weight``.
                 if smooth is plane:
