@@ -458,13 +458,9 @@ def run(cfg: DemoConfig) -> Summary:
                 outputs[name] = _read_output(folder)
 
         quality_dir = os.path.join(root, "quality")
-        quality_summary: dict[str, Any] = {}
 
         def quality() -> None:
-            s = _job("quality").run(quality_cfg(cfg, test, quality_dir))
-            _summary_line(s)
-            if isinstance(s, Summary):
-                quality_summary.update(s.outputs)
+            _summary_line(_job("quality").run(quality_cfg(cfg, test, quality_dir)))
 
         def without_sr() -> bool:
             """learn-bases, a restore per method, quality: everything that needs no SR model."""
