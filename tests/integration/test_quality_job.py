@@ -50,7 +50,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], data: Path, out: Path, date: str
     argv = [
         "quality", "--config", str(ROOT / "configs" / "quality.yaml"),
         "--set", f"input.path={data}", "--set", f"output={out}",
-        "--set", "flags.blurry.value=0.0005", "--set", "ray.batch_size=8", "--run-date", date, *extra,
+        "--set", "flags.blurry.value=1.0", "--set", "flags.grayscale.enabled=false",
+        "--set", "ray.batch_size=8", "--run-date", date, *extra,
     ]  # fmt: skip
     capsys.readouterr()
     code = main(argv)

@@ -30,7 +30,7 @@ def test_scorer_rows_in_rows_out(photos, rng):
         "image": np.array([enc(photos[0]), enc(dead), enc(blurred), b"junk", enc(photos[0])], dtype=object),
         "label": np.array([1, 2, 3, 4, 5]),
     }
-    cfg = from_dict(QualityConfig, {"flags": {"blurry": {"value": 0.0005}}})
+    cfg = from_dict(QualityConfig, {"flags": {"blurry": {"value": 1.0}, "grayscale": {"enabled": False}}})
     out = quality.QualityScorer(cfg)(batch)
     assert list(out["id"]) == ["a", "b", "c", "d", "e"]
     assert list(out["status"]) == ["ok", "ok", "ok", "error", "ok"]
