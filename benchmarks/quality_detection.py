@@ -60,7 +60,8 @@ KINDS = (
 #: Disjoint colour sources per split (gray photos would be grayscale, not clean; retina is left out:
 #: a fundus photo is soft by nature, and its black disc makes every crop look alike).
 SPLITS = {
-    "tune": {"photos": ("astronaut", "coffee", "motorcycle_left", "immunohistochemistry"), "texture": ("grass", "brick"),
+    "tune": {"photos": ("astronaut", "coffee", "motorcycle_left", "immunohistochemistry"),
+             "texture": ("grass", "brick"),
              "black": "hubble_deep_field", "seed": 1000},
     "test": {"photos": ("chelsea", "rocket", "motorcycle_right"), "texture": ("gravel", "coins"),
              "black": "hubble_deep_field", "seed": 2000},
@@ -284,7 +285,8 @@ def run_project(folder: Path, work: Path) -> tuple[dict[str, set[str]], float]:
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"quality job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     table = pq.read_table(out / "run=2000-01-01" / "flags.parquet").to_pydict()
-    flags = {os.path.basename(i): set(filter(None, (f or "").split(","))) for i, f in zip(table["id"], table["flags"])}
+    pairs = zip(table["id"], table["flags"], strict=True)
+    flags = {os.path.basename(i): set(filter(None, (f or "").split(","))) for i, f in pairs}
     return flags, seconds
 
 

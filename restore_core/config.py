@@ -310,7 +310,9 @@ DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
     "dark": {"metric": "luma_p99", "op": "<", "value": 0.3, "max_share": 0.05, "unless": ["low_information"]},
     "light": {"metric": "luma_p05", "op": ">", "value": 0.6, "max_share": 0.05, "unless": ["low_information"]},
     "low_information": {"metric": "content_entropy", "op": "<", "value": 3.0, "max_share": 0.05},
-    "grayscale": {"metric": "color_fraction", "op": "<", "value": 0.01, "max_share": 0.05, "unless": ["low_information"]},
+    "grayscale": {
+        "metric": "color_fraction", "op": "<", "value": 0.01, "max_share": 0.05, "unless": ["low_information"]
+    },
     "odd_size": {"metric": "size_deviation", "op": ">", "value": 3.0, "max_share": 0.05},
     "odd_aspect_ratio": {"metric": "aspect_deviation", "op": ">", "value": 3.0, "max_share": 0.05},
     "exact_duplicates": {"metric": "exact_duplicates", "op": ">", "value": 0.0, "max_share": 0.01},

@@ -222,8 +222,9 @@ def isolated_dead_pixels(
     """The ``candidates`` (bool (H, W), e.g. every exactly-black pixel) that are isolated defects.
 
     A dead pixel is a wrong value amid live neighbours: it lies in a 4-connected group of at most
-    ``max_group`` candidates, at least 3 of its 8 neighbours are not candidates, and the median luminance of those live neighbours differs from its own by at
-    least ``min_contrast`` (of [0, 1]). Large black regions (a night sky, a black background,
+    ``max_group`` candidates, at least 3 of its 8 neighbours are not candidates, and the median
+    luminance of those live neighbours differs from its own by at least ``min_contrast`` (of
+    [0, 1]). Large black regions (a night sky, a black background,
     text) have candidate neighbours, and dark content near black (a dim scene quantised to 0 in
     places) has neighbours about as dark: neither is dead. Returns bool (H, W).
     """
