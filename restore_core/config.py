@@ -292,6 +292,15 @@ class FlagRule:
     max_share: float = 0.0  # share of images in [0, 1] above which --fail-on fails the run
     enabled: bool = True
     unless: list[str] = dataclasses.field(default_factory=list)  # not raised on images carrying these flags
+    also: FlagRule | None = None  # a second condition (metric/op/value): the flag is raised when either holds
+
+    def conditions(self) -> list[FlagRule]:
+        """This rule's condition and its ``also`` condition, if any (the flag is their OR)."""
+        return [self] if self.also is None else [self, *self.also.conditions()]
+
+    def describe(self) -> str:
+        """The rule as people read it, e.g. ``relative_contrast < 0.06 or content_entropy < 3``."""
+        return " or ".join(f"{c.metric} {c.op} {c.value:g}" for c in self.conditions())
 
 
 #: The built-in flags, named as cleanvision names its issue types where they match (dark, light,
@@ -303,13 +312,19 @@ class FlagRule:
 DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
     "decode_error": {"metric": "decode_error", "op": ">", "value": 0.0, "max_share": 0.0},
     "dead_pixels": {"metric": "dead_fraction", "op": ">", "value": 0.0005, "max_share": 0.01},
-    "blurry": {"metric": "blur_width", "op": ">", "value": 1.0, "max_share": 0.05},
+    "blurry": {
+        "metric": "blur_width", "op": ">", "value": 1.0, "max_share": 0.05,
+        "also": {"metric": "detail_ratio", "op": "<", "value": 0.95},  # against a reference, when given
+    },
     "saturated": {"metric": "saturated_fraction", "op": ">", "value": 0.1, "max_share": 0.05},
     # A frame with (almost) nothing in it is low_information; exposure, colour and likeness to other
     # images are judged on images with content.
     "dark": {"metric": "luma_p99", "op": "<", "value": 0.3, "max_share": 0.05, "unless": ["low_information"]},
     "light": {"metric": "luma_p05", "op": ">", "value": 0.6, "max_share": 0.05, "unless": ["low_information"]},
-    "low_information": {"metric": "content_entropy", "op": "<", "value": 3.0, "max_share": 0.05},
+    "low_information": {
+        "metric": "relative_contrast", "op": "<", "value": 0.06, "max_share": 0.05,
+        "also": {"metric": "content_entropy", "op": "<", "value": 3.0},
+    },
     "grayscale": {
         "metric": "color_fraction", "op": "<", "value": 0.01, "max_share": 0.05, "unless": ["low_information"]
     },
@@ -380,8 +395,11 @@ class QualityConfig:
                 value = dataclasses.asdict(value)
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key 'flags.{name}' must be a mapping, got {value!r}")
-            rule = from_dict(FlagRule, {**base, **value}, prefix=f"flags.{name}.")
-            if not rule.metric:
+            both = {**base, **value}
+            if isinstance(base.get("also"), Mapping) and isinstance(value.get("also"), Mapping):
+                both["also"] = {**base["also"], **value["also"]}  # merged key by key, like the rule
+            rule = from_dict(FlagRule, both, prefix=f"flags.{name}.")
+            if not all(c.metric for c in rule.conditions()):
                 raise ConfigError(f"config key 'flags.{name}.metric' is missing: name a metric column")
             if not 0.0 <= rule.max_share <= 1.0:
                 raise ConfigError(f"config key 'flags.{name}.max_share' must lie in [0, 1], got {rule.max_share}")

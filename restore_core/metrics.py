@@ -290,7 +290,7 @@ def working_copy(img: np.ndarray, dead: np.ndarray | None = None, size: int = WO
     return gray
 
 
-def blur_width(gray: np.ndarray, reblur: float = 1.0, quantile: float = 0.1, min_gradient: float = 0.01) -> float:
+def blur_width(gray: np.ndarray, reblur: float = 1.5, quantile: float = 0.1, min_gradient: float = 0.02) -> float:
     """Blur of an image, estimated from its own edges: the Gaussian width (pixels) of its sharpest edges.
 
     ``gray`` is a working copy (:func:`working_copy`). At each edge point (Canny, thresholds at the
@@ -301,8 +301,8 @@ def blur_width(gray: np.ndarray, reblur: float = 1.0, quantile: float = 0.1, min
     estimates over its edges: an image is blurred when even its sharpest edges are wide, whatever
     its content (texture, a few edges, a shallow depth of field).
 
-    Range [0, inf) pixels of the working copy; about 0.3-0.8 for sharp photos, >= 1 for a visible
-    blur at the working size; higher is blurrier. ``nan`` when the image has no edge to measure
+    Range [0, inf) pixels of the working copy; about 0.3-0.9 for sharp photos, >= 1 for a visible
+    blur at the working size (a Gaussian blur of 1.5 pixels on a 128-pixel crop); higher is blurrier. ``nan`` when the image has no edge to measure
     (flat, only soft content, or too small): a flat image is low on information, not blurred.
     ``min_gradient`` is the least gradient (luminance per working-copy pixel, after the re-blur)
     an edge must have.
@@ -319,7 +319,7 @@ def blur_width(gray: np.ndarray, reblur: float = 1.0, quantile: float = 0.1, min
     m1 = grad(g)
     m2 = grad(ndimage.gaussian_filter(g, reblur, mode="reflect"))
     # Edges worth measuring: Canny's, at the image's own gradient quantiles, and strong in absolute
-    # terms (a 0.1 step spread over 10 pixels still counts) so that soft content - clouds, glows,
+    # terms (a 0.2 step spread over 10 pixels still counts) so that soft content - clouds, glows,
     # a vignette, noise on a flat frame - is not taken for blurred edges.
     strong = m2 >= min_gradient
     if int(strong.sum()) < 8:
@@ -332,6 +332,31 @@ def blur_width(gray: np.ndarray, reblur: float = 1.0, quantile: float = 0.1, min
     return float(np.quantile(sigma, quantile))
 
 
+def detail_ratio(img: np.ndarray, reference: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """Fine detail kept against a clean reference: var(Laplacian(img)) / var(Laplacian(reference)).
+
+    Both (H, W[, C]) float32 in [0, 1], same shape; luminance, compared only where the 3x3
+    neighbourhood holds no ``ignore`` pixel (the dead ones: they are damage of another kind). Blur
+    removes fine detail, so a blurred copy scores well under 1 even when the blur is too mild to
+    see without the original (a soft texture shrunk and enlarged by 2). Range [0, inf): 1 = as
+    sharp as the reference, < 1 = detail lost, > 1 = detail (or noise) added; nan when nothing is
+    left to compare or the reference is flat.
+    """
+    a = luminance(img).astype(np.float64)
+    b = luminance(reference).astype(np.float64)
+    if a.shape != b.shape or min(a.shape) < 3:
+        return float("nan")
+    keep = np.ones(a.shape, dtype=bool)
+    if ignore is not None and ignore.any():
+        keep = ~ndimage.binary_dilation(ignore, structure=np.ones((3, 3), bool))
+    if int(keep.sum()) < 16:
+        return float("nan")
+    la = ndimage.laplace(a, mode="reflect")[keep]
+    lb = ndimage.laplace(b, mode="reflect")[keep]
+    ref_var = float(lb.var())
+    return float(la.var()) / ref_var if ref_var > 1e-12 else float("nan")
+
+
 def luminance_quantiles(gray: np.ndarray, qs: tuple[float, ...] = (0.05, 0.99)) -> tuple[float, ...]:
     """Quantiles of the luminance (e.g. p05 and p99), each in [0, 1].
 
@@ -342,6 +367,21 @@ def luminance_quantiles(gray: np.ndarray, qs: tuple[float, ...] = (0.05, 0.99)) 
     if g.size == 0:
         return tuple(float("nan") for _ in qs)
     return tuple(float(v) for v in np.quantile(g, qs))
+
+
+def relative_contrast(img: np.ndarray, min_headroom: float = 0.1) -> float:
+    """RMS contrast over the headroom: std of the luminance / min(mean, 1 - mean).
+
+    How much of the room it has the image's luminance uses: a dim photo (mean 0.04, std 0.03) or
+    a washed-out one keeps its relative contrast, a blank or contrast-squeezed frame does not. The
+    headroom is at least ``min_headroom``, so noise on a near-white or near-black frame stays
+    small. Range [0, 0.5 / min_headroom]; about 0.3-1.5 for photos; low (< 0.06) = little to see.
+    """
+    gray = luminance(img).astype(np.float64)
+    if gray.size == 0:
+        return float("nan")
+    mean = float(gray.mean())
+    return float(gray.std()) / max(min(mean, 1.0 - mean), min_headroom)
 
 
 def content_entropy(gray: np.ndarray, background_share: float = 0.3, bins: int = 256) -> float:

@@ -36,12 +36,14 @@ NUMERIC_COLUMNS = (
     "saturated_fraction",  # [0, 1], lower is better
     "sharpness",  # variance of the Laplacian of the working copy, [0, inf), higher is sharper
     "blur_width",  # pixels of the working copy: Gaussian width of the sharpest edges, higher is blurrier
+    "detail_ratio",  # fine detail kept against the reference column, when there is one; < 1 = detail lost
     "brightness",  # mean luminance, [0, 1]
     "luma_p05",  # 5th percentile of the luminance, [0, 1]: high = washed out (light)
     "luma_p99",  # 99th percentile of the luminance, [0, 1]: low = even the highlights are dim (dark)
     "dark_fraction",  # share near black, [0, 1]
     "bright_fraction",  # share near white, [0, 1]
     "contrast",  # RMS contrast, [0, 0.5]
+    "relative_contrast",  # RMS contrast / headroom to the nearer of black and white, [0, 5]; low = blank
     "entropy",  # bits, [0, 8]
     "content_entropy",  # bits, [0, 8]: entropy with a plain background left out; low = low information
     "color_fraction",  # share of pixels whose channels differ, [0, 1]: 0 = grayscale (stored as RGB too)
@@ -63,6 +65,7 @@ SUMMARY_METRICS = (
     "dead_fraction",
     "saturated_fraction",
     "blur_width",
+    "detail_ratio",
     "sharpness",
     "brightness",
     "luma_p05",
@@ -70,6 +73,7 @@ SUMMARY_METRICS = (
     "dark_fraction",
     "bright_fraction",
     "contrast",
+    "relative_contrast",
     "entropy",
     "content_entropy",
     "color_fraction",
@@ -93,11 +97,12 @@ _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 def check_flag_metrics(flags: Mapping[str, FlagRule]) -> None:
     """A ConfigError naming the first flag whose metric is not a known column."""
     for name, rule in flags.items():
-        if rule.metric not in FLAG_METRICS:
-            raise ConfigError(
-                f"config key 'flags.{name}.metric' is {rule.metric!r}, not a metric column "
-                f"(one of: {', '.join(FLAG_METRICS)})"
-            )
+        for depth, cond in enumerate(rule.conditions()):
+            if cond.metric not in FLAG_METRICS:
+                key = f"flags.{name}.{'also.' * depth}metric"
+                raise ConfigError(
+                    f"config key '{key}' is {cond.metric!r}, not a metric column (one of: {', '.join(FLAG_METRICS)})"
+                )
 
 
 def evaluate_flags(columns: Mapping[str, np.ndarray], flags: Mapping[str, FlagRule]) -> dict[str, np.ndarray]:
@@ -110,9 +115,16 @@ def evaluate_flags(columns: Mapping[str, np.ndarray], flags: Mapping[str, FlagRu
     for name, rule in flags.items():
         if not rule.enabled or rule.metric not in columns:
             continue
-        values = np.asarray(columns[rule.metric], dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            raw[name] = np.asarray(_OPS[rule.op](values, rule.value) & ~np.isnan(values))
+        hit = None
+        for cond in rule.conditions():  # OR of the rule's conditions whose metric is at hand
+            if cond.metric not in columns:
+                continue
+            values = np.asarray(columns[cond.metric], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                one = np.asarray(_OPS[cond.op](values, cond.value) & ~np.isnan(values))
+            hit = one if hit is None else hit | one
+        if hit is not None:
+            raw[name] = hit
     out = {}
     for name, hit in raw.items():
         for other in flags[name].unless:  # e.g. a blank frame is low_information, not also dark
@@ -193,6 +205,7 @@ class QualityScorer:
             "dark_fraction": exp.dark_fraction,
             "bright_fraction": exp.bright_fraction,
             "contrast": metrics.contrast(work),
+            "relative_contrast": metrics.relative_contrast(work),
             "entropy": metrics.entropy(work),
             "content_entropy": metrics.content_entropy(work),
             "color_fraction": metrics.color_fraction(img),
@@ -205,6 +218,7 @@ class QualityScorer:
             if ref.shape == img.shape:
                 row["psnr"] = metrics.psnr(ref, img)
                 row["ssim"] = metrics.ssim(ref, img)
+                row["detail_ratio"] = metrics.detail_ratio(img, ref, ignore=fill)
         return row
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

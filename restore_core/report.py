@@ -79,7 +79,12 @@ def with_run_flags(table: pa.Table, cfg: QualityConfig) -> pa.Table:
 
 
 def _flag_arrays(table: pa.Table, flags: Mapping[str, FlagRule]) -> dict[str, np.ndarray]:
-    cols = {r.metric: _floats(table, r.metric) for r in flags.values() if r.metric in table.column_names}
+    cols = {
+        c.metric: _floats(table, c.metric)
+        for r in flags.values()
+        for c in r.conditions()
+        if c.metric in table.column_names
+    }
     return evaluate_flags(cols, flags)
 
 
@@ -111,7 +116,7 @@ def summarize(table: pa.Table, cfg: QualityConfig, run_date: str) -> dict[str, A
         flags[name] = {
             "count": count,
             "share": count / n if n else 0.0,
-            "rule": f"{rule.metric} {rule.op} {rule.value:g}",
+            "rule": rule.describe(),
             "max_share": rule.max_share,
         }
     groups = duplicate_groups(table, cfg.report.max_duplicate_groups)
@@ -453,7 +458,9 @@ def write_report(
     """
     plots: list[tuple[str, str]] = []
     for m in summary["quantiles"]:
-        thresholds = [(n, r.value) for n, r in cfg.flags.items() if r.enabled and r.metric == m]
+        thresholds = [
+            (n, c.value) for n, r in cfg.flags.items() if r.enabled for c in r.conditions() if c.metric == m
+        ]
         rel = f"plots/hist_{m}.png"
         put(fs, posixpath.join(folder, rel), histogram_png(_floats(table, m), m, thresholds))
         plots.append((m, rel))
