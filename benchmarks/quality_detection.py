@@ -174,8 +174,9 @@ def inject(kind: str, k: int, src: Source, rng: np.random.Generator) -> np.ndarr
 
 
 def near_copy(img: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """A near duplicate: brighter, noisier, recompressed as JPEG, or resized down and up."""
-    mode = k % 4
+    """A near duplicate: brighter, noisier, recompressed as JPEG, resized down and up, or cropped
+    by 2-3% a side and resized back."""
+    mode = k % 5
     if mode == 0:
         return img * 1.08 + 0.02
     if mode == 1:
@@ -184,7 +185,11 @@ def near_copy(img: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         buf = io.BytesIO()
         Image.fromarray(to_u8(img)).save(buf, format="JPEG", quality=75)
         return np.asarray(Image.open(buf).convert("RGB"), np.float32) / 255
-    return shrink_enlarge(img, 1.25)
+    if mode == 3:
+        return shrink_enlarge(img, 1.25)
+    m = int(rng.integers(2, 5))
+    cut = Image.fromarray(to_u8(img[m : img.shape[0] - m, m : img.shape[1] - m]))
+    return np.asarray(cut.resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR), np.float32) / 255
 
 
 # ----------------------------------------------------------------------------- hard negatives

@@ -312,14 +312,16 @@ class FlagRule:
 DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
     "decode_error": {"metric": "decode_error", "op": ">", "value": 0.0, "max_share": 0.0},
     "dead_pixels": {"metric": "dead_fraction", "op": ">", "value": 0.0005, "max_share": 0.01},
+    # Exposure first: crushed or washed-out contrast leaves too few levels to judge edges by.
     "blurry": {
         "metric": "blur_width", "op": ">", "value": 1.0, "max_share": 0.05,
         "also": {"metric": "detail_ratio", "op": "<", "value": 0.95},  # against a reference, when given
+        "unless": ["dark", "light", "low_information"],
     },
     "saturated": {"metric": "saturated_fraction", "op": ">", "value": 0.1, "max_share": 0.05},
     # A frame with (almost) nothing in it is low_information; exposure, colour and likeness to other
     # images are judged on images with content.
-    "dark": {"metric": "luma_p99", "op": "<", "value": 0.3, "max_share": 0.05, "unless": ["low_information"]},
+    "dark": {"metric": "luma_p99", "op": "<", "value": 0.32, "max_share": 0.05, "unless": ["low_information"]},
     "light": {"metric": "luma_p05", "op": ">", "value": 0.6, "max_share": 0.05, "unless": ["low_information"]},
     "low_information": {
         "metric": "relative_contrast", "op": "<", "value": 0.06, "max_share": 0.05,
@@ -367,7 +369,7 @@ class QualityConfig:
     working_size: int = 128  # shorter side of the working copy the resolution-free scores use
     dark_level: float = 0.05  # exposure: luminance <= this counts as near black
     bright_level: float = 0.95  # exposure: luminance >= this counts as near white
-    near_duplicate_distance: int = 4  # dHash Hamming distance (of 64 bits) for near duplicates
+    near_duplicate_distance: int = 5  # dHash Hamming distance (of 64 bits) for near duplicates
     near_duplicate_min_bits: int = 8  # hashes with fewer ones (or zeros) are too plain to compare
     odd_spread_floor: float = 0.08  # odd size/aspect: smallest spread (log units) the robust z-score divides by
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS

@@ -72,6 +72,12 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys):
     flags1 = pq.read_table(run1 / "flags.parquet").to_pydict()
     assert len(flags1["id"]) == N_IMAGES and not any(flags1["flags"])
 
+    # the clean first night as a known-good run: suggested thresholds, nothing scored or written
+    code, text = run_cli(capsys, tmp_path / "day1", out, "2024-03-05", "--calibrate", str(run1))
+    assert code == 0, text[-3000:]
+    assert "quality calibrate" in text and "--set flags.blurry.value=" in text and "--set flags.dark.value=" in text
+    assert not (out / "run=2024-03-05").exists()
+
     code, text = run_cli(capsys, tmp_path / "day2", out, "2024-03-02", "--fail-on", "dead_pixels")
     assert code == 1, text[-3000:]
     assert "dead_pixels: 2 of 40 images (5.00%)" in text and "over by 4.00 points" in text

@@ -159,3 +159,15 @@ def test_html_renders_in_headless_chromium(tmp_path, cfg, images):
     dom = render_dom(path, str(tmp_path / "profile2"))
     assert 'data-failed="1"' in dom
     json.dumps(summary, allow_nan=False)
+
+
+def test_suggested_thresholds_from_a_good_run(cfg, images):
+    table = scored(cfg, images, [f"img{i:02d}" for i in range(20)])
+    sug = report.suggest_thresholds(table, cfg, target_share=0.05)
+    assert "blurry" in sug and "dark" in sug and "exact_duplicates" not in sug
+    bw = table.column("blur_width").to_numpy()
+    assert sug["blurry"]["suggested"] == pytest.approx(np.nanquantile(bw, 0.95))
+    p99 = table.column("luma_p99").to_numpy()
+    assert sug["dark"]["suggested"] == pytest.approx(np.quantile(p99, 0.05))
+    lines = report.calibration_lines(sug)
+    assert any(line.startswith("blurry: blur_width > 1 flags 0.00% here") for line in lines)
