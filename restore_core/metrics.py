@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from skimage import feature
 from skimage.metrics import structural_similarity
 
 
@@ -302,13 +303,12 @@ def blur_width(gray: np.ndarray, reblur: float = 1.5, quantile: float = 0.1, min
     its content (texture, a few edges, a shallow depth of field).
 
     Range [0, inf) pixels of the working copy; about 0.3-0.9 for sharp photos, >= 1 for a visible
-    blur at the working size (a Gaussian blur of 1.5 pixels on a 128-pixel crop); higher is blurrier. ``nan`` when the image has no edge to measure
-    (flat, only soft content, or too small): a flat image is low on information, not blurred.
+    blur at the working size (a Gaussian blur of 1.5 pixels on a 128-pixel crop); higher is blurrier.
+    ``nan`` when the image has no edge to measure (flat, only soft content, or too small): a flat
+    image is low on information, not blurred.
     ``min_gradient`` is the least gradient (luminance per working-copy pixel, after the re-blur)
     an edge must have.
     """
-    from skimage import feature
-
     g = np.asarray(gray, dtype=np.float64)
     if min(g.shape) < 8:
         return float("nan")

@@ -198,7 +198,8 @@ def test_every_issue_kind_on_small_images(rng):
     }  # fmt: skip
     ids = list(imgs)
     batch = {"id": np.array(ids, dtype=object), "image": np.array([enc(imgs[i]) for i in ids], dtype=object)}
-    table = report.with_run_flags(quality.table_from_columns(quality.QualityScorer(QualityConfig())(batch)), QualityConfig())
+    cfg = QualityConfig()
+    table = report.with_run_flags(quality.table_from_columns(quality.QualityScorer(cfg)(batch)), cfg)
     got = dict(zip(table.column("id").to_pylist(), table.column("flags").to_pylist(), strict=True))
     want = {
         "dead": "dead_pixels", "blurry": "blurry", "dark": "dark", "light": "light", "blank": "low_information",
