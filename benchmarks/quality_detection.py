@@ -85,24 +85,43 @@ def is_plainly_clean(img: np.ndarray) -> bool:
 
 
 class Source:
-    """Random colour crops of a split's photos, at random scales, rejecting issue-like crops."""
+    """Random colour crops of a split's photos, at random scales, rejecting issue-like crops and
+    crops that overlap an earlier one (two views of the same spot would be near duplicates that
+    the labels do not know about)."""
 
     def __init__(self, names: tuple[str, ...], rng: np.random.Generator) -> None:
         self.photos = [synth.load_photo(n) for n in names]
         self.rng = rng
+        self.taken: list[tuple[int, float, float, float, float]] = []  # photo, y0, x0, y1, x1 (photo pixels)
+
+    def _overlaps(self, k: int, box: tuple[float, float, float, float]) -> bool:
+        y0, x0, y1, x1 = box
+        for j, a0, b0, a1, b1 in self.taken:
+            if j != k:
+                continue
+            inter = max(0.0, min(y1, a1) - max(y0, a0)) * max(0.0, min(x1, b1) - max(x0, b0))
+            if inter > 0.2 * min((y1 - y0) * (x1 - x0), (a1 - a0) * (b1 - b0)):
+                return True
+        return False
 
     def crop(self, h: int = SIZE, w: int = SIZE, clean: bool = True) -> np.ndarray:
         from skimage.transform import rescale
 
-        for _ in range(200):
-            p = self.photos[int(self.rng.integers(len(self.photos)))]
+        for attempt in range(400):
+            k = int(self.rng.integers(len(self.photos)))
+            p = self.photos[k]
             s = float(self.rng.uniform(0.35, 1.0))
             s = max(s, (max(h, w) + 1) / min(p.shape[:2]))
+            y = float(self.rng.uniform(0, p.shape[0] - h / s))
+            x = float(self.rng.uniform(0, p.shape[1] - w / s))
+            box = (y, x, y + h / s, x + w / s)
+            if attempt < 300 and self._overlaps(k, box):
+                continue
             q = rescale(p, s, anti_aliasing=s < 1, channel_axis=-1).astype(np.float32) if abs(s - 1) > 1e-3 else p
-            y = int(self.rng.integers(0, q.shape[0] - h + 1))
-            x = int(self.rng.integers(0, q.shape[1] - w + 1))
-            c = np.clip(q[y : y + h, x : x + w], 0, 1)
+            yi, xi = min(round(y * s), q.shape[0] - h), min(round(x * s), q.shape[1] - w)
+            c = np.clip(q[yi : yi + h, xi : xi + w], 0, 1)
             if not clean or is_plainly_clean(c):
+                self.taken.append((k, *box))
                 return c
         raise RuntimeError("no clean crop found")
 

@@ -323,10 +323,7 @@ DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
     # images are judged on images with content.
     "dark": {"metric": "luma_p99", "op": "<", "value": 0.32, "max_share": 0.05, "unless": ["low_information"]},
     "light": {"metric": "luma_p05", "op": ">", "value": 0.6, "max_share": 0.05, "unless": ["low_information"]},
-    "low_information": {
-        "metric": "relative_contrast", "op": "<", "value": 0.06, "max_share": 0.05,
-        "also": {"metric": "content_entropy", "op": "<", "value": 3.0},
-    },
+    "low_information": {"metric": "relative_contrast", "op": "<", "value": 0.06, "max_share": 0.05},
     "grayscale": {
         "metric": "color_fraction", "op": "<", "value": 0.01, "max_share": 0.05, "unless": ["low_information"]
     },

@@ -153,15 +153,18 @@ def test_plain_images_are_not_near_duplicates_of_one_another():
 
 def test_flag_rule_also_and_unless():
     cfg = QualityConfig()
+    nan = float("nan")
     cols = {
-        "relative_contrast": np.array([0.5, 0.01, 0.5, 0.5]),
-        "content_entropy": np.array([6.0, 6.0, 1.0, 6.0]),
-        "luma_p99": np.array([0.9, 0.1, 0.9, 0.1]),
+        "blur_width": np.array([0.5, 1.5, 0.5, nan, 1.5]),
+        "detail_ratio": np.array([1.0, nan, 0.5, nan, nan]),
+        "relative_contrast": np.array([0.5, 0.5, 0.5, 0.5, 0.01]),
+        "luma_p99": np.array([0.9, 0.9, 0.9, 0.1, 0.1]),
     }
     raised = quality.evaluate_flags(cols, cfg.flags)
-    assert raised["low_information"].tolist() == [False, True, True, False]  # either condition
-    assert raised["dark"].tolist() == [False, False, False, True]  # a blank dark frame is low_information only
-    assert cfg.flags["low_information"].describe() == "relative_contrast < 0.06 or content_entropy < 3"
+    assert raised["blurry"].tolist() == [False, True, True, False, False]  # either condition; not on a blank frame
+    assert raised["dark"].tolist() == [False, False, False, True, False]  # a blank dark frame is low_information
+    assert raised["low_information"].tolist() == [False, False, False, False, True]
+    assert cfg.flags["blurry"].describe() == "blur_width > 1 or detail_ratio < 0.95"
     with pytest.raises(ConfigError, match=r"flags\.dark\.unless"):
         from_dict(QualityConfig, {"flags": {"dark": {"unless": ["nope"]}}})
     with pytest.raises(ConfigError, match=r"flags\.blurry\.also\.metric"):
