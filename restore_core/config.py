@@ -366,7 +366,7 @@ class QualityConfig:
     working_size: int = 128  # shorter side of the working copy the resolution-free scores use
     dark_level: float = 0.05  # exposure: luminance <= this counts as near black
     bright_level: float = 0.95  # exposure: luminance >= this counts as near white
-    near_duplicate_distance: int = 5  # dHash Hamming distance (of 64 bits) for near duplicates
+    near_duplicate_distance: int = 4  # dHash Hamming distance (of 64 bits) for near duplicates
     near_duplicate_min_bits: int = 8  # hashes with fewer ones (or zeros) are too plain to compare
     odd_spread_floor: float = 0.08  # odd size/aspect: smallest spread (log units) the robust z-score divides by
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
