@@ -57,6 +57,7 @@ OUTPUT_SCHEMA = {
     "status": pa.string(),
     "error": pa.string(),
     "method": pa.string(),
+    "mask_source": pa.string(),
     "width": pa.int64(),
     "height": pa.int64(),
     "channels": pa.int64(),
