@@ -56,19 +56,22 @@ class Range:
 
 
 def ranged(
-    default: Any = dataclasses.MISSING,
+    default: Any,
     low: float | None = None,
     high: float | None = None,
     *,
     low_open: bool = False,
     high_open: bool = False,
-    factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """A dataclass field whose number (or list of numbers, with ``factory``) must lie in a range."""
-    meta = {"range": Range(low, high, low_open, high_open)}
-    if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+    """A dataclass field holding a number that must lie in a range."""
+    return dataclasses.field(default=default, metadata=each_in(low, high, low_open=low_open, high_open=high_open))
+
+
+def each_in(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> dict[str, Range]:
+    """Field metadata: the number, or each number of a list, must lie in this range."""
+    return {"range": Range(low, high, low_open, high_open)}
 
 
 def field_range(field: dataclasses.Field[Any]) -> Range | None:
@@ -147,7 +150,7 @@ class FitConfig:
     masked: bool = True  # False = fit against every pixel, dead ones included (the write-up)
     prior: float = ranged(0.05, 0.0)  # weight pulling dead pixels towards the prior fill in the fit; 0 = off
     prior_fill: Literal["smooth", "biharmonic"] = "biharmonic"  # the fill the prior pulls towards (docs/nmf.md)
-    min_observed_fraction: float = ranged(0.0, 0.0, 1.0)  # rows with a smaller share of observed (not dead) pixels, or none, are errors
+    min_observed_fraction: float = ranged(0.0, 0.0, 1.0)  # rows observing a smaller share, or none, are errors
     refine: int = ranged(0, 0)  # patch mode: refits with the previous result as the prior's target
     seed_lr: float = ranged(0.0, 0.0)  # method seed: learning rate; 0 = 1/L (the largest stable step)
     seed_iter: int = ranged(500, 1)
@@ -216,7 +219,9 @@ class SRDegradeConfig:
 class SRNetConfig:
     """The CNN: 3x3 conv + BatchNorm + ReLU per hidden width, then a 3x3 conv to 1 channel."""
 
-    channels: list[int] = ranged(low=1, high=4096, factory=lambda: [16, 32, 64])  # the write-up
+    channels: list[int] = dataclasses.field(
+        default_factory=lambda: [16, 32, 64], metadata=each_in(1, 4096)
+    )  # the write-up
     residual: bool = False  # True: predict the detail added to the input; False: sigmoid output
 
 
@@ -237,7 +242,7 @@ class SRTrainLoopConfig:
     lr: float = ranged(1e-3, 0.0, low_open=True)  # Adam (Chainer's default alpha)
     amp: bool = True  # float16 autocast + grad scaling on CUDA; ignored on CPU
     seed: int = ranged(0, 0)
-    val_fraction: float = ranged(0.1, 0.0, 1.0, high_open=True)  # dataset input: share of images held out for validation PSNR
+    val_fraction: float = ranged(0.1, 0.0, 1.0, high_open=True)  # dataset input: share held out for validation PSNR
     patch_size: int = ranged(48, 4, 4096)  # dataset input: training patch side (images smaller are padded)
     patches_per_image: int = ranged(8, 1)  # dataset input
     cache_patches: bool = True  # dataset input: cut patches once, keep them in Ray's object store (spills to disk)
@@ -269,9 +274,11 @@ class BenchmarkConfig:
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
     bases: str = ""
     output: str = "bench_out"
-    rates: list[float] = ranged(low=0.0, high=1.0, high_open=True, factory=lambda: [0.3, 0.5, 0.7])
+    rates: list[float] = dataclasses.field(
+        default_factory=lambda: [0.3, 0.5, 0.7], metadata=each_in(0.0, 1.0, high_open=True)
+    )
     methods: list[str] = dataclasses.field(default_factory=lambda: ["seed", "nmf", "biharmonic", "median"])
-    k_values: list[int] = ranged(low=1, factory=list)  # PSNR-vs-k study; [] = off
+    k_values: list[int] = dataclasses.field(default_factory=list, metadata=each_in(1))  # PSNR-vs-k study; [] = off
     weight_histogram: bool = True
     n_images: int = ranged(16, 1)
     seed: int = ranged(0, 0)
@@ -312,7 +319,9 @@ class DemoSRConfig:
 
     enabled: bool = True  # false = no SR model, no nmf+sr row
     epochs: int = ranged(3, 1)
-    channels: list[int] = ranged(low=1, high=4096, factory=lambda: [16, 32, 64])  # CNN widths
+    channels: list[int] = dataclasses.field(
+        default_factory=lambda: [16, 32, 64], metadata=each_in(1, 4096)
+    )  # CNN widths
     residual: bool = True  # predict the detail on top of the blurred input
     patch_size: int = ranged(32, 4, 4096)  # training patch side
     patches_per_image: int = ranged(8, 1)
@@ -593,7 +602,7 @@ _ConfigLoader.add_implicit_resolver(
 
 def yaml_load(text: str) -> Any:
     """Parse config YAML safely (see :class:`_ConfigLoader`)."""
-    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: no tags run
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -232,9 +232,7 @@ class Restorer:
                 self._error(out, i, exc)
 
         order = sorted(decoded)
-        filled = self._fill(
-            [masks.colour_channels(decoded[i][0]) for i in order], [decoded[i][2] for i in order]
-        )
+        filled = self._fill([masks.colour_channels(decoded[i][0]) for i in order], [decoded[i][2] for i in order])
         for i, result in zip(order, filled, strict=True):
             img, info, dead, source = decoded[i]
             try:

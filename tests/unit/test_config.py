@@ -92,7 +92,9 @@ def _config_classes() -> list[type]:
     return [
         obj
         for obj in vars(config_module).values()
-        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == config_module.__name__
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and obj.__module__ == config_module.__name__
         and obj.__name__ != "Range"
     ]
 
