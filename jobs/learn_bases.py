@@ -102,9 +102,7 @@ def check_training_rows(X: np.ndarray, k: int, where: str) -> None:
     """Refuse, before training, rows that cannot give bases: fewer rows than bases, or no signal
     (every value the same: all-black or constant images, which would save k copies of nothing)."""
     if X.shape[0] < k:
-        raise UserError(
-            f"only {X.shape[0]} training rows from {where} for nmf.k={k} bases; lower nmf.k or add images"
-        )
+        raise UserError(f"only {X.shape[0]} training rows from {where} for nmf.k={k} bases; lower nmf.k or add images")
     lo, hi = float(X.min()), float(X.max())
     if hi - lo <= 1e-6:
         raise UserError(

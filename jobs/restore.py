@@ -31,7 +31,7 @@ import pyarrow as pa
 from jobs import ray_utils
 from jobs.common import Summary
 from restore_core import checks
-from restore_core.config import RestoreConfig, to_dict
+from restore_core.config import RestoreConfig, check_ranges, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.io import shards as shard_io
@@ -63,6 +63,7 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
 
 def check_config(cfg: RestoreConfig) -> None:
     """Refuse configurations that cannot work, with one line naming the key to fix."""
+    check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
     if not cfg.input.path:
         raise UserError("input.path is empty: point it at the images to restore (Parquet files or a folder)")
     if not cfg.output.path:

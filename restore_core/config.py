@@ -471,6 +471,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()) and float(value).is_integer():
+            value = float(value)  # "64e6" as YAML 1.1 reads it
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 64e6, 2.0: a whole number written as a float
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
         return value

@@ -191,3 +191,12 @@ def test_dates_in_string_keys_and_quoted_exponents():
     cfg = load_config(RestoreConfig, None, ["output.path=2024-06-30", "input.id_column='1e5'"])
     assert cfg.output.path == "2024-06-30" and cfg.input.id_column == "1e5"
     assert load_config(RestoreConfig, None, ["fit.tol='1e-4'"]).fit.tol == 1e-4
+
+
+def test_whole_numbers_written_as_floats_are_integers(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("decode:\n  max_pixels: 64e6\nfit:\n  stride: 2.0\n")
+    cfg = load_config(RestoreConfig, p)
+    assert cfg.decode.max_pixels == 64_000_000 and isinstance(cfg.decode.max_pixels, int) and cfg.fit.stride == 2
+    with pytest.raises(ConfigError, match=r"'fit.stride' must be an integer, got 2.5"):
+        load_config(RestoreConfig, None, ["fit.stride=2.5"])

@@ -272,3 +272,14 @@ def test_learn_bases_settings_that_do_not_train(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and shown in err[0]
     assert not (tmp_path / "bases").exists()
+
+
+def test_training_rows_too_few_or_flat_are_refused() -> None:
+    from jobs.learn_bases import check_training_rows
+    from restore_core.errors import UserError
+
+    check_training_rows(np.random.default_rng(0).random((8, 4), dtype=np.float32), 4, "data/")
+    with pytest.raises(UserError, match=r"only 3 training rows from data/ for nmf.k=5"):
+        check_training_rows(np.random.default_rng(0).random((3, 4), dtype=np.float32), 5, "data/")
+    with pytest.raises(UserError, match=r"no signal: every sampled pixel is 0.5"):
+        check_training_rows(np.full((8, 4), 0.5, np.float32), 4, "data/")
