@@ -75,6 +75,7 @@ def test_restore_and_quality_read_files_whose_types_differ(local_ray, tmp_path: 
     assert sorted(flags.column("id").to_pylist()) == sorted(ids)
 
 
+@pytest.mark.slow  # the listing itself is unit-tested (tests/unit/test_datasets.py); this is the whole job
 @pytest.mark.timeout(900)
 def test_quality_keeps_every_odd_name_and_follows_symlinked_folders(local_ray, tmp_path: Path):
     root, elsewhere = tmp_path / "imgs", tmp_path / "elsewhere"

@@ -214,3 +214,25 @@ def test_mask_of_another_size_names_the_mask_column(bases):
         _batch([png_bytes(_photo((12, 12)))], mask=[png_bytes(np.zeros((5, 7), np.uint8))])
     )
     assert out["status"][0] == "error" and "mask column 'mask'" in out["error"][0] and "7x5" in out["error"][0]
+
+
+def test_palette_transparency_stays_transparent(bases):
+    """A palette PNG with a transparent index decodes to RGBA: its transparent pixels stay
+    transparent after the restore, whatever their colour (issue 16)."""
+    import io
+
+    from PIL import Image
+
+    idx = np.random.default_rng(5).integers(1, 8, (12, 12), dtype=np.uint8)
+    idx[:3] = 0  # index 0: transparent black
+    pal = Image.fromarray(idx, mode="P")
+    pal.putpalette([0, 0, 0, *np.random.default_rng(6).integers(30, 256, 21).tolist()])
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG", transparency=0)
+    before, _ = codec.decode(buf.getvalue())
+    out = Restorer(bases, None, RestoreConfig())(_batch([buf.getvalue()]))
+    assert out["status"][0] == "ok"
+    after, info = codec.decode(out["image"][0])
+    assert info.channels == 4
+    np.testing.assert_array_equal(after[..., 3], before[..., 3])
+    assert np.all(after[:3, :, 3] == 0)
