@@ -283,3 +283,12 @@ def test_training_rows_too_few_or_flat_are_refused() -> None:
         check_training_rows(np.random.default_rng(0).random((3, 4), dtype=np.float32), 5, "data/")
     with pytest.raises(UserError, match=r"no signal: every sampled pixel is 0.5"):
         check_training_rows(np.full((8, 4), 0.5, np.float32), 4, "data/")
+
+
+def test_benchmark_k_study_with_more_bases_than_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.cli import main
+
+    code = main(["benchmark", "--set", "k_values=[8, 100000]", "--set", f"output={tmp_path / 'b'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "k=100000, more bases than the nmf.n_samples=20000" in err[0]
+    assert not (tmp_path / "b").exists()
