@@ -265,21 +265,22 @@ def sharp_texture(names: tuple[str, ...], rng: np.random.Generator) -> np.ndarra
 
 
 def same_region(a: tuple[int, float, float, float, float], b: tuple[int, float, float, float, float]) -> bool:
-    """Two crops showing nearly the same part of the same photo, at whatever size: their boxes'
-    intersection over union is above 0.85 (a shift of a few percent, a slightly other scale)."""
+    """Two crops showing much the same part of the same photo, at whatever size: their boxes'
+    intersection over union is above 0.6."""
     if a[0] != b[0]:
         return False
     inter = max(0.0, min(a[3], b[3]) - max(a[1], b[1])) * max(0.0, min(a[4], b[4]) - max(a[2], b[2]))
     union = (a[3] - a[1]) * (a[4] - a[2]) + (b[3] - b[1]) * (b[4] - b[2]) - inter
-    return inter > 0.85 * union
+    return inter > 0.6 * union
 
 
 def build(split: str, folder: Path) -> tuple[dict[str, str], set[str]]:
     """Write the split's PNGs under ``folder``.
 
-    Returns {file name: label} (label "clean" or a kind) and the files that are near duplicates
-    by accident: views of the same part of a photo (the photos hold only a few dozen disjoint
-    crops), kept with their label and counted as true near duplicates for both tools.
+    Returns {file name: label} (label "clean" or a kind) and the files that may be near
+    duplicates by accident: views of much the same part of a photo (the photos hold only a few
+    dozen disjoint crops). Whether those are near duplicates is a matter of taste (a shift of 5%),
+    so near_duplicates is not scored on them, for either tool.
     """
     spec = SPLITS[split]
     rng = np.random.default_rng(int(spec["seed"]))  # type: ignore[call-overload]
@@ -377,23 +378,19 @@ def run_cleanvision(folder: Path) -> tuple[dict[str, set[str]], float]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def truth(labels: dict[str, str], accidental: set[str], name: str) -> set[str]:
-    """The kinds a file truly has: its label, and near_duplicates when it is an accidental one."""
-    return ({labels[name]} - {"clean"}) | ({"near_duplicates"} if name in accidental else set())
-
-
 def score(labels: dict[str, str], accidental: set[str], flags: dict[str, set[str]]) -> dict[str, dict[str, float]]:
+    """P, R, F1 per kind; near_duplicates leaves the accidental ones out (neither right nor wrong)."""
     out: dict[str, dict[str, float]] = {}
-    true = {n: truth(labels, accidental, n) for n in labels}
     for kind in KINDS:
-        tp = sum(1 for n in labels if kind in true[n] and kind in flags.get(n, set()))
-        fp = sum(1 for n in labels if kind not in true[n] and kind in flags.get(n, set()))
-        fn = sum(1 for n in labels if kind in true[n] and kind not in flags.get(n, set()))
+        scored = [n for n in labels if not (kind == "near_duplicates" and n in accidental)]
+        tp = sum(1 for n in scored if labels[n] == kind and kind in flags.get(n, set()))
+        fp = sum(1 for n in scored if labels[n] != kind and kind in flags.get(n, set()))
+        fn = sum(1 for n in scored if labels[n] == kind and kind not in flags.get(n, set()))
         p = tp / (tp + fp) if tp + fp else 0.0
         r = tp / (tp + fn) if tp + fn else 0.0
         out[kind] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "fp": fp, "fn": fn}
     clean = [n for n, lab in labels.items() if lab == "clean"]
-    wrong = sum(1 for n in clean if flags.get(n, set()) - true[n])  # a flag it should not carry
+    wrong = sum(1 for n in clean if flags.get(n, set()) - ({"near_duplicates"} if n in accidental else set()))
     out["clean_flagged"] = {"share": wrong / len(clean), "count": len(clean)}
     out["accidental_near_duplicates"] = {"count": len(accidental)}
     return out
@@ -407,8 +404,8 @@ def machine() -> str:
 def table(split: str, ours: dict, theirs: dict, t_ours: float, t_theirs: float, n: int) -> str:
     lines = [
         f"Split {split.upper()}: {n} PNG files of 128x128 (odd sizes aside), "
-        f"{ours['accidental_near_duplicates']['count']} of them accidental near duplicates (views of the same "
-        f"part of a photo, counted as near_duplicates for both tools); {machine()}.",
+        f"{ours['accidental_near_duplicates']['count']} of them views of much the same part of a photo (near "
+        f"duplicates or not, a matter of taste: not scored for near_duplicates); {machine()}.",
         "",
         "| kind | quality job P | R | F1 | cleanvision P | R | F1 |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -469,8 +466,10 @@ def main() -> None:
             tables.append(text)
             if args.show_misses:
                 for n in sorted(labels):
-                    want = truth(labels, accidental, n)
+                    want = {labels[n]} - {"clean"}
                     got = ours.get(n, set()) & (set(KINDS) | {"saturated", "decode_error"})
+                    if n in accidental:
+                        want, got = want - {"near_duplicates"}, got - {"near_duplicates"}
                     if got != want:
                         print(f"  ours {split} {n}: label {labels[n]}, flags {sorted(got)}")
             (base / split / "scores.json").write_text(json.dumps({"ours": s_ours, "cleanvision": s_theirs}, indent=1))
