@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from restore_core.checks import explain_exception
 from restore_core.config import load_config
@@ -35,6 +36,36 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+#: The YAML configs shipped in the package (``configs/`` of the repository; ``jobs/default_configs``
+#: links to it, so a source checkout and an installed wheel find them in the same place).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "default_configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the packaged configs (``restore``, ``sr_seed``...), for ``--config NAME``."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(command: str, value: str | None) -> str | None:
+    """The YAML file that ``--config value`` means for ``command``.
+
+    An existing file is used as given. A bare name (no folder, no ``.yaml``) names a packaged
+    config: ``default`` is the command's own (``configs/restore.yaml`` for ``restore``), any
+    other name is ``configs/<name>.yaml`` (``--config sr_seed``). This is how an installed wheel,
+    which has no ``configs/`` folder beside it, reaches its configs.
+    """
+    if not value or Path(value).is_file():
+        return value
+    if "/" in value or os.sep in value or value.endswith((".yaml", ".yml")):
+        return value  # a path that does not exist: load_config says so
+    name = COMMANDS[command].module if value == "default" else value
+    path = PACKAGED_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(["default", *packaged_configs()])
+        raise UserError(f"--config {value}: no such file, nor a packaged config (packaged: {known})")
+    return str(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs",
@@ -43,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
-        p.add_argument("--config", "-c", help="YAML config file (see configs/)")
+        p.add_argument(
+            "--config",
+            "-c",
+            help="YAML config file, or a packaged config's name: 'default' (this command's), 'sr_seed'...",
+        )
         p.add_argument(
             "--set",
             "-s",
@@ -76,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_args = getattr(module, "apply_arguments", None)
         overrides = list(apply_args(args)) if apply_args is not None else []
         overrides += list(args.set)
-        cfg = load_config(module.CONFIG, args.config, overrides)
+        cfg = load_config(module.CONFIG, resolve_config(args.command, args.config), overrides)
         summary = module.run(cfg)
     except UserError as exc:
         # explain_exception unwraps a UserError raised inside a Ray task to its one line.

@@ -6,6 +6,7 @@ functions so that they all start Ray, read fsspec URLs and size their actor pool
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -93,13 +94,35 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     idc, imc = input_cfg.id_column, input_cfg.image_column
     if is_process_local(input_cfg.path):
         rows = list(
-            datasets.iter_rows(input_cfg.path, input_cfg.format, input_cfg.storage_options, idc, imc, input_cfg.limit)
+            datasets.iter_rows(
+                input_cfg.path,
+                input_cfg.format,
+                input_cfg.storage_options,
+                idc,
+                imc,
+                input_cfg.limit,
+                (input_cfg.reference_column, input_cfg.mask_column),
+            )
         )
         return ray.data.from_arrow(pa.Table.from_pylist(rows))
     fs, root = arrow_filesystem(input_cfg.path, input_cfg.storage_options)
     if input_cfg.format == "parquet":
-        _check_parquet_columns(fs, files[0], (idc, imc))
+        schema = _check_parquet_columns(fs, files[0], (idc, imc))
         ds = ray.data.read_parquet(files, filesystem=fs)
+        image_columns = (imc, input_cfg.reference_column, input_cfg.mask_column)
+        if any(c in schema.names and datasets.is_path_struct(schema.field(c).type) for c in image_columns):
+            # Hugging Face cells that point at files: read the files in the read stage.
+            embed = functools.partial(
+                datasets.embed_path_cells,
+                columns=image_columns,
+                url=input_cfg.path,
+                storage_options=input_cfg.storage_options,
+            )
+            ds = ds.map_batches(
+                embed,
+                batch_format="pyarrow",
+                num_cpus=0.25,
+            )
     else:
         ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
         base = root if not fs.get_file_info(root).is_file else posixpath.dirname(root)
@@ -113,15 +136,17 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     return ds
 
 
-def _check_parquet_columns(fs: pafs.FileSystem, path: str, needed: tuple[str, ...]) -> None:
+def _check_parquet_columns(fs: pafs.FileSystem, path: str, needed: tuple[str, ...]) -> pa.Schema:
     try:
         with fs.open_input_file(path) as f:
-            names = pq.read_schema(f).names
+            schema = pq.read_schema(f)
+            names = schema.names
     except (OSError, pa.ArrowInvalid) as exc:
         raise UserError(f"cannot read the Parquet file {path} ({exc}); check input.path and credentials") from None
     missing = [c for c in needed if c not in names]
     if missing:
         raise UserError(f"{path} has no column(s) {missing} (columns: {names}); set input.id_column/image_column")
+    return schema
 
 
 def _binary_to_rows(table: pa.Table, root: str, id_column: str, image_column: str) -> pa.Table:

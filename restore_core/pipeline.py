@@ -36,12 +36,23 @@ SRApply = Callable[[np.ndarray], np.ndarray]
 
 
 def cell_bytes(value: Any) -> bytes | None:
-    """Image bytes from a cell: raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct."""
+    """Image bytes from a cell: raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct.
+
+    A struct whose bytes are null was not filled by the reader
+    (:func:`restore_core.io.datasets.embed_path_cells`): its file is missing or outside the
+    dataset, which is this row's error.
+    """
     if value is None:
         return None
     if isinstance(value, dict):
+        path = value.get("path")
         value = value.get("bytes")
         if value is None:
+            if path:
+                raise ImageDecodeError(
+                    f"image cell has no bytes and its file {str(path)[:200]!r} could not be read "
+                    "(paths are read relative to input.path and must stay inside it)"
+                )
             return None
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)

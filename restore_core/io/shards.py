@@ -190,6 +190,8 @@ def read_shard(shard: Shard, input_cfg: InputConfig) -> pa.Table:
         missing = {input_cfg.id_column, input_cfg.image_column} - set(table.column_names)
         if missing:
             raise UserError(f"{path} has no column(s) {sorted(missing)} (columns: {table.column_names})")
+        image_columns = (input_cfg.image_column, input_cfg.reference_column, input_cfg.mask_column)
+        table = datasets.embed_path_cells(table, image_columns, input_cfg.path, input_cfg.storage_options)
     n = table.num_rows
     table = table.append_column(SHARD_COL, pa.array(np.full(n, shard.index, np.int64)))
     return table.append_column(ROW_COL, pa.array(np.arange(n, dtype=np.int64)))
