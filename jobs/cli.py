@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs import ray_utils
 from restore_core.checks import explain_exception
 from restore_core.config import load_config
 from restore_core.errors import UserError
@@ -88,11 +89,45 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a config key, e.g. --set fit.stride=4 (repeatable)",
         )
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.add_argument(
+            "--verbose",
+            "-v",
+            action="store_true",
+            help="also show Ray's own output: worker lines, Ray's info logs, library warnings",
+        )
         module = importlib.import_module(f"jobs.{cmd.module}")
         add_args = getattr(module, "add_arguments", None)
         if add_args is not None:
             add_args(p)
     return parser
+
+
+class _BriefFormatter(logging.Formatter):
+    """``12:03:04 message`` for the job's steps; warnings and errors say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else text.replace(" ", f" {record.levelname.lower()}: ", 1)
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    logging.getLogger("jobs").warning("%s: %s", category.__name__, message)
+
+
+def setup_logging(verbose: bool) -> None:
+    """The job's log on stderr: its own steps (logger ``jobs``, level ``$IMRESTORE_LOG``, INFO by
+    default), and other libraries' warnings; ``verbose`` adds everything Ray and the libraries say."""
+    level = os.environ.get("IMRESTORE_LOG", "INFO")
+    if verbose:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(_BriefFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+        logging.getLogger("jobs").setLevel(level)
+        # One line a warning, without the source line Python prints under it.
+        warnings.showwarning = _warning_line
+    ray_utils.set_verbose(verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,10 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=os.environ.get("IMRESTORE_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    warnings.filterwarnings("ignore", module="ray.*")
+    setup_logging(args.verbose)
     module = importlib.import_module(f"jobs.{COMMANDS[args.command].module}")
     try:
         # A command's own flags first, so that an explicit --set wins over them.

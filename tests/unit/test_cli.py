@@ -1,6 +1,6 @@
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 
 from restore_core import synth
 from tests.conftest import png_bytes
-
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +99,8 @@ def test_config_by_name_resolves_the_packaged_configs(capsys):
     cfg = load_config(RestoreConfig, path)
     assert cfg.bases == "artifacts/bases"  # the value in configs/restore.yaml, not the dataclass default
     assert cli.resolve_config("train-sr", "sr_seed") == str(cli.PACKAGED_CONFIGS / "sr_seed.yaml")
-    assert cli.resolve_config("restore", str(ROOT / "configs" / "quality.yaml")) == str(ROOT / "configs" / "quality.yaml")
+    own_file = str(ROOT / "configs" / "quality.yaml")
+    assert cli.resolve_config("restore", own_file) == own_file
     assert cli.main(["restore", "--config", "no_such_config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "packaged: default, benchmark" in err[0]
