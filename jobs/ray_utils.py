@@ -100,6 +100,7 @@ def ray_logs_folder() -> str:
     getter = getattr(node, "get_logs_dir_path", None)
     return str(getter()) if callable(getter) else "/tmp/ray/session_latest/logs"
 
+
 #: CPUs kept free of actors for Ray Data's read and write tasks. With every CPU taken by actors
 #: the reads can never be scheduled and the job hangs (measured on Ray 2.60, 2 CPUs).
 MIN_FREE_CPUS = 0.5
