@@ -186,6 +186,16 @@ def encode_png(arr: np.ndarray, bit_depth: int = 8) -> bytes:
         8, or 16 for one-channel images (PNG's 16-bit gray). Multi-channel 16-bit is written
         as 8-bit because Pillow cannot write 16-bit RGB PNG.
     """
+    buf = io.BytesIO()
+    to_pil(arr, bit_depth).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def to_pil(arr: np.ndarray, bit_depth: int = 8) -> Image.Image:
+    """A Pillow image of a float array in [0, 1] (clipped; NaN as 0).
+
+    (H, W) gives mode L (I;16 with ``bit_depth`` 16), (H, W, 2|3|4) gives LA, RGB or RGBA.
+    """
     a = np.asarray(arr, dtype=np.float32)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
@@ -193,12 +203,18 @@ def encode_png(arr: np.ndarray, bit_depth: int = 8) -> bytes:
         raise ValueError(f"cannot encode array of shape {a.shape}")
     a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
     if a.ndim == 2 and bit_depth == 16:
-        img = Image.fromarray(np.rint(a * 65535.0).astype(np.uint16))
-    else:
-        img = Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+        return Image.fromarray(np.rint(a * 65535.0).astype(np.uint16))
+    return Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
+
+
+def from_pil(img: Image.Image) -> tuple[np.ndarray, ImageInfo]:
+    """A Pillow image as :func:`decode` would give it: float32 in [0, 1], channels kept."""
+    try:
+        return _to_array(img, img.format or "unknown")
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot convert image of mode {img.mode!r}: {exc}") from None
 
 
 def encode_like(arr: np.ndarray, info: ImageInfo) -> bytes:
