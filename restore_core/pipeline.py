@@ -30,7 +30,20 @@ METRIC_COLUMNS = (
     "ssim_in",
     "ssim_out",
 )
-OUTPUT_COLUMNS = ("id", "image", "status", "error", "method", "width", "height", "channels", *METRIC_COLUMNS, "seconds")
+OUTPUT_COLUMNS = (
+    "id",
+    "image",
+    "status",
+    "error",
+    "method",
+    "width",
+    "height",
+    "channels",
+    *METRIC_COLUMNS,
+    "bytes_in",  # encoded size of the input image (0 when unreadable)
+    "bytes_out",  # encoded size of the restored image, in output.image_format (0 on error)
+    "seconds",
+)
 
 SRApply = Callable[[np.ndarray], np.ndarray]
 
@@ -156,7 +169,7 @@ class Restorer:
         out["id"] = [None if i is None else str(i) for i in ids]
         for c in METRIC_COLUMNS:
             out[c] = [float("nan")] * n
-        for c in ("width", "height", "channels"):
+        for c in ("width", "height", "channels", "bytes_in", "bytes_out"):
             out[c] = [0] * n
         out["method"] = [self.method] * n
         out["status"] = ["ok"] * n
@@ -170,7 +183,9 @@ class Restorer:
                     )
                 if images_col is None:
                     raise ImageDecodeError(f"no '{self.cfg.input.image_column}' column")
-                img, info = codec.decode(cell_bytes(images_col[i]), self.cfg.decode.max_pixels)
+                raw = cell_bytes(images_col[i])
+                out["bytes_in"][i] = len(raw) if raw is not None else 0
+                img, info = codec.decode(raw, self.cfg.decode.max_pixels)
                 dead = self._dead_mask(img, mask_col[i] if mask_col is not None else None)
                 decoded[i] = (img, info, dead)
                 out["width"][i], out["height"][i], out["channels"][i] = info.width, info.height, info.channels
@@ -189,7 +204,9 @@ class Restorer:
                     restored = self.sr_model(restored)
                 restored = no_new_dead(restored, img, dead if self.cfg.fit.method != "none" else None, info.bit_depth)
                 self._metrics(out, i, img, restored, dead, ref_col[i] if ref_col is not None else None)
-                out["image"][i] = codec.encode_like(restored, info)
+                ocfg = self.cfg.output
+                out["image"][i] = codec.encode_like(restored, info, ocfg.image_format, ocfg.quality)
+                out["bytes_out"][i] = len(out["image"][i])
             except Exception as exc:
                 self._error(out, i, exc)
 
@@ -226,6 +243,7 @@ class Restorer:
         out["status"][i] = "error"
         out["error"][i] = f"{type(exc).__name__}: {exc}"[:500]
         out["image"][i] = None
+        out["bytes_out"][i] = 0
 
 
 def no_new_dead(restored: np.ndarray, img: np.ndarray, dead: np.ndarray | None, bit_depth: int) -> np.ndarray:

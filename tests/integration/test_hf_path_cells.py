@@ -30,6 +30,7 @@ def test_restore_and_quality_read_path_only_cells(local_ray, tmp_path):
     )
     summary = restore.run(rcfg)
     assert summary.values["rows ok"] == len(GOOD) and summary.values["rows error"] == len(BAD)
+    assert "MB -> " in summary.values["image bytes in -> out"]  # the dataset's size change
     table = pq.read_table(tmp_path / "restored" / "data")
     status = dict(zip(table.column("id").to_pylist(), table.column("status").to_pylist(), strict=True))
     assert sorted(status) == sorted(GOOD | BAD)
