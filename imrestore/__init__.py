@@ -39,7 +39,7 @@ from restore_core.config import (
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.io.artifacts import Bases, load_bases
-from restore_core.pipeline import no_new_dead
+from restore_core.pipeline import finish_image
 from restore_core.quality import QualityScorer, evaluate_flags
 
 if TYPE_CHECKING:
@@ -176,12 +176,13 @@ def restore(
             raise UserError(f"method {method!r} needs bases: pass bases= (a learn-bases folder or Bases)")
         loaded = load_bases(bases) if isinstance(bases, str) else bases
         inpainter = NMFInpainter(loaded, fit or FitConfig(method=method), device)  # type: ignore[arg-type]
-    out = restore_image(img, dead, method, inpainter)
+    apply = None
     if sr_model is not None:
         model = load_sr_model(sr_model) if isinstance(sr_model, str) else sr_model
-        out = sr.apply_fn(model, SRConfig(enabled=True))(out)
+        apply = sr.apply_fn(model, SRConfig(enabled=True))
     bit_depth = 16 if isinstance(image, Image.Image) and image.mode.startswith("I") else 8
-    out = no_new_dead(out, img, dead if method != "none" else None, bit_depth)
+    filled = restore_image(masks.colour_channels(img), dead, method, inpainter)
+    out = finish_image(filled, img, dead, method, bit_depth, apply)
     if isinstance(image, Image.Image):
         return codec.to_pil(out, bit_depth)
     return out

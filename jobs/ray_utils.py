@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 import ray.data
 
@@ -197,8 +196,14 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
         return ray.data.from_arrow(pa.Table.from_pylist(rows))
     fs, root = arrow_filesystem(input_cfg.path, input_cfg.storage_options)
     if input_cfg.format == "parquet":
-        schema = _check_parquet_columns(fs, files[0], (idc, imc))
-        ds = ray.data.read_parquet(files, filesystem=fs)
+        # Every file's footer: missing columns fail here, and files whose column types differ
+        # are read as one schema (ids as strings, missing columns null) instead of failing mid-job.
+        schema = datasets.parquet_input_schema(input_cfg.path, input_cfg.storage_options, idc, imc)
+        ds = ray.data.read_parquet(files, filesystem=fs, **({"schema": schema} if schema is not None else {}))
+        if schema is None:  # the files agree: the first one's schema is everyone's
+            schema = datasets.parquet_schemas(
+                files[:1], datasets.filesystem(input_cfg.path, input_cfg.storage_options)[0]
+            )[0]
         image_columns = (imc, input_cfg.reference_column, input_cfg.mask_column)
         if any(c in schema.names and datasets.is_path_struct(schema.field(c).type) for c in image_columns):
             # Hugging Face cells that point at files: read the files in the read stage.
@@ -208,11 +213,7 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
                 url=input_cfg.path,
                 storage_options=input_cfg.storage_options,
             )
-            ds = ds.map_batches(
-                embed,
-                batch_format="pyarrow",
-                num_cpus=0.25,
-            )
+            ds = ds.map_batches(embed, batch_format="pyarrow", num_cpus=0.25)
     else:
         ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
         base = root if not fs.get_file_info(root).is_file else posixpath.dirname(root)
@@ -224,19 +225,6 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     if input_cfg.limit:
         ds = ds.limit(input_cfg.limit)
     return ds
-
-
-def _check_parquet_columns(fs: pafs.FileSystem, path: str, needed: tuple[str, ...]) -> pa.Schema:
-    try:
-        with fs.open_input_file(path) as f:
-            schema = pq.read_schema(f)
-            names = schema.names
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise UserError(f"cannot read the Parquet file {path} ({exc}); check input.path and credentials") from None
-    missing = [c for c in needed if c not in names]
-    if missing:
-        raise UserError(f"{path} has no column(s) {missing} (columns: {names}); set input.id_column/image_column")
-    return schema
 
 
 def _binary_to_rows(table: pa.Table, root: str, id_column: str, image_column: str) -> pa.Table:
