@@ -23,7 +23,9 @@ from restore_core import codec, nmf, sampling
 from restore_core.config import LearnBasesConfig
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
+from restore_core.io import locations
 from restore_core.io.artifacts import Bases, BasesMeta, data_fingerprint, save_bases
+from restore_core.io.shards import probe_writable
 from restore_core.pipeline import cell_bytes
 
 CONFIG = LearnBasesConfig
@@ -126,6 +128,8 @@ def run(cfg: LearnBasesConfig) -> Summary:
         raise UserError("output is empty: set it to the folder where the bases will be written")
     if cfg.nmf.n_samples < 1 or cfg.nmf.k < 1:
         raise UserError("nmf.n_samples and nmf.k must be >= 1")
+    locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)])
+    probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any work, not after it
     t0 = time.perf_counter()
     ray_utils.init_ray(cfg.ray)
     import ray
