@@ -91,7 +91,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(e))
         yield e
-        todo.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+        # ``raise ... from None`` hides the context on purpose: the new error says it all.
+        context = None if e.__suppress_context__ else e.__context__
+        todo.extend([e.__cause__, context, getattr(e, "cause", None)])
 
 
 def _names(exc: BaseException) -> set[str]:
@@ -140,7 +142,8 @@ def explain_exception(exc: BaseException) -> str | None:
                 f"(wrong key or secret?) and that they may read the input and write the output; {_CREDENTIALS_HINT}"
             )
         code = getattr(e, "errno", None)
-        if isinstance(e, OSError) and (code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text):
+        if (isinstance(e, OSError) and code in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in text:
+            # In a Ray task the OSError may arrive only as text inside the RayTaskError.
             where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
             return (
                 f"no space left on the device{where}: free space (or point the output at a larger disk) and "

@@ -407,9 +407,17 @@ class OutputFolder:
         if ours:
             self.fs.rm(ours)
         for name in (TMP_DIR, DATA_DIR) if self.is_local else ():  # local folders, if left empty
-            with contextlib.suppress(OSError):
-                if self.fs.exists(self.path(name)) and not self.fs.ls(self.path(name)):
-                    self.fs.rmdir(self.path(name))
+            top = self.path(name)
+            if not self.fs.exists(top):
+                continue
+            dirs = [
+                str(p)
+                for p, info in self.fs.find(top, withdirs=True, detail=True).items()
+                if info["type"] == "directory"
+            ]
+            for d in [*sorted(dirs, key=len, reverse=True), top]:
+                with contextlib.suppress(OSError):  # not empty: something else lives there
+                    self.fs.rmdir(d)
         self.fs.invalidate_cache()
         return len(ours)
 
