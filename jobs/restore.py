@@ -290,6 +290,7 @@ def _resume_plan(
     else:
         out.refuse_foreign(previous, "write into it")
     step = cfg.output.rows_per_shard or shard_io.IMAGES_PER_SHARD
+    log.debug("settings fingerprint %s over %d settings; %d shards planned", fingerprint, len(shown), len(plan))
     if previous is None:
         out.write_json(shard_io.PLAN_FILE, {"fingerprint": fingerprint, "settings": shown, **_plan_doc(plan, cfg)})
         return plan

@@ -144,7 +144,8 @@ def explain_exception(exc: BaseException) -> str | None:
         code = getattr(e, "errno", None)
         if (isinstance(e, OSError) and code in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in text:
             # In a Ray task the OSError may arrive only as text inside the RayTaskError.
-            where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+            filename = getattr(e, "filename", None)
+            where = f" writing {filename}" if filename else ""
             return (
                 f"no space left on the device{where}: free space (or point the output at a larger disk) and "
                 "rerun; a restore rerun keeps the shards already committed and resumes"

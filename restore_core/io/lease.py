@@ -68,6 +68,8 @@ def stale_reason(doc: dict[str, Any], now: float, stale_after_s: float = STALE_A
         return "it is unreadable"
     if doc.get("host") == socket.gethostname() and pid > 0 and not _pid_alive(pid):
         return f"its process {pid} on this host is gone"
+    if doc.get("host") == socket.gethostname() and pid == os.getpid():
+        return "an earlier run in this process could not give it back (a storage outage?)"
     if now - heartbeat > stale_after_s:
         return f"its last heartbeat is {now - heartbeat:.0f} s old (stale after {stale_after_s:.0f} s)"
     return ""

@@ -99,25 +99,51 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_second_run_is_refused_naming_the_first(tmp_path: Path) -> None:
-    fs = fsspec.filesystem("file")
-    with lease.held(fs, str(tmp_path), str(tmp_path), "restore") as first:
+_HOLDER = """
+import sys, time, fsspec
+from restore_core.io import lease
+held = lease.Lease(fsspec.filesystem("file"), sys.argv[1], "OUT", "restore")
+held.acquire()
+print(held.doc["run_id"], flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_run_is_refused_naming_the_first_and_a_killed_ones_lease_is_taken_over(tmp_path: Path, caplog) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout is not None
+        run_id = holder.stdout.readline().strip()
         doc = json.loads((tmp_path / lease.LEASE_FILE).read_text())
-        assert {doc["host"], doc["pid"], doc["job"]} == {socket.gethostname(), os.getpid(), "restore"}
+        assert {doc["host"], doc["pid"], doc["job"]} == {socket.gethostname(), holder.pid, "restore"}
+        fs = fsspec.filesystem("file")
         with pytest.raises(UserError, match="in use by another run") as info:
             lease.Lease(fs, str(tmp_path), str(tmp_path), "quality").acquire()
         line = str(info.value)
-        assert f"pid {os.getpid()}" in line and socket.gethostname() in line and "\n" not in line
-        assert first.doc["run_id"][:8] in line
+        assert f"pid {holder.pid}" in line and socket.gethostname() in line and run_id[:8] in line
+        assert "\n" not in line
+    finally:
+        holder.kill()  # SIGKILL: no chance to give the lease back
+        holder.wait()
+    assert (tmp_path / lease.LEASE_FILE).exists()
+    with caplog.at_level(logging.WARNING, logger="restore_core.io.lease"):
+        with lease.held(fs, str(tmp_path), "OUT", "restore") as mine:
+            assert json.loads((tmp_path / lease.LEASE_FILE).read_text())["run_id"] == mine.doc["run_id"]
+    assert f"its process {holder.pid} on this host is gone" in caplog.text
     assert not (tmp_path / lease.LEASE_FILE).exists()  # given back at the end
 
 
-@pytest.mark.parametrize("why", ["dead pid", "old heartbeat", "garbage"])
+@pytest.mark.parametrize("why", ["dead pid", "old heartbeat", "garbage", "this process"])
 def test_stale_lease_is_taken_over_with_a_warning(tmp_path: Path, why: str, caplog) -> None:
     path = tmp_path / lease.LEASE_FILE
     doc = {"job": "restore", "run_id": "f" * 32, "owner": "x", "started_utc": "2026-01-01T00:00:00Z"}
     if why == "dead pid":
         doc |= {"host": socket.gethostname(), "pid": _dead_pid(), "heartbeat": time.time()}
+    elif why == "this process":  # an earlier run here could not delete it (storage outage)
+        doc |= {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
     elif why == "old heartbeat":
         doc |= {"host": "another-host", "pid": 1, "heartbeat": time.time() - lease.STALE_AFTER_S - 5}
     path.write_text("{half a lease" if why == "garbage" else json.dumps(doc))
