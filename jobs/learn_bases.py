@@ -128,7 +128,9 @@ def run(cfg: LearnBasesConfig) -> Summary:
         raise UserError("output is empty: set it to the folder where the bases will be written")
     if cfg.nmf.n_samples < 1 or cfg.nmf.k < 1:
         raise UserError("nmf.n_samples and nmf.k must be >= 1")
-    locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)])
+    # bases.npy and meta.json inside a folder of Parquet files are never read back as training data
+    nest = cfg.input.format == "parquet"
+    locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)], output_may_nest=nest)
     probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any work, not after it
     t0 = time.perf_counter()
     ray_utils.init_ray(cfg.ray)

@@ -312,7 +312,8 @@ def _resume_plan(
         return before  # the first rows, as planned when the output was started
     merged = shard_io.merge_plans(before, plan, out.committed(), cfg.input.format, step)
     if merged != before:
-        log.info("the input grew: %d new shards to restore in %s", len(merged) - len(before), out.url)
+        added = len({s.index for s in merged} - {s.index for s in before})
+        log.info("the input changed since the first run: %d new shards, %d in all (%s)", added, len(merged), out.url)
         out.write_json(shard_io.PLAN_FILE, {**previous, **_plan_doc(merged, cfg)})
     return merged
 

@@ -250,7 +250,8 @@ def _check(cfg: TrainSRConfig) -> None:
         raise UserError(f"degrade.scale must be > 1 (a shrink factor), got {cfg.degrade.scale}")
     if not cfg.net.channels or min(cfg.net.channels) < 1:
         raise UserError(f"net.channels must be a list of positive widths, got {cfg.net.channels}")
-    locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)])
+    nest = cfg.input.format == "parquet"  # model.safetensors and a PNG plot are never read as Parquet
+    locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)], output_may_nest=nest)
     probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any training
 
 

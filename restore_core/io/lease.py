@@ -126,6 +126,7 @@ class Lease:
     def _write(self, exclusive: bool) -> bool:
         payload = json.dumps(self.doc).encode()
         if exclusive and _is_local(self.fs):
+            self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:

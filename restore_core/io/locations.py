@@ -81,13 +81,18 @@ def _inside(child: tuple[str, str], parent: tuple[str, str]) -> bool:
     return child[1] != parent[1] and (p == "" or child[1].startswith(p + "/"))
 
 
-def check_apart(reads: Iterable[tuple[str, str]], writes: Iterable[tuple[str, str]]) -> None:
+def check_apart(
+    reads: Iterable[tuple[str, str]], writes: Iterable[tuple[str, str]], output_may_nest: bool = False
+) -> None:
     """Refuse a written location equal to, inside, or holding a read one (and any URL with credentials).
 
     Parameters
     ----------
     reads, writes : iterable of (config key, URL)
         Empty URLs are ignored. Keys name the setting to change in the one-line error.
+    output_may_nest : bool
+        Allow an output *inside* a read folder: for jobs whose files can never be read back as
+        input (bases or plots inside a folder of Parquet files). Equal folders are still refused.
     """
     reads = [(k, u) for k, u in reads if u]
     writes = [(k, u) for k, u in writes if u]
@@ -102,7 +107,7 @@ def check_apart(reads: Iterable[tuple[str, str]], writes: Iterable[tuple[str, st
                     f"{wkey} ({wurl}) and {rkey} ({rurl}) are the same folder: "
                     "write somewhere outside what the job reads"
                 )
-            if _inside(w, r):
+            if _inside(w, r) and not output_may_nest:
                 raise UserError(
                     f"{wkey} ({wurl}) is inside {rkey} ({rurl}): the output would be read back as input; "
                     f"choose an {wkey} outside it"

@@ -550,12 +550,19 @@ def probe_writable(url: str, storage_options: dict[str, Any] | None = None, key:
     root = root.rstrip("/")
     probe = posixpath.join(root, f"_probe-{uuid.uuid4().hex}")
     local = bool({"file", "local"} & set((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol))
+    created = []  # folders the probe made: removed again, so a run refused later leaves nothing behind
     try:
         if local:
+            parent = root
+            while parent and not fs.exists(parent) and parent != posixpath.dirname(parent):
+                created.append(parent)
+                parent = posixpath.dirname(parent)
             fs.makedirs(root, exist_ok=True)
         with fs.open(probe, "wb") as f:
             f.write(b"ok" * 2048)  # a few KiB: a disk with no room at all fails here
         fs.rm(probe)
+        for folder in created:
+            fs.rmdir(folder)
     except Exception as exc:  # any backend error means the same thing to the user
         first = str(exc).splitlines()[0][:160] if str(exc) else ""
         raise UserError(f"cannot write to {key} {url}: {write_problem(exc)} ({type(exc).__name__}: {first})") from None

@@ -184,11 +184,17 @@ def test_quality_never_replaces_a_run_folder_it_did_not_write(restore_dataset, t
 
 
 def test_learn_bases_output_equal_to_its_input_is_refused(restore_dataset, tmp_path):
-    for out in (restore_dataset.path, restore_dataset.path / "bases"):
-        cfg = from_dict(LearnBasesConfig, {"input": {"path": str(restore_dataset.path)}, "output": str(out)})
+    images = tmp_path / "images"
+    images.mkdir()
+    for inp, fmt, out in (
+        (restore_dataset.path, "parquet", restore_dataset.path),
+        (f"file://{restore_dataset.path}/", "parquet", restore_dataset.path),
+        (images, "images", images / "bases"),  # its files inside an image folder: read back next time
+    ):
+        cfg = from_dict(LearnBasesConfig, {"input": {"path": str(inp), "format": fmt}, "output": str(out)})
         with pytest.raises(UserError, match=r"same folder|inside input\.path"):
             learn_bases.run(cfg)
-    assert not (restore_dataset.path / "bases").exists()
+    assert not (images / "bases").exists()
 
 
 # ----------------------------------------------------------------------------- 8. resume fingerprint
