@@ -119,11 +119,12 @@ def level_from_env(value: str | None) -> int:
     return level
 
 
-def configure(level: int) -> None:
-    """Log to stderr at ``level`` through a redacting handler; storage libraries stay at WARNING."""
+def configure(level: int, formatter: logging.Formatter | None = None) -> None:
+    """Log to stderr at ``level`` (the root logger's) through ``formatter``, redacted; storage
+    libraries stay at WARNING whatever ``level`` is."""
     root = logging.getLogger()
     handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_wrap(formatter or logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")))
     for old in [h for h in root.handlers if getattr(h, "_imrestore", False)]:
         root.removeHandler(old)
     handler._imrestore = True  # type: ignore[attr-defined]
@@ -131,8 +132,7 @@ def configure(level: int) -> None:
     root.setLevel(level)
     for h in root.handlers:  # handlers someone else installed (pytest, a notebook) redact too
         if h is not handler and not isinstance(h.formatter, RedactingFormatter):
-            fmt = h.formatter or logging.Formatter()
-            h.setFormatter(_wrap(fmt))
+            h.setFormatter(_wrap(h.formatter or logging.Formatter()))
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     register_secrets()

@@ -458,7 +458,8 @@ def test_no_credential_in_any_output_at_any_log_level(moto_s3, level, tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {"IMRESTORE_LOG": level, "RAY_TMPDIR": ray_tmp, "AWS_EC2_METADATA_DISABLED": "true"}
     try:
-        ok = _cli("restore", "--config", str(cfg_file), env=env, timeout=600)
+        # --verbose: every library's log at the level asked for (the way main leaked at DEBUG)
+        ok = _cli("restore", "--config", str(cfg_file), "--verbose", env=env, timeout=600)
         assert ok.returncode == 0, ok.stderr[-3000:]
         runs = [ok]
         if level == "DEBUG":
