@@ -421,6 +421,9 @@ class OutputFolder:
     def _own_images(self) -> tuple[list[str], int]:
         """Files under ``images/`` named by the committed parts' ``output_path`` (output.format
         images), and how many other files are there (a crashed commit's, or someone else's)."""
+        files = self._find(IMAGES_DIR)
+        if not files:
+            return [], 0
         named: set[str] = set()
         for f in self._find(DATA_DIR):
             if not _PART_RE.search(posixpath.basename(f)):
@@ -429,7 +432,6 @@ class OutputFolder:
                 pf = pq.ParquetFile(fh)
                 if "output_path" in pf.schema_arrow.names:
                     named.update(p for p in pf.read(columns=["output_path"]).column(0).to_pylist() if p)
-        files = self._find(IMAGES_DIR)
         ours = [f for f in files if self._relative(f) in named]
         return ours, len(files) - len(ours)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -270,9 +271,10 @@ def test_second_run_on_the_same_output_is_refused_and_a_dead_ones_lease_taken_ov
     proc.wait()
     doc = {"job": "restore", "run_id": "d" * 32, "host": __import__("socket").gethostname(), "pid": proc.pid}
     (out / lease.LEASE_FILE).write_text(json.dumps({**doc, "heartbeat": time.time()}))
-    with contextlib.suppress(UserError):  # stop right after the lease: a foreign file makes the run refuse
-        (out / "data").mkdir()
-        (out / "data" / "x.txt").write_text("x")
+    (out / "data").mkdir()
+    (out / "data" / "x.txt").write_text("x")
+    # stop right after the lease: a foreign file makes the run refuse
+    with contextlib.suppress(UserError), caplog.at_level(logging.WARNING, logger="restore_core.io.lease"):
         restore.run(make_cfg(restore_dataset.path, out))
     assert "taking over the lease" in caplog.text and "is gone" in caplog.text
     assert not (out / lease.LEASE_FILE).exists()  # given back when the run ended
