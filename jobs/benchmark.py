@@ -22,8 +22,9 @@ from restore_core import codec, masks, metrics, nmf, synth
 from restore_core.config import BenchmarkConfig, FitConfig
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io import datasets
+from restore_core.io import datasets, locations
 from restore_core.io.artifacts import Bases, BasesMeta, load_bases
+from restore_core.io.shards import probe_writable
 from restore_core.pipeline import cell_bytes
 
 CONFIG = BenchmarkConfig
@@ -243,12 +244,35 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
     return results
 
 
+METHODS = ("seed", "nmf", "biharmonic", "median", "none")
+
+
+def check_config(cfg: BenchmarkConfig) -> None:
+    """Refuse settings that would fail half-way, in one line naming the key; probe the output."""
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"methods: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)})")
+    if not cfg.methods:
+        raise UserError(f"methods is empty: list at least one of {', '.join(METHODS)}")
+    if not cfg.rates or not all(0.0 < r < 1.0 for r in cfg.rates):
+        raise UserError(f"rates must list dead-pixel shares between 0 and 1 (exclusive), got {cfg.rates}")
+    if any(k < 1 for k in cfg.k_values):
+        raise UserError(f"k_values must all be >= 1, got {cfg.k_values}")
+    if not cfg.output:
+        raise UserError("output is empty: set it to the folder for the benchmark's table and plots")
+    # its PNG plots inside a folder of Parquet files are never read back; inside an image folder they would be
+    reads = [("input.path", cfg.input.path), ("bases", cfg.bases)]
+    locations.check_apart(reads, [("output", cfg.output)], output_may_nest=cfg.input.format == "parquet")
+    probe_writable(cfg.output, key="output")
+
+
 def run(cfg: BenchmarkConfig) -> Summary:
     if cfg.k_values and max(cfg.k_values) > cfg.nmf.n_samples:
         raise UserError(
             f"k_values holds k={max(cfg.k_values)}, more bases than the nmf.n_samples={cfg.nmf.n_samples} training "
             "rows can give; lower it or raise nmf.n_samples"
         )
+    check_config(cfg)
     needs_bases = any(m in ("nmf", "seed") for m in cfg.methods)
     bases = load_bases(cfg.bases) if (cfg.bases or needs_bases) else None
     images = _clean_images(cfg, bases)

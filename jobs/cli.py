@@ -10,12 +10,13 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import ray_utils
+from jobs import logs, ray_utils
 from restore_core.checks import explain_exception
 from restore_core.config import load_config
 from restore_core.errors import UserError
@@ -116,14 +117,14 @@ def _warning_line(message: Warning | str, category: type[Warning], *_: object, *
 
 def setup_logging(verbose: bool) -> None:
     """The job's log on stderr: its own steps (logger ``jobs``, level ``$IMRESTORE_LOG``, INFO by
-    default), and other libraries' warnings; ``verbose`` adds everything Ray and the libraries say."""
-    level = os.environ.get("IMRESTORE_LOG", "INFO")
+    default), and other libraries' warnings; ``verbose`` adds everything Ray and the libraries say,
+    except storage libraries' requests (never below WARNING: they carry credentials). Every line is
+    redacted (``jobs.logs``). A level that is none is a UserError."""
+    level = logs.level_from_env(os.environ.get("IMRESTORE_LOG"))
     if verbose:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure(level, logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(_BriefFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+        logs.configure(logging.WARNING, _BriefFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
         logging.getLogger("jobs").setLevel(level)
         # One line a warning, without the source line Python prints under it.
         warnings.showwarning = _warning_line
@@ -136,30 +137,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    setup_logging(args.verbose)
+    try:
+        setup_logging(args.verbose)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     module = importlib.import_module(f"jobs.{COMMANDS[args.command].module}")
     try:
         # A command's own flags first, so that an explicit --set wins over them.
         apply_args = getattr(module, "apply_arguments", None)
         overrides = list(apply_args(args)) if apply_args is not None else []
         overrides += list(args.set)
+        logs.register_secrets({"overrides": [o.split("=", 1)[-1] for o in overrides if _secret_override(o)]})
         cfg = load_config(module.CONFIG, resolve_config(args.command, args.config), overrides)
+        logs.register_secrets(cfg)
         summary = module.run(cfg)
     except UserError as exc:
         # explain_exception unwraps a UserError raised inside a Ray task to its one line.
-        print(f"error: {explain_exception(exc) or exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        message = explain_exception(exc)  # library errors a user can fix (credentials, endpoint...)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {logs.redact(explain_exception(exc) or str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(summary.to_json() if args.json else summary.render())
+    except Exception as exc:
+        message = explain_exception(exc)  # library errors a user can fix (credentials, full disk...)
+        if message is None:
+            # A bug: the traceback helps, but it passes through the same redaction as the logs.
+            print(logs.redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+            return 1
+        print(f"error: {logs.redact(message)}", file=sys.stderr)
+        return 2
+    print(logs.redact(summary.to_json() if args.json else summary.render()))
     return int(summary.exit_code)
+
+
+def _secret_override(item: str) -> bool:
+    key = item.split("=", 1)[0].lower()
+    return "storage_options" in key or any(w in key.rsplit(".", 1)[-1] for w in ("key", "secret", "token", "password"))
 
 
 if __name__ == "__main__":

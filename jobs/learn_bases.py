@@ -23,7 +23,9 @@ from restore_core import codec, nmf, sampling
 from restore_core.config import LearnBasesConfig, check_ranges
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
+from restore_core.io import locations
 from restore_core.io.artifacts import Bases, BasesMeta, data_fingerprint, save_bases
+from restore_core.io.shards import probe_writable
 from restore_core.pipeline import cell_bytes
 
 CONFIG = LearnBasesConfig
@@ -143,6 +145,10 @@ def run(cfg: LearnBasesConfig) -> Summary:
             f"nmf.k={cfg.nmf.k} is more bases than the nmf.n_samples={cfg.nmf.n_samples} training rows can give; "
             "lower nmf.k or raise nmf.n_samples"
         )
+    # bases.npy and meta.json inside a folder of Parquet files are never read back as training data
+    nest = cfg.input.format == "parquet"
+    locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)], output_may_nest=nest)
+    probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any work, not after it
     t0 = time.perf_counter()
     ray_utils.init_ray(cfg.ray)
     import ray

@@ -28,7 +28,8 @@ from jobs.ray_utils import actor_pool_args, arrow_filesystem, init_ray, is_proce
 from restore_core import report
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets
+from restore_core.io import datasets, lease, locations
+from restore_core.io.shards import probe_writable
 from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns
 
 CONFIG = QualityConfig
@@ -116,9 +117,29 @@ def run(cfg: QualityConfig) -> Summary:
         raise UserError("output is empty: set it to the folder that holds the quality runs (run=<date>/ go inside)")
     if is_process_local(cfg.output):
         raise UserError(f"output {cfg.output!r} lives in one process only; Ray workers cannot write there")
+    if not cfg.input.path:
+        raise UserError("input.path is empty: point it at the images to check (Parquet files or a folder)")
     check_flag_metrics(cfg.flags)
     date = report.run_date_or_today(cfg.run_date)
+    # The runs must never land inside what the job reads: the next night would score them too.
+    locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)])
+    datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # exists, has images
+    probe_writable(cfg.output, cfg.output_storage_options, key="output")
     fs, root = datasets.filesystem(cfg.output, cfg.output_storage_options)
+    earlier_run = posixpath.join(root, f"{report.RUN_PREFIX}{date}")
+    if fs.exists(earlier_run) and not any(
+        fs.exists(posixpath.join(earlier_run, n)) for n in (report.SUCCESS, "summary.json")
+    ):
+        # A rerun replaces the run of its date; a folder of that name quality did not write stays.
+        raise UserError(
+            f"{cfg.output}/{report.RUN_PREFIX}{date} exists but is not a quality run (no {report.SUCCESS} or "
+            "summary.json): move it away or choose another output"
+        )
+    with lease.held(fs, root.rstrip("/"), cfg.output, "quality"):
+        return _run(cfg, date, fs, root)
+
+
+def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
     t0 = time.perf_counter()
     init_ray(cfg.ray)
     ds = read_dataset(cfg.input)

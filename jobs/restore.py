@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
-import os
 import platform
 import time
 from collections import defaultdict
@@ -33,7 +33,7 @@ from jobs.common import Summary
 from restore_core import checks
 from restore_core.config import RestoreConfig, check_ranges, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets
+from restore_core.io import datasets, lease, locations
 from restore_core.io import shards as shard_io
 from restore_core.io.artifacts import Bases, load_bases
 from restore_core.pipeline import Restorer
@@ -84,8 +84,32 @@ def check_config(cfg: RestoreConfig) -> None:
         raise UserError(f"fit.method {cfg.fit.method} needs bases: set 'bases' to a learn-bases artifact folder")
     if cfg.sr.enabled and not cfg.sr.model:
         raise UserError("sr.enabled is true but sr.model is empty: set it to a train-sr artifact folder")
-    if os.path.abspath(cfg.input.path.rstrip("/")) == os.path.abspath(cfg.output.path.rstrip("/")):
-        raise UserError("output.path is the input folder: write the restored shards somewhere else")
+    # Never write into what the job reads, however either is spelled (and no credentials in URLs).
+    reads = [("input.path", cfg.input.path), ("bases", cfg.bases if cfg.fit.method in ("nmf", "seed") else "")]
+    reads += [("sr.model", cfg.sr.model if cfg.sr.enabled else ""), ("only_flagged", cfg.only_flagged)]
+    locations.check_apart(reads, [("output.path", cfg.output.path)])
+
+
+def resume_settings(
+    cfg: RestoreConfig, bases: Bases | None, sr_artifact: Any, flagged: frozenset[str] | None, *, redacted: bool = False
+) -> dict[str, Any]:
+    """Everything a restored row depends on, for the resume fingerprint (see ``shard_io.settings_document``).
+
+    Every config key counts except where things live and how Ray runs (``shard_io.NOT_RESULT_KEYS``),
+    so a setting added later is covered without a change here. Paths of learned artifacts are
+    replaced by their content hashes: a new artifact (a refiner model, say) joins by adding its
+    hash to ``artifacts`` below. The input's listing is *not* part of it: a grown input resumes
+    and restores only the new files. ``redacted`` gives the copy stored in ``_plan.json``.
+    """
+    artifacts = {"input": ":".join(locations.location_key(cfg.input.path))}
+    if bases is not None:
+        artifacts["bases"] = f"{bases.fingerprint()} {bases.meta.describe()}"
+    if sr_artifact is not None:
+        artifacts["sr_model"] = sr_artifact.fingerprint()
+    if flagged is not None:
+        artifacts["only_flagged_ids"] = hashlib.sha256("\n".join(sorted(flagged)).encode()).hexdigest()[:16]
+    config = to_dict(cfg) if redacted else dataclasses.asdict(cfg)
+    return shard_io.settings_document(config, artifacts)
 
 
 def load_sr_artifact(cfg: RestoreConfig) -> Any:
@@ -247,20 +271,78 @@ def run(cfg: RestoreConfig) -> Summary:
             checks.check_bases_fit(bases.meta, shape, where=icfg.path, bases_url=cfg.bases)
     out = shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options)
     out.check_writable()
-    doc = shard_io.plan_document(plan, cfg.input, cfg.output.rows_per_shard)
-    if cfg.output.format == "images":  # a folder of Parquet shards and one of files must not mix
-        doc["output_format"] = "images"
-    fingerprint = shard_io.plan_fingerprint(doc)
-    if cfg.output.overwrite:
-        out.clear()
-    previous = out.read_json(shard_io.PLAN_FILE)
-    if previous is not None and previous.get("fingerprint") != fingerprint:
+    settings = resume_settings(cfg, bases, sr_artifact, flagged)
+    fingerprint = shard_io.settings_fingerprint(settings)
+    with lease.held(out.fs, out.root, out.url, "restore"):
+        shown = resume_settings(cfg, bases, sr_artifact, flagged, redacted=True)
+        plan = _resume_plan(cfg, out, plan, fingerprint, shown)
+        return _restore(cfg, out, plan, fingerprint, bases, sr_artifact, flagged, schema, t_start)
+
+
+def _resume_plan(
+    cfg: RestoreConfig, out: shard_io.OutputFolder, plan: list[shard_io.Shard], fingerprint: str, shown: dict[str, Any]
+) -> list[shard_io.Shard]:
+    """The plan to run: a fresh one (written to ``_plan.json``), or the folder's own, extended with
+    new input. Refuses a folder holding files restore did not write, and one made with other settings."""
+    try:
+        previous = out.read_json(shard_io.PLAN_FILE)
+    except (ValueError, UnicodeDecodeError):
+        previous = {"unreadable": True}
+    if previous is not None and not shard_io.is_plan_document(previous):
         raise UserError(
-            f"{cfg.output.path} holds output of a different input or output.rows_per_shard; "
-            "rerun with --overwrite (or set output.overwrite: true) to replace it"
+            f"output.path {out.url} holds a {shard_io.PLAN_FILE} restore did not write: choose an empty output folder"
         )
+    if cfg.output.overwrite:
+        deleted = out.clear(previous)
+        if deleted:
+            log.info("--overwrite: deleted %d files an earlier run wrote in %s", deleted, out.url)
+        previous = None
+    else:
+        out.refuse_foreign(previous, "write into it")
+    step = cfg.output.rows_per_shard or shard_io.IMAGES_PER_SHARD
+    log.debug("settings fingerprint %s over %d settings; %d shards planned", fingerprint, len(shown), len(plan))
     if previous is None:
-        out.write_json(shard_io.PLAN_FILE, {"fingerprint": fingerprint, **doc})
+        out.write_json(shard_io.PLAN_FILE, {"fingerprint": fingerprint, "settings": shown, **_plan_doc(plan, cfg)})
+        return plan
+    if previous.get("fingerprint") != fingerprint:
+        changed = shard_io.changed_settings(previous.get("settings") or {}, shown)
+        what = (
+            f"other settings ({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''})"
+            if previous.get("settings") and changed
+            else "other settings or an older version of restore"
+            if previous.get("settings") is None
+            else "other artifacts or settings"
+        )
+        raise UserError(
+            f"{out.url} holds output made with {what}; rerun with --overwrite (or set output.overwrite: true) "
+            "to replace it, or choose another output.path"
+        )
+    before = shard_io.shards_from_document(previous)
+    if cfg.input.limit:
+        return before  # the first rows, as planned when the output was started
+    merged = shard_io.merge_plans(before, plan, out.committed(), cfg.input.format, step)
+    if merged != before:
+        added = len({s.index for s in merged} - {s.index for s in before})
+        log.info("the input changed since the first run: %d new shards, %d in all (%s)", added, len(merged), out.url)
+        out.write_json(shard_io.PLAN_FILE, {**previous, **_plan_doc(merged, cfg)})
+    return merged
+
+
+def _plan_doc(plan: list[shard_io.Shard], cfg: RestoreConfig) -> dict[str, Any]:
+    return shard_io.plan_document(plan, cfg.input, cfg.output.rows_per_shard)
+
+
+def _restore(
+    cfg: RestoreConfig,
+    out: shard_io.OutputFolder,
+    plan: list[shard_io.Shard],
+    fingerprint: str,
+    bases: Bases | None,
+    sr_artifact: Any,
+    flagged: frozenset[str] | None,
+    schema: pa.Schema | None,
+    t_start: float,
+) -> Summary:
     done_before = out.committed()
     pending = [s for s in plan if s.index not in done_before]
     t_checks = time.perf_counter() - t_start

@@ -26,7 +26,8 @@ import numpy as np
 from jobs.common import Summary, format_table
 from restore_core.config import SRDegradeConfig, TrainSRConfig, from_dict, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets
+from restore_core.io import datasets, locations
+from restore_core.io.shards import probe_writable
 
 CONFIG = TrainSRConfig
 log = logging.getLogger("jobs.train_sr")
@@ -249,6 +250,9 @@ def _check(cfg: TrainSRConfig) -> None:
         raise UserError(f"degrade.scale must be > 1 (a shrink factor), got {cfg.degrade.scale}")
     if not cfg.net.channels or min(cfg.net.channels) < 1:
         raise UserError(f"net.channels must be a list of positive widths, got {cfg.net.channels}")
+    nest = cfg.input.format == "parquet"  # model.safetensors and a PNG plot are never read as Parquet
+    locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)], output_may_nest=nest)
+    probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any training
 
 
 def run(cfg: TrainSRConfig) -> Summary:

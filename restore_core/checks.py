@@ -10,6 +10,7 @@ Two kinds:
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,7 +91,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(e))
         yield e
-        todo.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+        # ``raise ... from None`` hides the context on purpose: the new error says it all.
+        context = None if e.__suppress_context__ else e.__context__
+        todo.extend([e.__cause__, context, getattr(e, "cause", None)])
 
 
 def _names(exc: BaseException) -> set[str]:
@@ -131,6 +134,24 @@ def explain_exception(exc: BaseException) -> str | None:
                 f"access denied by the storage ({text.splitlines()[0][:200]}): check that the credentials "
                 "may read the input and write the output"
             )
+        if "does not exist in our records" in text or "InvalidClientTokenId" in text or "ExpiredToken" in text:
+            return f"the S3 credentials were refused ({text.splitlines()[0][:200]}): {_CREDENTIALS_HINT}"
+        if isinstance(e, PermissionError) and ("Forbidden" in text or "AccessDenied" in text):
+            return (
+                f"the storage refused access ({text.splitlines()[0][:200]}): check the credentials "
+                f"(wrong key or secret?) and that they may read the input and write the output; {_CREDENTIALS_HINT}"
+            )
+        code = getattr(e, "errno", None)
+        if (isinstance(e, OSError) and code in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in text:
+            # In a Ray task the OSError may arrive only as text inside the RayTaskError.
+            filename = getattr(e, "filename", None)
+            where = f" writing {filename}" if filename else ""
+            return (
+                f"no space left on the device{where}: free space (or point the output at a larger disk) and "
+                "rerun; a restore rerun keeps the shards already committed and resumes"
+            )
+        if isinstance(e, OSError) and code in (errno.EROFS, errno.EACCES, errno.EPERM) and e.filename:
+            return f"cannot write {e.filename} ({e.strerror}): point the output at a folder this user may write"
         if "Torch not compiled with CUDA" in text or "no CUDA GPUs are available" in text:
             return "a CUDA GPU was asked for but none is visible here: set device: auto (or cpu) to run on the CPU"
     return None

@@ -18,9 +18,12 @@ rebuilt from the committed shards alone.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import posixpath
 import re
 import uuid
@@ -37,6 +40,8 @@ from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.io.paths import UnsafePathError, safe_join, safe_relpath
 
+log = logging.getLogger("restore_core.io.shards")
+
 #: Internal columns the job adds to rows while they are in flight; never written to shards.
 SHARD_COL = "__shard"
 ROW_COL = "__row"
@@ -47,9 +52,11 @@ IMAGES_DIR = "images"  # output.format images: the restored files, in the input'
 TMP_DIR = "_tmp"
 PLAN_FILE = "_plan.json"
 MANIFEST_FILE = "_manifest.json"
+PLAN_WRITER = "imrestore restore"  # in _plan.json: the folder's marker
 STATS_KEY = b"imrestore.stats"
 IMAGES_PER_SHARD = 256  # image folders with rows_per_shard 0: this many files a shard
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+_FRAGMENT_RE = re.compile(TMP_DIR + r"/part-\d{5,}/[0-9a-f]{32}\.parquet")
 
 #: Types of the columns every shard has, so that shards read together as one table even when a
 #: shard has no error at all (an all-null column would otherwise be typed null).
@@ -159,17 +166,139 @@ def input_schema(input_cfg: InputConfig) -> pa.Schema | None:
 
 
 def plan_document(plan: Sequence[Shard], input_cfg: InputConfig, rows_per_shard: int) -> dict[str, Any]:
-    """The JSON that identifies a plan (input URL, format, shards); compared on resume."""
+    """The JSON of a plan (what ``_plan.json`` holds besides the settings): its shards."""
     return {
-        "input": input_cfg.path,
+        "writer": PLAN_WRITER,
         "format": input_cfg.format,
         "rows_per_shard": rows_per_shard,
         "shards": [[s.index, list(s.files), s.row_start, s.row_end] for s in plan],
     }
 
 
-def plan_fingerprint(doc: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+def shards_from_document(doc: dict[str, Any]) -> list[Shard]:
+    """The shards a ``_plan.json`` lists (empty when it lists none or is not ours)."""
+    try:
+        return [Shard(int(i), tuple(str(f) for f in files), int(a), int(b)) for i, files, a, b in doc.get("shards", [])]
+    except (TypeError, ValueError):
+        return []
+
+
+def is_plan_document(doc: dict[str, Any] | None) -> bool:
+    """True when ``doc`` is a ``_plan.json`` this project wrote (this version or the one before)."""
+    return isinstance(doc, dict) and "fingerprint" in doc and isinstance(doc.get("shards"), list)
+
+
+# ----------------------------------------------------------------------------- resume fingerprint
+
+#: Config keys (dotted prefixes) that do not change a restored row: where things are, how Ray
+#: runs, and the keys whose *content* is fingerprinted instead of the path (see
+#: :func:`settings_document`). Everything else - every fit/mask/decode/sr setting, the method,
+#: rows_per_shard, limit, and any key added later - is part of the resume fingerprint.
+NOT_RESULT_KEYS = (
+    "ray",
+    "device",
+    "output.path",
+    "output.overwrite",
+    "input.path",
+    "bases",
+    "sr.model",
+    "only_flagged",
+)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def settings_document(
+    config: dict[str, Any], artifacts: dict[str, str], exclude: Sequence[str] = NOT_RESULT_KEYS
+) -> dict[str, Any]:
+    """What the output depends on, as flat ``{"fit.max_iter": 300, ..., "artifact.bases": hash}``.
+
+    Parameters
+    ----------
+    config : dict
+        The job's config as plain data (``dataclasses.asdict``). Every key is kept unless it
+        equals or lies under one of ``exclude``, or is a ``storage_options`` entry (credentials
+        and endpoints: where the data is, not what it is).
+    artifacts : dict
+        Content identities that replace paths: artifact content hashes (``"bases"``,
+        ``"sr_model"``, a refiner...), the normalised input location, the ids restored. A new
+        learned artifact joins the fingerprint by adding its hash here.
+    """
+    flat = _flatten(config)
+    keep = {
+        k: v
+        for k, v in flat.items()
+        if ".storage_options" not in f".{k}" and not any(k == e or k.startswith(e + ".") for e in exclude)
+    }
+    keep.update({f"artifact.{name}": value for name, value in artifacts.items()})
+    return dict(sorted(keep.items()))
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two settings documents (sorted)."""
+    keys = set(before) | set(now)
+    return sorted(k for k in keys if json.dumps(before.get(k), default=str) != json.dumps(now.get(k), default=str))
+
+
+def merge_plans(
+    previous: Sequence[Shard], current: Sequence[Shard], committed: set[int], fmt: str, images_per_shard: int
+) -> list[Shard]:
+    """Extend a resumed plan with the input that arrived since, keeping every earlier shard's index.
+
+    ``previous`` is the plan the output was started with, ``current`` the plan of today's
+    listing. Shards of files already planned keep their index (their committed parts stay valid);
+    files that are new get new shards after the last index, planned as ``current`` planned them;
+    a planned file that is gone keeps its shard if committed and drops out otherwise. A Parquet
+    file whose row ranges changed (rewritten in place) is a UserError: the committed part would
+    no longer match it.
+    """
+    planned = {f for s in previous for f in s.files}
+    next_index = max((s.index for s in previous), default=-1) + 1
+    now_files = {f for s in current for f in s.files}
+    merged: list[Shard] = []
+    if fmt == "images":
+        for s in previous:
+            files = tuple(f for f in s.files if f in now_files)
+            if s.index in committed or files == s.files:
+                merged.append(s)
+            elif files:
+                merged.append(Shard(s.index, files, 0, len(files)))
+        new = [f for s in current for f in s.files if f not in planned]
+        step = max(1, images_per_shard)
+        for start in range(0, len(new), step):
+            run = tuple(new[start : start + step])
+            merged.append(Shard(next_index, run, 0, len(run)))
+            next_index += 1
+        return merged
+    ranges_now: dict[str, list[tuple[int, int]]] = {}
+    for s in current:
+        ranges_now.setdefault(s.files[0], []).append((s.row_start, s.row_end))
+    ranges_before: dict[str, list[tuple[int, int]]] = {}
+    for s in previous:
+        ranges_before.setdefault(s.files[0], []).append((s.row_start, s.row_end))
+    for f, before in ranges_before.items():
+        if f in ranges_now and ranges_now[f] != before:
+            raise UserError(
+                f"input file {f} changed since this output was started (its rows were {before[-1][1]}, now "
+                f"{ranges_now[f][-1][1]}): rerun with --overwrite (or output.overwrite: true) to start afresh"
+            )
+    merged = [s for s in previous if s.files[0] in now_files or s.index in committed]
+    for s in current:
+        if s.files[0] not in planned:
+            merged.append(Shard(next_index, s.files, s.row_start, s.row_end))
+            next_index += 1
+    return merged
 
 
 # ----------------------------------------------------------------------------- reading a shard
@@ -230,33 +359,113 @@ class OutputFolder:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    @property
+    def is_local(self) -> bool:
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        return bool({"file", "local"} & set(protocols))
+
     def makedirs(self, path: str) -> None:
         """Folders exist on local-like filesystems only; on object stores a ``mkdir`` could
         create a bucket, which a job must never do behind the user's back."""
-        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
-        if {"file", "local"} & set(protocols):
+        if self.is_local:
             self.fs.makedirs(path, exist_ok=True)
 
     def check_writable(self) -> None:
         """Write and delete a probe object: bad credentials or a read-only bucket fail here."""
-        probe = self.path(f"_probe-{uuid.uuid4().hex}")
-        try:
-            self.makedirs(self.root)
-            with self.fs.open(probe, "wb") as f:
-                f.write(b"ok")
-            self.fs.rm(probe)
-        except Exception as exc:  # any backend error means the same thing to the user
-            raise UserError(f"cannot write to output.path {self.url} ({type(exc).__name__}: {exc})") from None
+        probe_writable(self.url, self.storage_options)
 
-    def clear(self) -> None:
-        """Delete the job's files (data/, images/, _tmp/, _plan.json, _manifest.json) for --overwrite."""
-        for name in (DATA_DIR, IMAGES_DIR, TMP_DIR):
-            if self.fs.exists(self.path(name)):
-                self.fs.rm(self.path(name), recursive=True)
-        for name in (PLAN_FILE, MANIFEST_FILE):
-            if self.fs.exists(self.path(name)):
-                self.fs.rm(self.path(name))
+    def _relative(self, path: str) -> str:
+        return posixpath.relpath(str(path), self.root)
+
+    def _find(self, name: str) -> list[str]:
+        p = self.path(name)
+        if not self.fs.exists(p):
+            return []
+        return sorted(str(f) for f in self.fs.find(p))
+
+    def foreign_files(self, plan_doc: dict[str, Any] | None) -> list[str]:
+        """Files under ``data/`` and ``_tmp/`` this project did not write (relative paths).
+
+        Ours: the parts ``plan_doc`` names (``data/part-NNNNN.parquet``, and their temporary
+        names during an atomic write) and workers' fragments (``_tmp/part-NNNNN/<hex>.parquet``).
+        Without a ``_plan.json`` of ours nothing there is ours: the folder was not made by a
+        restore run (an input dataset, say), so it is neither resumed nor cleared.
+        """
+        shards = shards_from_document(plan_doc) if plan_doc is not None and is_plan_document(plan_doc) else []
+        parts = {part_name(s.index) for s in shards}
+        ours_data = parts | {f".{p}.tmp-" for p in parts}
+        out = []
+        for f in self._find(DATA_DIR):
+            rel = self._relative(f)
+            name = rel[len(DATA_DIR) + 1 :]
+            if name in parts or (name.startswith(".part-") and name.split(".tmp-")[0] + ".tmp-" in ours_data):
+                continue
+            out.append(rel)
+        for f in self._find(TMP_DIR):
+            rel = self._relative(f)
+            if not (shards and _FRAGMENT_RE.fullmatch(rel)):
+                out.append(rel)
+        return out
+
+    def refuse_foreign(self, plan_doc: dict[str, Any] | None, what: str) -> None:
+        """A one-line UserError when ``data/`` or ``_tmp/`` hold files this project did not write."""
+        foreign = self.foreign_files(plan_doc)
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            marker = "" if is_plan_document(plan_doc) else f" and no {PLAN_FILE} of a restore run"
+            raise UserError(
+                f"output.path {self.url} holds files restore did not write ({foreign[0]}{more}{marker}); "
+                f"refusing to {what}: choose an empty output folder, or move those files away yourself"
+            )
+
+    def _own_images(self) -> tuple[list[str], int]:
+        """Files under ``images/`` named by the committed parts' ``output_path`` (output.format
+        images), and how many other files are there (a crashed commit's, or someone else's)."""
+        files = self._find(IMAGES_DIR)
+        if not files:
+            return [], 0
+        named: set[str] = set()
+        for f in self._find(DATA_DIR):
+            if not _PART_RE.search(posixpath.basename(f)):
+                continue
+            with self.fs.open(f, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                if "output_path" in pf.schema_arrow.names:
+                    named.update(p for p in pf.read(columns=["output_path"]).column(0).to_pylist() if p)
+        ours = [f for f in files if self._relative(f) in named]
+        return ours, len(files) - len(ours)
+
+    def clear(self, plan_doc: dict[str, Any] | None) -> int:
+        """Delete what an earlier run wrote (for --overwrite): the parts and fragments its plan
+        names, ``_plan.json`` and ``_manifest.json``; nothing else. Refuses (UserError) when
+        ``data/`` or ``_tmp/`` hold anything else. Returns the number of files deleted."""
+        self.refuse_foreign(plan_doc, "clear it for --overwrite")
+        images, left = self._own_images()
+        if left:
+            log.warning(
+                "--overwrite: %d files under %s/%s/ are not named by any shard; left in place",
+                left,
+                self.url,
+                IMAGES_DIR,
+            )
+        ours = self._find(DATA_DIR) + self._find(TMP_DIR) + images
+        ours += [self.path(n) for n in (MANIFEST_FILE, PLAN_FILE) if self.fs.exists(self.path(n))]
+        if ours:
+            self.fs.rm(ours)
+        for name in (TMP_DIR, IMAGES_DIR, DATA_DIR) if self.is_local else ():  # local folders, if left empty
+            top = self.path(name)
+            if not self.fs.exists(top):
+                continue
+            dirs = [
+                str(p)
+                for p, info in self.fs.find(top, withdirs=True, detail=True).items()
+                if info["type"] == "directory"
+            ]
+            for d in [*sorted(dirs, key=len, reverse=True), top]:
+                with contextlib.suppress(OSError):  # not empty: something else lives there
+                    self.fs.rmdir(d)
         self.fs.invalidate_cache()
+        return len(ours)
 
     def clear_tmp(self) -> None:
         """Fragments of a killed run: their shard was never committed, so it is redone."""
@@ -389,6 +598,50 @@ class OutputFolder:
         idx = sorted(indexes)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(idx)))) as pool:
             return dict(pool.map(one, idx))
+
+
+def write_problem(exc: BaseException) -> str:
+    """What a failed write means for the user, in a few words (errno first, then the storage's text)."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text:
+        return "the disk is full: free space or point it at a larger disk"
+    if code == errno.EROFS:
+        return "the filesystem is read-only: point it at a writable folder"
+    if "does not exist in our records" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+        return "the S3 credentials were refused: fix storage_options key/secret (or AWS_ACCESS_KEY_ID...)"
+    if isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM) or "Forbidden" in text:
+        return "permission denied: point it at a folder (or bucket) these credentials may write"
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return "a file is in the way of the folder: choose another path"
+    if isinstance(exc, FileNotFoundError):
+        return "its bucket or parent folder does not exist: create it first"
+    return "check the path and its credentials"
+
+
+def probe_writable(url: str, storage_options: dict[str, Any] | None = None, key: str = "output.path") -> None:
+    """Write and delete a small probe under ``url`` before any work; a UserError naming ``key``,
+    the cause and the fix when that fails (read-only folder, full disk, refused credentials)."""
+    fs, root = datasets.filesystem(url, storage_options)
+    root = root.rstrip("/")
+    probe = posixpath.join(root, f"_probe-{uuid.uuid4().hex}")
+    local = bool({"file", "local"} & set((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol))
+    created = []  # folders the probe made: removed again, so a run refused later leaves nothing behind
+    try:
+        if local:
+            parent = root
+            while parent and not fs.exists(parent) and parent != posixpath.dirname(parent):
+                created.append(parent)
+                parent = posixpath.dirname(parent)
+            fs.makedirs(root, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok" * 2048)  # a few KiB: a disk with no room at all fails here
+        fs.rm(probe)
+        for folder in created:
+            fs.rmdir(folder)
+    except Exception as exc:  # any backend error means the same thing to the user
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UserError(f"cannot write to {key} {url}: {write_problem(exc)} ({type(exc).__name__}: {first})") from None
 
 
 #: File-name endings of the formats the restore job writes, the first one being the one given.
