@@ -130,11 +130,18 @@ def configure(level: int, formatter: logging.Formatter | None = None) -> None:
     handler._imrestore = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("jobs").setLevel(logging.NOTSET)  # an earlier brief setup held it at its own level
     for h in root.handlers:  # handlers someone else installed (pytest, a notebook) redact too
         if h is not handler and not isinstance(h.formatter, RedactingFormatter):
             h.setFormatter(_wrap(h.formatter or logging.Formatter()))
+    quiet = max(level, logging.WARNING)
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        logging.getLogger(name).setLevel(quiet)
+    # a child some library or earlier code set lower (botocore.auth, urllib3.connectionpool...)
+    # would still log below WARNING: hold every existing child at the same level
+    for name in list(logging.Logger.manager.loggerDict):
+        if any(name.startswith(q + ".") for q in QUIET_LOGGERS):
+            logging.getLogger(name).setLevel(quiet)
     register_secrets()
 
 
