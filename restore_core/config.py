@@ -135,6 +135,7 @@ class RestoreConfig:
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     bases: str = ""  # bases artifact folder
+    refiner: str = ""  # train-inpaint artifact folder (storage options: the input's); "" = none
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
@@ -187,11 +188,24 @@ class SRTrainLoopConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SRWorkersConfig:
+class TrainWorkersConfig:
+    """Ray Train's worker group (data-parallel: each worker trains on its shard of the data)."""
+
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # < 1 leaves CPUs for Ray Data's tasks on small machines
     gpus_per_worker: float = 1.0  # with use_gpu
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCheckpointConfig:
+    """Where Ray Train keeps the run's checkpoints (``RunConfig.storage_path``); a killed run
+    resumes from the latest one when rerun with the same settings."""
+
+    path: str = ""  # fsspec URL (s3://..., a shared folder on a cluster); "" = <output>/checkpoints
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # {} = the input's; never logged
+    keep: int = 2  # checkpoints kept (the latest); older ones are deleted
+    resume: bool = True  # false = delete earlier checkpoints at path and start afresh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +216,37 @@ class TrainSRConfig:
     net: SRNetConfig = dataclasses.field(default_factory=SRNetConfig)
     degrade: SRDegradeConfig = dataclasses.field(default_factory=SRDegradeConfig)
     train: SRTrainLoopConfig = dataclasses.field(default_factory=SRTrainLoopConfig)
-    workers: SRWorkersConfig = dataclasses.field(default_factory=SRWorkersConfig)
+    workers: TrainWorkersConfig = dataclasses.field(default_factory=TrainWorkersConfig)
+    checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class InpaintTrainLoopConfig:
+    """The refiner's self-supervised training: random crops of the (damaged) images, extra pixels
+    hidden by random masks, loss on the hidden pixels that were observed."""
+
+    epochs: int = 20
+    batch_size: int = 32  # crops per step, per worker
+    lr: float = 1e-3  # Adam step size
+    patch_size: int = 64  # crop side; smaller images are padded (the padding counts as unobserved)
+    crops_per_image: int = 8  # crops cut from each training image (once; the hidden pixels differ every step)
+    val_fraction: float = 0.1  # share of images (by id hash) kept for validation; 0 = none
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainInpaintConfig:
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)  # the damaged dataset itself
+    output: str = ""  # refiner artifact folder (fsspec URL): model.safetensors + meta.json
+    bases: str = ""  # optional learn-bases artifact fed to the refiner; "" = none
+    channels: Literal["auto", "gray", "rgb"] = "auto"  # auto = the first image's
+    net: dict[str, Any] = dataclasses.field(default_factory=dict)  # RefinerSpec fields; {} = its defaults
+    masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead pixels when no mask column
+    train: InpaintTrainLoopConfig = dataclasses.field(default_factory=InpaintTrainLoopConfig)
+    workers: TrainWorkersConfig = dataclasses.field(default_factory=TrainWorkersConfig)
+    checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
