@@ -216,7 +216,7 @@ def run(cfg: RestoreConfig) -> Summary:
     plan = shard_io.plan_shards(cfg.input, cfg.output.rows_per_shard)
     if not plan:
         raise UserError(f"no rows in {cfg.input.path} (every Parquet file is empty?)")
-    needs_bases = cfg.fit.method in ("nmf", "seed")
+    needs_bases = cfg.fit.method in ("nmf", "seed") or (cfg.fit.method in ("auto", "learned") and bool(cfg.bases))
     bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases else None
     sr_artifact = load_sr_artifact(cfg)
     # restore.only_flagged: restore the rows a quality run flagged, pass the others through.

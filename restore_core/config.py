@@ -82,7 +82,8 @@ class NMFLearnConfig:
 class FitConfig:
     """How weights are fitted with the bases frozen, and how the image is filled."""
 
-    method: Literal["nmf", "seed", "biharmonic", "median", "none"] = "nmf"
+    # auto = learned when a refiner is given, else nmf when bases are given, else fill
+    method: Literal["auto", "learned", "nmf", "seed", "fill", "biharmonic", "median", "none"] = "auto"
     stride: int = 2  # patch mode: distance between overlapping patches
     l1: float = 0.0
     max_iter: int = 300
@@ -90,7 +91,9 @@ class FitConfig:
     keep_observed: bool = True  # False = the write-up's full reconstruction
     masked: bool = True  # False = fit against every pixel, dead ones included (the write-up)
     prior: float = 0.05  # weight pulling dead pixels towards the prior fill in the fit; 0 = off
-    prior_fill: Literal["smooth", "biharmonic"] = "biharmonic"  # the fill the prior pulls towards (docs/nmf.md)
+    prior_fill: Literal["harmonic", "smooth", "biharmonic"] = (
+        "biharmonic"  # the fill the prior pulls towards (docs/nmf.md)
+    )
     refine: int = 0  # patch mode: refits with the previous result as the prior's target
     seed_lr: float = 0.0  # method seed: learning rate; 0 = 1/L (the largest stable step)
     seed_iter: int = 500
