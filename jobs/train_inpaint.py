@@ -28,11 +28,12 @@ import numpy as np
 
 from jobs import training
 from jobs.common import Summary, format_table
-from restore_core import checks, codec, masks
+from restore_core import codec, masks
 from restore_core.config import TrainInpaintConfig, from_dict, to_dict
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io import datasets
-from restore_core.io.artifacts import load_bases, load_refiner, refiner_artifact, refiner_module, save_refiner
+from restore_core.io.artifacts import load_bases
+from restore_core.io.refiners import build_from_artifact, load_refiner, refiner_artifact, save_refiner
 from restore_core.pipeline import cell_bytes
 from restore_core.refiner import RefinerSpec, build_refiner
 
@@ -44,15 +45,15 @@ JOB = "train-inpaint"
 # ----------------------------------------------------------------------------- data (Ray Data side)
 
 
-def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
-    """float32 (H, W[, C]) image -> (channels, H, W): gray repeated to RGB, RGB to luminance."""
+def to_samples(img: np.ndarray, channels: int) -> list[np.ndarray]:
+    """float32 (H, W[, C]) image -> training images of ``channels`` planes each, (channels, H, W):
+    a gray refiner learns from every plane of a colour image (as it restores them: one by one),
+    an RGB one from the colour (gray images repeated to RGB, alpha dropped)."""
     planes = img[None] if img.ndim == 2 else np.moveaxis(img, 2, 0)  # (C, H, W)
-    if planes.shape[0] == channels:
-        return np.ascontiguousarray(planes, np.float32)
-    if channels == 3:
-        return np.repeat(planes[:1], 3, axis=0).astype(np.float32)
-    weights = np.asarray([0.299, 0.587, 0.114], np.float32)[:, None, None]
-    return (planes[:3] * weights).sum(axis=0, keepdims=True).astype(np.float32)
+    planes = np.ascontiguousarray(planes, np.float32)
+    if channels == 1:
+        return [planes[i : i + 1] for i in range(min(planes.shape[0], 3))]
+    return [planes[:3] if planes.shape[0] >= 3 else np.repeat(planes[:1], 3, axis=0)]
 
 
 def random_crops(
@@ -60,7 +61,7 @@ def random_crops(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` random ``patch`` x ``patch`` crops of (C, H, W) ``planes`` and their (H, W)
     ``observed`` mask; an image smaller than the patch is zero-padded, the padding unobserved."""
-    c, h, w = planes.shape
+    h, w = planes.shape[1:]
     ph, pw = max(0, patch - h), max(0, patch - w)
     if ph or pw:
         planes = np.pad(planes, ((0, 0), (0, ph), (0, pw)))
@@ -100,9 +101,10 @@ def make_crops(batch: dict[str, np.ndarray], cfg: TrainInpaintConfig, channels: 
         if dead.all():
             continue
         rng = np.random.default_rng([t.seed, zlib.crc32(str(image_id).encode())])
-        x, o = random_crops(to_channels(img, channels), ~dead, p, t.crops_per_image, rng)
-        images.append(x)
-        observed.append(o)
+        for planes in to_samples(img, channels):
+            x, o = random_crops(planes, ~dead, p, t.crops_per_image, rng)
+            images.append(x)
+            observed.append(o)
     if not images:
         return {"image": np.empty((0, channels, p, p), np.float32), "observed": np.empty((0, 1, p, p), np.uint8)}
     return {"image": np.concatenate(images), "observed": np.concatenate(observed)}
@@ -136,10 +138,13 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     base = build_refiner(spec)
     model = ray.train.torch.prepare_model(base)
+    # The refiner's functions read model.spec; the DDP wrapper (several workers) does not
+    # forward plain attributes to the module it wraps.
+    model.spec = spec  # type: ignore[assignment]
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
 
     def load_weights(folder: str) -> None:
-        base.load_state_dict(refiner_module(load_refiner(folder)).state_dict())
+        base.load_state_dict(build_from_artifact(load_refiner(folder)).state_dict())
 
     start, history = training.resume_train_state(JOB, optimizer, None, load_weights)
     train_shard = ray.train.get_dataset_shard("train")
@@ -260,28 +265,24 @@ def check_config(cfg: TrainInpaintConfig) -> None:
     unknown = sorted(set(cfg.net) - known)
     if unknown:
         hint = "set channels (auto | gray | rgb), not net.channels" if unknown[0] == "channels" else ""
-        raise UserError(f"unknown key net.{unknown[0]} (known: {', '.join(sorted(known))}){'; ' + hint if hint else ''}")
+        raise UserError(
+            f"unknown key net.{unknown[0]} (known: {', '.join(sorted(known))}){'; ' + hint if hint else ''}"
+        )
 
 
-def make_spec(cfg: TrainInpaintConfig, channels: int) -> RefinerSpec:
-    """The refiner's spec from ``channels`` and ``net``; a bad value is one line naming it."""
+def make_spec(cfg: TrainInpaintConfig) -> RefinerSpec:
+    """The refiner's spec from ``channels`` and ``net`` (``use_bases`` follows ``bases`` unless
+    set); a bad value is one line naming it."""
+    net = dict(cfg.net)
+    net.setdefault("use_bases", bool(cfg.bases))
+    if net["use_bases"] and not cfg.bases:
+        raise UserError("net.use_bases is true but bases is empty: set bases to a learn-bases artifact folder")
     try:
-        spec = RefinerSpec(channels=channels, **cfg.net)
+        spec = RefinerSpec(channels=3 if cfg.channels == "rgb" else 1, **net)
         build_refiner(spec)
     except (TypeError, ValueError) as exc:
         raise UserError(f"net: {exc}") from None
     return spec
-
-
-def resolve_channels(cfg: TrainInpaintConfig) -> int:
-    if cfg.channels != "auto":
-        return 3 if cfg.channels == "rgb" else 1
-    i = cfg.input
-    rows = datasets.iter_rows(i.path, i.format, i.storage_options, i.id_column, i.image_column, limit=8)
-    shape = checks.first_image_shape(rows, i.image_column, cfg.decode.max_pixels)
-    if shape is None:
-        raise UserError(f"none of the first images of {i.path} can be decoded; check input.path and image_column")
-    return 3 if len(shape) == 3 and shape[2] >= 3 else 1
 
 
 def data_fingerprint(cfg: TrainInpaintConfig) -> str:
@@ -302,16 +303,22 @@ def run(cfg: TrainInpaintConfig) -> Summary:
     from jobs import ray_utils
 
     t0 = time.perf_counter()
-    channels = resolve_channels(cfg)  # also fails early on a wrong input.path
-    spec = make_spec(cfg, channels)
-    bases = load_bases(cfg.bases, cfg.input.storage_options) if cfg.bases else None
+    spec = make_spec(cfg)
+    channels = spec.channels
+    bases = load_bases(cfg.bases, cfg.input.storage_options) if spec.use_bases else None
+    if bases is not None and (bases.meta.mode != "patch" or bases.meta.channels != channels):
+        raise UserError(
+            f"bases {cfg.bases} are {bases.meta.describe()}: the refiner needs patch-mode bases with "
+            f"{channels} channel(s) (learn-bases nmf.mode patch, nmf.channels {cfg.channels})"
+        )
     public = to_dict(cfg)
     place = training.checkpoint_place(
         JOB, cfg.checkpoints, cfg.output, cfg.input.storage_options, training.run_identity(public)
     )
+    datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # a wrong path: one line now
     ray_utils.init_ray(cfg.ray)
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
-    images = ray_utils.read_dataset(cfg.input)
+    images: Any = ray_utils.read_dataset(cfg.input)  # Any: Ray's stubs reject map_batches' fn_kwargs style
     parts: dict[str, Any] = {}
     for name, val in (("train", False), ("val", True)):
         if val and cfg.train.val_fraction == 0:
@@ -348,9 +355,7 @@ def run(cfg: TrainInpaintConfig) -> Summary:
         "has_val": "val" in parts,
         "meta": meta,
     }
-    checkpoint, checkpoint_url = training.fit(
-        train_loop, loop_config, parts, cfg.workers, place, cfg.checkpoints.keep
-    )
+    checkpoint, checkpoint_url = training.fit(train_loop, loop_config, parts, cfg.workers, place, cfg.checkpoints.keep)
     with checkpoint.as_directory() as folder:
         artifact = load_refiner(folder)
         with open(posixpath.join(folder, training.PROGRESS_FILE), encoding="utf-8") as f:
@@ -375,7 +380,7 @@ def run(cfg: TrainInpaintConfig) -> Summary:
         values={
             "data": cfg.input.path,
             "crops": f"{counts['train']} train, {counts.get('val', 0)} val, {cfg.train.patch_size}px, "
-            f"{channels} channel(s)",
+            f"{channels} plane(s) each",
             "refiner": f"{spec}",
             "bases": cfg.bases or "none",
             "workers": training.describe_workers(cfg.workers),

@@ -243,9 +243,9 @@ class InpaintTrainLoopConfig:
 class TrainInpaintConfig:
     input: InputConfig = dataclasses.field(default_factory=InputConfig)  # the damaged dataset itself
     output: str = ""  # refiner artifact folder (fsspec URL): model.safetensors + meta.json
-    bases: str = ""  # optional learn-bases artifact fed to the refiner; "" = none
-    channels: Literal["auto", "gray", "rgb"] = "auto"  # auto = the first image's
-    net: dict[str, Any] = dataclasses.field(default_factory=dict)  # RefinerSpec fields; {} = its defaults
+    bases: str = ""  # learn-bases artifact whose NMF reconstruction the refiner takes as an input; "" = none
+    channels: Literal["gray", "rgb"] = "gray"  # gray: one net for every channel; rgb: colour images as such
+    net: dict[str, Any] = dataclasses.field(default_factory=dict)  # RefinerSpec fields but channels; {} = defaults
     masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead pixels when no mask column
     train: InpaintTrainLoopConfig = dataclasses.field(default_factory=InpaintTrainLoopConfig)
     workers: TrainWorkersConfig = dataclasses.field(default_factory=TrainWorkersConfig)

@@ -6,10 +6,7 @@ loaded with ``allow_pickle=False``) and ``meta.json``.
 An SR model artifact is a folder with ``model.safetensors`` (the network's state dict as plain
 arrays) and ``meta.json`` (architecture, degrade settings, validation PSNR, a fingerprint of the
 weights). ``restore_core.sr`` turns the arrays into a network.
-
-A refiner artifact (``train-inpaint``) has the same two files; its meta.json holds the
-:class:`restore_core.refiner.RefinerSpec` that rebuilds the network, and loading checks that
-the weights fit it. torch is imported only when a network is built.
+A refiner artifact (``train-inpaint``) has the same two files: see ``restore_core.io.refiners``.
 """
 
 from __future__ import annotations
@@ -242,13 +239,14 @@ def save_sr_model(artifact: SRArtifact, url: str, storage_options: dict[str, Any
     meta["fingerprint"] = artifact.fingerprint()
     tensors = {k: np.ascontiguousarray(v) for k, v in artifact.tensors.items()}
     validate_sr(tensors, meta)
-    _write_safetensors_artifact(tensors, meta, url, storage_options)
+    write_safetensors_artifact(tensors, meta, url, storage_options)
     return meta
 
 
-def _write_safetensors_artifact(
+def write_safetensors_artifact(
     tensors: dict[str, np.ndarray], meta: dict[str, Any], url: str, storage_options: dict[str, Any] | None
 ) -> None:
+    """Write a model folder: ``model.safetensors``, then ``meta.json`` (its presence marks completion)."""
     from safetensors.numpy import save as st_save
 
     fs, root = _fs(url, storage_options)
@@ -259,7 +257,7 @@ def _write_safetensors_artifact(
         json.dump(meta, f, indent=2, allow_nan=True)
 
 
-def _read_safetensors_artifact(
+def read_safetensors_artifact(
     url: str, storage_options: dict[str, Any] | None, what: str, missing_hint: str
 ) -> tuple[dict[str, np.ndarray], Any]:
     """(tensors, meta.json's content) of a model folder; one ArtifactError line on any failure."""
@@ -289,115 +287,8 @@ def load_sr_model(url: str, storage_options: dict[str, Any] | None = None) -> SR
     """
     if not url:
         raise ArtifactError("no SR model given: set 'sr.model' to a folder made by `train-sr`")
-    tensors, meta = _read_safetensors_artifact(
+    tensors, meta = read_safetensors_artifact(
         url, storage_options, "SR model", "run `python -m jobs train-sr` first or fix 'sr.model'"
     )
     validate_sr(tensors, meta, where=f"SR model at {url}")
     return SRArtifact(tensors=tensors, meta=meta)
-
-
-# ----------------------------------------------------------------------------- inpainting refiner
-
-REFINER_FORMAT = "imrestore-refiner"
-
-
-@dataclasses.dataclass(frozen=True)
-class RefinerArtifact:
-    """A trained inpainting refiner as stored: ``tensors`` (the network's state dict as arrays)
-    and ``meta`` (JSON object: ``format``, ``spec`` (the RefinerSpec fields), ``training``
-    (settings and results), ``data_fingerprint``, ``bases_fingerprint`` ("" = trained without
-    bases) and ``fingerprint``, the content hash of the weights)."""
-
-    tensors: dict[str, np.ndarray]
-    meta: dict[str, Any]
-
-    def fingerprint(self) -> str:
-        return tensors_fingerprint(self.tensors)
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(self.meta["spec"])
-
-    @property
-    def bases_fingerprint(self) -> str:
-        return str(self.meta.get("bases_fingerprint") or "")
-
-
-def validate_refiner(tensors: dict[str, np.ndarray], meta: Any, where: str = "refiner") -> None:
-    """Refuse a meta.json that is not a refiner's, weights with NaN/Inf, weights that do not
-    match the recorded content hash, and (building the network on the CPU) weights that do not
-    fit the architecture the spec describes."""
-    if not isinstance(meta, dict) or meta.get("format") != REFINER_FORMAT:
-        raise ArtifactError(f"{where}: meta.json is not a refiner's (format must be {REFINER_FORMAT!r})")
-    if not isinstance(meta.get("spec"), dict):
-        raise ArtifactError(f"{where}: meta.json has no 'spec' object; the artifact is corrupt")
-    if not tensors:
-        raise ArtifactError(f"{where}: {SR_WEIGHTS_FILE} holds no tensors")
-    for name, arr in tensors.items():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise ArtifactError(f"{where}: tensor {name} holds NaN or Inf values; retrain the refiner")
-    recorded = meta.get("fingerprint")
-    if recorded is not None and recorded != tensors_fingerprint(tensors):
-        raise ArtifactError(f"{where}: {SR_WEIGHTS_FILE} does not match the fingerprint in meta.json; it is corrupt")
-    refiner_module(RefinerArtifact(tensors, meta), "cpu", where=where)
-
-
-def refiner_module(artifact: RefinerArtifact, device: Any = "cpu", where: str = "refiner") -> Any:
-    """The refiner network (``torch.nn.Module``, eval mode, on ``device``) built from the spec in
-    meta.json with the stored weights loaded strictly (names and shapes must match)."""
-    # torch is imported when a network is built, not when artifacts are listed or hashed.
-    import torch
-
-    from restore_core.refiner import RefinerSpec, build_refiner
-
-    known = {f.name for f in dataclasses.fields(RefinerSpec)}
-    raw = artifact.meta.get("spec") or {}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ArtifactError(f"{where}: meta.json spec has unknown field {unknown[0]!r}; made by a newer version?")
-    try:
-        spec = RefinerSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-        net = build_refiner(spec)
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"{where}: meta.json spec is invalid ({exc})") from None
-    state = {k: torch.from_numpy(np.array(v)) for k, v in artifact.tensors.items()}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
-        raise ArtifactError(f"{where}: weights do not match the spec in meta.json: {detail}") from None
-    return net.to(device).eval()
-
-
-def refiner_artifact(net: Any, spec: Any, **meta: Any) -> RefinerArtifact:
-    """A refiner artifact from a network (its state dict, moved to the CPU) and its spec (a
-    dataclass); ``meta`` adds ``training``, ``data_fingerprint``, ``bases_fingerprint``..."""
-    tensors = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-    spec_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
-    return RefinerArtifact(tensors=tensors, meta={"format": REFINER_FORMAT, "spec": spec_dict, **meta})
-
-
-def save_refiner(artifact: RefinerArtifact, url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``model.safetensors`` then ``meta.json`` (last: its presence marks completion).
-
-    Returns the meta as written (with ``fingerprint``, the content hash of the weights).
-    """
-    meta = dict(artifact.meta)
-    meta.setdefault("format", REFINER_FORMAT)
-    meta["fingerprint"] = artifact.fingerprint()
-    tensors = {k: np.ascontiguousarray(v) for k, v in artifact.tensors.items()}
-    validate_refiner(tensors, meta)
-    _write_safetensors_artifact(tensors, meta, url, storage_options)
-    return meta
-
-
-def load_refiner(url: str, storage_options: dict[str, Any] | None = None) -> RefinerArtifact:
-    """Load and validate a refiner artifact (safetensors: no code runs on load); every failure
-    is one :class:`ArtifactError` line naming the artifact."""
-    if not url:
-        raise ArtifactError("no refiner given: set 'refiner' to a folder made by `train-inpaint`")
-    tensors, meta = _read_safetensors_artifact(
-        url, storage_options, "refiner", "run `python -m jobs train-inpaint` first or fix 'refiner'"
-    )
-    validate_refiner(tensors, meta, where=f"refiner at {url}")
-    return RefinerArtifact(tensors=tensors, meta=meta)
