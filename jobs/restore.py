@@ -32,11 +32,13 @@ from jobs import ray_utils
 from jobs.common import Summary
 from restore_core import checks
 from restore_core.config import RestoreConfig, to_dict
+from restore_core.device import resolve_device
 from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.io import shards as shard_io
 from restore_core.io.artifacts import Bases, load_bases
-from restore_core.pipeline import Restorer
+from restore_core.io.refiners import RefinerArtifact, build_from_artifact, load_refiner
+from restore_core.pipeline import Restorer, resolve_method
 from restore_core.quality import read_flagged_ids
 
 CONFIG = RestoreConfig
@@ -77,6 +79,8 @@ def check_config(cfg: RestoreConfig) -> None:
         raise UserError(f"ray.batch_size must be >= 1, got {cfg.ray.batch_size}")
     if cfg.fit.method in ("nmf", "seed") and not cfg.bases:
         raise UserError(f"fit.method {cfg.fit.method} needs bases: set 'bases' to a learn-bases artifact folder")
+    if cfg.fit.method == "learned" and not cfg.refiner:
+        raise UserError("fit.method learned needs a refiner: set 'refiner' to a train-inpaint artifact folder")
     if cfg.sr.enabled and not cfg.sr.model:
         raise UserError("sr.enabled is true but sr.model is empty: set it to a train-sr artifact folder")
     if os.path.abspath(cfg.input.path.rstrip("/")) == os.path.abspath(cfg.output.path.rstrip("/")):
@@ -90,6 +94,33 @@ def load_sr_artifact(cfg: RestoreConfig) -> Any:
     from restore_core.io.artifacts import load_sr_model  # the SR artifact format (safetensors)
 
     return load_sr_model(cfg.sr.model, cfg.sr.storage_options)
+
+
+def load_refiner_artifact(cfg: RestoreConfig) -> RefinerArtifact | None:
+    """The validated refiner artifact when the method uses it (``auto`` or ``learned`` with
+    ``refiner`` set), else None."""
+    if not cfg.refiner or cfg.fit.method not in ("auto", "learned"):
+        if cfg.refiner:
+            log.info("fit.method %s does not use the refiner %s", cfg.fit.method, cfg.refiner)
+        return None
+    return load_refiner(cfg.refiner, cfg.input.storage_options)
+
+
+def check_refiner_bases(cfg: RestoreConfig, refiner: RefinerArtifact | None, bases: Bases | None) -> None:
+    """A refiner that takes NMF bases as an input needs the very bases it was trained with."""
+    wanted = refiner.bases_fingerprint if refiner is not None else ""
+    if not wanted:
+        return
+    if bases is None:
+        raise UserError(
+            f"the refiner {cfg.refiner} takes NMF bases as an input: set 'bases' to the learn-bases artifact it was "
+            "trained with"
+        )
+    if bases.fingerprint() != wanted:
+        raise UserError(
+            f"the refiner {cfg.refiner} was trained with other bases (fingerprint {wanted}) than {cfg.bases} "
+            f"({bases.fingerprint()}): set 'bases' to the ones it was trained with"
+        )
 
 
 def sr_apply_from_artifact(artifact: Any, cfg: RestoreConfig) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -121,12 +152,15 @@ def read_shards(batch: dict[str, np.ndarray], cfg: RestoreConfig, rows_per_block
 class RestoreActor:
     """Ray Data actor: wraps :class:`restore_core.pipeline.Restorer`, built once per actor.
 
-    ``bases`` and ``sr_artifact`` arrive as ObjectRefs (put once by the driver) or already
-    resolved; both are handled. Each output row is tagged with the node and actor that made
+    ``bases``, ``sr_artifact`` and ``refiner`` (a refiner artifact: weights + spec) arrive as
+    ObjectRefs (put once by the driver) or already resolved; both are handled. The refiner
+    network is built here, once per actor. Each output row is tagged with the node and actor that made
     it, and the bases object it used, so the summary can show where the work ran.
     """
 
-    def __init__(self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int, flagged: Any = None) -> None:
+    def __init__(
+        self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int, flagged: Any = None, refiner: Any = None
+    ) -> None:
         import ray
         import torch
 
@@ -141,7 +175,12 @@ class RestoreActor:
             sr_artifact = ray.get(sr_artifact)
         if isinstance(flagged, ray.ObjectRef):
             flagged = ray.get(flagged)
-        self.restorer = Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg, flagged_ids=flagged)
+        if isinstance(refiner, ray.ObjectRef):
+            refiner = ray.get(refiner)
+        model = build_from_artifact(refiner, resolve_device(cfg.device)) if refiner is not None else None
+        self.restorer = Restorer(
+            bases, sr_apply_from_artifact(sr_artifact, cfg), cfg, flagged_ids=flagged, refiner=model
+        )
         ctx = ray.get_runtime_context()
         self.node = ctx.get_node_id()
         self.actor = ctx.get_actor_id() or ""
@@ -216,8 +255,13 @@ def run(cfg: RestoreConfig) -> Summary:
     plan = shard_io.plan_shards(cfg.input, cfg.output.rows_per_shard)
     if not plan:
         raise UserError(f"no rows in {cfg.input.path} (every Parquet file is empty?)")
-    needs_bases = cfg.fit.method in ("nmf", "seed") or (cfg.fit.method in ("auto", "learned") and bool(cfg.bases))
+    refiner = load_refiner_artifact(cfg)
+    if refiner is not None:  # the learned method: bases only when the refiner takes them
+        needs_bases = bool(refiner.bases_fingerprint)
+    else:
+        needs_bases = cfg.fit.method in ("nmf", "seed") or (cfg.fit.method == "auto" and bool(cfg.bases))
     bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases else None
+    check_refiner_bases(cfg, refiner, bases)
     sr_artifact = load_sr_artifact(cfg)
     # restore.only_flagged: restore the rows a quality run flagged, pass the others through.
     flagged = (
@@ -225,7 +269,13 @@ def run(cfg: RestoreConfig) -> Summary:
         if cfg.only_flagged
         else None
     )
-    Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg)  # refuses corrupt bases now
+    # Refuses corrupt bases, or a refiner that needs bases, now rather than in every actor.
+    Restorer(
+        bases,
+        sr_apply_from_artifact(sr_artifact, cfg),
+        cfg,
+        refiner=build_from_artifact(refiner) if refiner is not None else None,
+    )
     if bases is not None:
         # Bases made for another image size or channel count would fail every row: say so once.
         icfg = cfg.input
@@ -238,6 +288,8 @@ def run(cfg: RestoreConfig) -> Summary:
     out = shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options)
     out.check_writable()
     doc = shard_io.plan_document(plan, cfg.input, cfg.output.rows_per_shard)
+    if refiner is not None:
+        doc = {**doc, "refiner": refiner.fingerprint()}  # other weights make other output: never mixed
     fingerprint = shard_io.plan_fingerprint(doc)
     if cfg.output.overwrite:
         out.clear()
@@ -260,7 +312,7 @@ def run(cfg: RestoreConfig) -> Summary:
     if pending:
         out.clear_tmp()
         t0 = time.perf_counter()
-        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress, flagged)
+        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress, flagged, refiner)
         t_pipeline = time.perf_counter() - t0
     else:
         log.info("all %d shards of %s are committed; nothing to do", len(plan), cfg.output.path)
@@ -288,10 +340,14 @@ def run(cfg: RestoreConfig) -> Summary:
     if manifest_needed:
         out.write_json(
             shard_io.MANIFEST_FILE,
-            manifest(cfg, bases, sr_artifact, fingerprint, plan, total, dead_in, dead_out, rows_now, timings, rate),
+            manifest(
+                cfg, bases, sr_artifact, fingerprint, plan, total, dead_in, dead_out, rows_now, timings, rate, refiner
+            ),
         )
     busy = progress.restore_s / (t_pipeline * n_actors) if t_pipeline and n_actors else 0.0
     values: dict[str, Any] = {
+        "method": resolve_method(cfg.fit.method, bases is not None, refiner is not None),
+        "refiner": f"{cfg.refiner} ({refiner.fingerprint()})" if refiner is not None else "none",
         "rows": total["rows"],
         "rows ok": total["ok"],
         "rows error": total["error"],
@@ -330,6 +386,7 @@ def _run_pipeline(
     sr_artifact: Any,
     progress: _Progress,
     flagged: frozenset[str] | None = None,
+    refiner: RefinerArtifact | None = None,
 ) -> tuple[int, str]:
     """Run the Ray stream over the pending shards and commit each as soon as it is complete."""
     import ray
@@ -342,6 +399,7 @@ def _run_pipeline(
     bases_ref = ray.put(bases) if bases is not None else None
     sr_ref = ray.put(sr_artifact) if sr_artifact is not None else None
     flagged_ref = ray.put(flagged) if flagged is not None else None
+    refiner_ref = ray.put(refiner) if refiner is not None else None
     log.info("restoring %d shards (%d rows) with %d actors", len(pending), sum(s.n_rows for s in pending), n_actors)
 
     by_index = {s.index: s for s in pending}
@@ -377,6 +435,7 @@ def _run_pipeline(
             "cfg": cfg,
             "threads": max(1, round(pool["num_cpus"])),
             "flagged": flagged_ref,
+            "refiner": refiner_ref,
         },
         batch_size=cfg.ray.batch_size,
         batch_format="numpy",
@@ -426,6 +485,7 @@ def manifest(
     rows_now: int,
     timings: dict[str, float],
     rate: float,
+    refiner: RefinerArtifact | None = None,
 ) -> dict[str, Any]:
     """What the output was made from and with (no secrets: storage options are redacted)."""
     import pyarrow
@@ -442,6 +502,9 @@ def manifest(
             else None,
             "sr_model": {"path": cfg.sr.model, "fingerprint": sr_artifact.fingerprint()}
             if sr_artifact is not None
+            else None,
+            "refiner": {"path": cfg.refiner, "fingerprint": refiner.fingerprint(), "spec": refiner.meta.get("spec")}
+            if refiner is not None
             else None,
         },
         "plan": {"fingerprint": plan_fp, "shards": len(plan)},
