@@ -33,9 +33,11 @@ def _saved(tmp_path) -> tuple[torch.nn.Module, str, dict]:
 def test_round_trip_gives_the_same_network_and_hash(tmp_path):
     net, url, meta = _saved(tmp_path)
     back = load_refiner(url)
-    assert back.fingerprint() == meta["fingerprint"] == json.loads((tmp_path / "refiner" / "meta.json").read_text())[
-        "fingerprint"
-    ]
+    assert (
+        back.fingerprint()
+        == meta["fingerprint"]
+        == json.loads((tmp_path / "refiner" / "meta.json").read_text())["fingerprint"]
+    )
     assert back.spec() == SPEC and back.meta["data_fingerprint"] == "abc" and back.bases_fingerprint == ""
     rebuilt = build_from_artifact(back)
     g = torch.Generator().manual_seed(1)

@@ -131,10 +131,10 @@ def test_checkpoint_place_refuses_other_settings_and_can_start_afresh(tmp_path):
     assert place.url == f"{out}/checkpoints/job" and not place.resuming
     (tmp_path / "model" / "checkpoints" / "job" / "checkpoint_0").mkdir()
     assert training.checkpoint_place("job", ckpt, out, {}, {"lr": 1}).resuming
-    with pytest.raises(UserError, match="other settings; set checkpoints.resume=false"):
+    with pytest.raises(UserError, match=r"other settings; set checkpoints\.resume=false"):
         training.checkpoint_place("job", ckpt, out, {}, {"lr": 2})
     fresh = training.checkpoint_place("job", TrainCheckpointConfig(resume=False), out, {}, {"lr": 2})
     assert not fresh.resuming and not (tmp_path / "model" / "checkpoints" / "job" / "checkpoint_0").exists()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="cannot use .* for checkpoints"):
+    with pytest.raises(UserError, match=r"cannot use .* for checkpoints"):
         training.checkpoint_place("job", TrainCheckpointConfig(path=str(tmp_path / "file" / "sub")), out, {}, {})
