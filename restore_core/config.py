@@ -275,7 +275,7 @@ class BenchmarkConfig:
 class DemoDataConfig:
     """The demo's generated dataset: faces, textures, digits and shapes."""
 
-    n_train: int = 192  # clean images (bases and SR training)
+    n_train: int = 192  # clean images (bases and SR training; a damaged copy trains the refiner)
     n_test: int = 32  # damaged images to restore (ground truth in the 'reference' column)
     size: int = 64  # side of the square images
     rgb: bool = True  # RGB images; false = gray
@@ -310,12 +310,28 @@ class DemoSRConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoInpaintConfig:
+    """The demo's brief refiner training (train-inpaint's settings, smaller)."""
+
+    enabled: bool = True  # false = no refiner, no learned row
+    epochs: int = 6
+    width: int = 16  # refiner width (features at full resolution)
+    levels: int = 2  # refiner U-Net levels
+    patch_size: int = 32  # training crop side
+    crops_per_image: int = 4  # crops per image plane
+    num_workers: int = 1  # Ray Train workers
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoConfig:
     output: str = "demo_out"  # everything the demo makes: data/, bases/, sr_model/, restored/, quality/, report/
     data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)
     nmf: DemoNMFConfig = dataclasses.field(default_factory=DemoNMFConfig)
     sr: DemoSRConfig = dataclasses.field(default_factory=DemoSRConfig)
-    methods: list[str] = dataclasses.field(default_factory=lambda: ["nmf", "biharmonic", "median"])  # fit.method
+    inpaint: DemoInpaintConfig = dataclasses.field(default_factory=DemoInpaintConfig)
+    methods: list[str] = dataclasses.field(
+        default_factory=lambda: ["learned", "nmf", "biharmonic", "median"]  # fit.method
+    )
     force: bool = False  # true = redo every step; false = reuse what a previous run made
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
