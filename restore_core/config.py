@@ -91,9 +91,7 @@ class FitConfig:
     keep_observed: bool = True  # False = the write-up's full reconstruction
     masked: bool = True  # False = fit against every pixel, dead ones included (the write-up)
     prior: float = 0.05  # weight pulling dead pixels towards the prior fill in the fit; 0 = off
-    prior_fill: Literal["harmonic", "smooth", "biharmonic"] = (
-        "biharmonic"  # the fill the prior pulls towards (docs/nmf.md)
-    )
+    prior_fill: Literal["smooth", "biharmonic"] = "biharmonic"  # the fill the prior pulls towards (docs/nmf.md)
     refine: int = 0  # patch mode: refits with the previous result as the prior's target
     seed_lr: float = 0.0  # method seed: learning rate; 0 = 1/L (the largest stable step)
     seed_iter: int = 500

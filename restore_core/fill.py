@@ -13,6 +13,8 @@ factorisation: this is what feeds the learned refiner and the NMF prior.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -60,9 +62,54 @@ def push_pull_fill(images: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     return torch.where(dead, est, images)
 
 
+def _cg(
+    op: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    x: torch.Tensor,
+    iters: int,
+    tol: float,
+) -> torch.Tensor:
+    """Conjugate gradient on many independent SPD systems at once (one per leading index).
+
+    ``op`` maps (N, 1, H, W) to (N, 1, H, W); each system has its own step sizes and stops on
+    its own (its residual under ``tol`` times its right-hand side's), so the result of one does
+    not depend on the others. The all-stopped check syncs every 10 iterations only.
+    """
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+
+    r = rhs - op(x)
+    p = r.clone()
+    rr = dot(r, r)
+    stop = (tol * tol) * dot(rhs, rhs).clamp_min(1e-20)
+    active = (rr > stop).to(x.dtype)
+    for it in range(iters):
+        ap = op(p)
+        alpha = active * rr / dot(p, ap).clamp_min(1e-30)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = dot(r, r)
+        p = r + (rr_new / rr.clamp_min(1e-30)) * p
+        rr = torch.where(active > 0, rr_new, rr)
+        active = active * (rr > stop).to(x.dtype)
+        if it % 10 == 9 and not bool(active.any()):
+            break
+    return x
+
+
+def _check(images: torch.Tensor, dead: torch.Tensor) -> None:
+    if images.ndim != 4 or dead.ndim != 4 or dead.shape[1] != 1:
+        raise ValueError(
+            f"need images (B, C, H, W) and dead (B, 1, H, W), got {tuple(images.shape)}, {tuple(dead.shape)}"
+        )
+
+
 @torch.no_grad()
-def harmonic_fill(images: torch.Tensor, dead: torch.Tensor, iters: int = 200, tol: float = 1e-4) -> torch.Tensor:
-    """Fill dead pixels with the harmonic interpolant of the observed ones.
+def harmonic_fill(
+    images: torch.Tensor, dead: torch.Tensor, iters: int = 200, tol: float = 1e-4, order: int = 1
+) -> torch.Tensor:
+    """Fill dead pixels with the harmonic (or biharmonic) interpolant of the observed ones.
 
     Parameters
     ----------
@@ -74,6 +121,11 @@ def harmonic_fill(images: torch.Tensor, dead: torch.Tensor, iters: int = 200, to
         Most conjugate-gradient iterations (each system stops on its own before that).
     tol : float
         A system stops when its residual norm falls under ``tol`` times its right-hand side's.
+    order : int
+        1: harmonic (Laplace equation, each dead pixel the mean of its neighbours). 2:
+        biharmonic (smallest summed squared Laplacian, like scikit-image's
+        ``inpaint_biharmonic``: matches slopes too), solved from the harmonic fill with up to
+        ``iters`` more iterations.
 
     Returns
     -------
@@ -82,60 +134,37 @@ def harmonic_fill(images: torch.Tensor, dead: torch.Tensor, iters: int = 200, to
 
     Notes
     -----
-    Unknowns are the dead pixels ``x``; with ``o`` the image with dead pixels set to 0 and K the
-    grid Laplacian, the equation ``K(o + x) = 0`` on dead pixels is ``D K D x = -D K o``, with D
-    the dead mask: symmetric positive definite wherever an image has an observed pixel. Every
-    (image, channel) is its own system with its own step sizes and its own stop, so a result
-    does not depend on what else is in the batch.
+    Unknowns are the dead pixels ``x``; with ``o`` the image with dead pixels set to 0, K the
+    grid Laplacian and D the dead mask, the harmonic fill solves ``D K D x = -D K o`` and the
+    biharmonic one ``D K K D x = -D K K o``: both symmetric positive definite wherever an image
+    has an observed pixel. Every (image, channel) is its own system with its own step sizes and
+    its own stop, so a result does not depend on what else is in the batch.
     """
-    if images.ndim != 4 or dead.ndim != 4 or dead.shape[1] != 1:
-        raise ValueError(
-            f"need images (B, C, H, W) and dead (B, 1, H, W), got {tuple(images.shape)}, {tuple(dead.shape)}"
-        )
+    _check(images, dead)
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 (harmonic) or 2 (biharmonic), got {order}")
     b, c, h, w = images.shape
     dead = dead.to(torch.bool)
     if not bool(dead.any()):
         return images.clone()
-    start = push_pull_fill(images, dead)
-    u = start.reshape(b * c, 1, h, w)
+    u = push_pull_fill(images, dead).reshape(b * c, 1, h, w)
     d = dead.expand(b, c, h, w).reshape(b * c, 1, h, w).to(images.dtype)
     o = u * (1.0 - d)
-    x = u * d
-
-    def op(v: torch.Tensor) -> torch.Tensor:
-        return d * _neg_laplacian(d * v)
-
-    def dot(a: torch.Tensor, bb: torch.Tensor) -> torch.Tensor:
-        return (a * bb).sum(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
-
-    rhs = -d * _neg_laplacian(o)
-    r = rhs - op(x)
-    p = r.clone()
-    rr = dot(r, r)
-    stop = (tol * tol) * dot(rhs, rhs).clamp_min(1e-20)
-    active = (rr > stop).to(images.dtype)
-    for it in range(iters):
-        ap = op(p)
-        alpha = active * rr / dot(p, ap).clamp_min(1e-30)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rr_new = dot(r, r)
-        beta = rr_new / rr.clamp_min(1e-30)
-        p = r + beta * p
-        rr = torch.where(active > 0, rr_new, rr)
-        active = active * (rr > stop).to(images.dtype)
-        if it % 10 == 9 and not bool(active.any()):
-            break
+    x = _cg(lambda v: d * _neg_laplacian(d * v), -d * _neg_laplacian(o), u * d, iters, tol)
+    if order == 2:
+        ko = _neg_laplacian(o)
+        x = _cg(lambda v: d * _neg_laplacian(_neg_laplacian(d * v)), -d * _neg_laplacian(ko), x, iters, tol)
     out = (o + x * d).clamp_(0.0, 1.0).reshape(b, c, h, w)
     return torch.where(dead, out, images)
 
 
-def fill_image(img: np.ndarray, dead: np.ndarray, iters: int = 200, tol: float = 1e-4) -> np.ndarray:
-    """:func:`harmonic_fill` of one numpy image: float32 (H, W) or (H, W, C) in [0, 1] and a
-    bool (H, W) mask in, float32 of the same shape out (observed pixels unchanged), on the CPU."""
+def fill_image(img: np.ndarray, dead: np.ndarray, iters: int = 200, tol: float = 1e-4, order: int = 2) -> np.ndarray:
+    """:func:`harmonic_fill` of one numpy image (biharmonic by default): float32 (H, W) or
+    (H, W, C) in [0, 1] and a bool (H, W) mask in, float32 of the same shape out (observed
+    pixels unchanged), on the CPU."""
     a = np.asarray(img, dtype=np.float32)
     planes = a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]
     x = torch.from_numpy(np.ascontiguousarray(planes))
     d = torch.from_numpy(np.asarray(dead, dtype=bool))[None, None]
-    out = harmonic_fill(x, d, iters=iters, tol=tol)[0].numpy()
+    out = harmonic_fill(x, d, iters=iters, tol=tol, order=order)[0].numpy()
     return out[0] if a.ndim == 2 else np.ascontiguousarray(out.transpose(1, 2, 0))

@@ -43,12 +43,16 @@ PIXEL_BUDGET = 4 * 2**20
 
 def resolve_method(method: str, have_bases: bool, have_refiner: bool) -> str:
     """The method ``fit.method`` names: ``auto`` is ``learned`` with a refiner, else ``nmf``
-    with bases, else ``fill`` (the batched harmonic fill); other names are themselves."""
+    with bases, else ``fill`` (the batched biharmonic fill in torch); other names are themselves."""
     if method != "auto":
         return method
     if have_refiner:
         return "learned"
     return "nmf" if have_bases else "fill"
+
+
+def _biharmonic_fill(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return harmonic_fill(x, d, order=2)
 
 
 def _planes_nchw(img: np.ndarray) -> np.ndarray:
@@ -194,7 +198,7 @@ class Restorer:
         if self.method == "learned":
             return batched_fill(images, dead, self._refine, self.device)
         if self.method == "fill":
-            return batched_fill(images, dead, harmonic_fill, self.device)
+            return batched_fill(images, dead, _biharmonic_fill, self.device)
         if self.inpainter is None:
             results: list[np.ndarray | Exception] = []
             for img, d in zip(images, dead, strict=True):

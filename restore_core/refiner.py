@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -34,19 +35,23 @@ class RefinerSpec:
 
     ``channels`` 1 (gray; applied to each channel of a colour image) or 3 (RGB).
     ``width`` feature channels at full resolution (doubled at each level down), ``levels``
-    number of 2x downsamplings, ``fill_iters`` conjugate-gradient iterations of the cheap fill,
+    number of 2x downsamplings, ``fill_order`` 1 (harmonic) or 2 (biharmonic) cheap fill with
+    at most ``fill_iters`` conjugate-gradient iterations,
     ``use_bases`` adds the NMF patch reconstruction of the fill as an input (needs bases).
     """
 
     channels: int = 1
     width: int = 24
     levels: int = 2
+    fill_order: int = 2
     fill_iters: int = 200
     use_bases: bool = False
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"refiner channels must be 1 or 3, got {self.channels}")
+        if self.fill_order not in (1, 2):
+            raise ValueError(f"refiner fill_order must be 1 or 2, got {self.fill_order}")
         if self.width < 4 or self.levels < 0 or self.levels > 5:
             raise ValueError(f"refiner width must be >= 4 and levels in 0..5, got {self.width}, {self.levels}")
 
@@ -93,11 +98,10 @@ class Refiner(nn.Module):
         h, w = fill.shape[-2:]
         mult = 2**self.spec.levels
         ph, pw = (-h) % mult, (-w) % mult
-        parts = [fill, dead] + ([extra] if extra is not None else [])
+        parts = [fill - 0.5, dead] + ([extra - 0.5] if extra is not None else [])  # centred inputs
         x = torch.cat(parts, dim=1)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        x = x - torch.cat([torch.full_like(fill, 0.5), torch.zeros_like(x[:, fill.shape[1] :])], dim=1)
         skips = [self.inc(x)]
         for down in self.down:
             skips.append(down(F.avg_pool2d(skips[-1], 2)))
@@ -160,8 +164,11 @@ def nmf_reconstruction(filled: torch.Tensor, dead: torch.Tensor, bases: Bases, s
 # ----------------------------------------------------------------------------- running
 
 
-def _predict(model: nn.Module, images: torch.Tensor, dead: torch.Tensor, bases: Bases | None) -> torch.Tensor:
-    """The model's unclamped prediction for every pixel (gradients flow through the net only)."""
+def _predict(
+    model: nn.Module, images: torch.Tensor, dead: torch.Tensor, bases: Bases | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's unclamped prediction for every pixel (gradients flow through the net only)
+    and the cheap fill it started from, both (B, C, H, W)."""
     spec = _spec_of(model)
     b, c, h, w = images.shape
     if spec.channels == 1 and c != 1:
@@ -169,14 +176,14 @@ def _predict(model: nn.Module, images: torch.Tensor, dead: torch.Tensor, bases: 
     elif spec.channels != images.shape[1]:
         raise ValueError(f"refiner is for {spec.channels} channels, images have {c}")
     with torch.no_grad():
-        filled = harmonic_fill(images, dead, iters=spec.fill_iters)
+        filled = harmonic_fill(images, dead, iters=spec.fill_iters, order=spec.fill_order)
         extra = None
         if spec.use_bases:
             if bases is None:
                 raise ValueError("this refiner was trained with NMF bases as an input: give the bases")
             extra = nmf_reconstruction(filled, dead, bases)
     pred = model(filled, dead.to(images.dtype), extra)
-    return pred.reshape(b, c, h, w)
+    return pred.reshape(b, c, h, w), filled.reshape(b, c, h, w)
 
 
 @torch.no_grad()
@@ -197,7 +204,7 @@ def refine(model: nn.Module, images: torch.Tensor, dead: torch.Tensor, bases: Ba
     was_training = model.training
     model.eval()
     try:
-        pred = _predict(model, images, dead.to(torch.bool), bases).clamp_(0.0, 1.0)
+        pred = _predict(model, images, dead.to(torch.bool), bases)[0].clamp_(0.0, 1.0)
     finally:
         model.train(was_training)
     return torch.where(dead.to(torch.bool), pred, images)
@@ -231,8 +238,11 @@ def random_training_mask(
     axis = torch.randint(0, 3, (b, 1, 1, 1), generator=generator, device=gdev)
     thick = torch.randint(1, 3, (b, 1, 1, 1), generator=generator, device=gdev)
     per_line = 1.0 - (1.0 - line_rate) ** (1.0 / thick.to(rate.dtype))
+    batch = torch.arange(b, device=gdev)
     rows = uni(b, 1, h, 1) < per_line
     cols = uni(b, 1, 1, w) < per_line
+    rows[batch, 0, torch.randint(0, h, (b,), generator=generator, device=gdev), 0] = True  # never none
+    cols[batch, 0, 0, torch.randint(0, w, (b,), generator=generator, device=gdev)] = True
     rows = rows | (torch.roll(rows, 1, dims=2) & (thick == 2))
     cols = cols | (torch.roll(cols, 1, dims=3) & (thick == 2))
     lines = torch.where(
@@ -247,6 +257,7 @@ def random_training_mask(
         br = line_rate[sel]
         density = 1.0 - (1.0 - br) ** (1.0 / (s * s))
         seeds = (uni(n, 1, h, w) < density).to(torch.float32)
+        seeds[torch.arange(n, device=gdev), 0, h // 2, w // 2] = 1.0  # never none (placement is random anyway)
         grown = F.max_pool2d(seeds, s, stride=1, padding=s // 2)[..., :h, :w] > 0
         blocks[sel] = grown
     mixed = (uni(b, 1, h, w) < rate * 0.5) | blocks
@@ -261,7 +272,13 @@ def training_loss(
     generator: torch.Generator,
     bases: Bases | None = None,
 ) -> torch.Tensor:
-    """Self-supervised loss on one batch: mean squared error on hidden-but-observed pixels.
+    """Self-supervised loss on one batch: squared error on hidden-but-observed pixels, relative
+    to the cheap fill's.
+
+    Each image's error on its hidden pixels is divided by the fill's error there (plus a floor
+    of 1e-5 a pixel, 50 dB), and the ratios are averaged over the images: every image, mask kind
+    and rate counts alike in dB terms, rather than large holes (large errors) drowning the
+    scattered pixels.
 
     Parameters
     ----------
@@ -273,14 +290,19 @@ def training_loss(
 
     Returns
     -------
-    scalar Tensor (differentiable in the model's parameters).
+    scalar Tensor (differentiable in the model's parameters); 1.0 = as good as the fill.
     """
     observed = observed.to(torch.bool)
     hide = random_training_mask(tuple(observed.shape), generator, images.device) & observed  # type: ignore[arg-type]
     dead = ~observed | hide
-    pred = _predict(model, images, dead, bases)
+    pred, filled = _predict(model, images, dead, bases)
     weight = hide.to(images.dtype).expand_as(images)
-    return ((pred - images) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+    err = ((pred - images) ** 2 * weight).sum(dim=(1, 2, 3))
+    base = ((filled - images) ** 2 * weight).sum(dim=(1, 2, 3)) + 1e-5 * weight.sum(dim=(1, 2, 3))
+    has = weight.sum(dim=(1, 2, 3)) > 0
+    if not bool(has.any()):
+        return (pred * 0.0).sum()
+    return (err[has] / base[has]).mean()
 
 
 def _to_nchw(images: np.ndarray) -> np.ndarray:
@@ -327,6 +349,7 @@ def train_refiner(
     device: str | torch.device = "cpu",
     crop: int = 64,
     bases: Bases | None = None,
+    time_budget_s: float = 0.0,
 ) -> nn.Module:
     """Train a refiner self-supervised on damaged images; a plain single-process loop.
 
@@ -342,18 +365,26 @@ def train_refiner(
     device : where to train
     crop : side of the random training crops (array input)
     bases : Bases, when ``spec.use_bases``
+    time_budget_s : stop after this many seconds of wall-clock time (0 = no limit); the
+        learning-rate schedule follows the elapsed share of the budget then
 
     Returns
     -------
-    the trained refiner, in eval mode, on ``device``.
+    the trained refiner, in eval mode, on ``device``, with ``steps_done`` set.
     """
     torch.manual_seed(seed)
     dev = torch.device(device)
     model = build_refiner(spec).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    t0 = time.perf_counter()
+
+    def progress_share(step: int) -> float:
+        share = step / steps
+        if time_budget_s > 0:
+            share = max(share, (time.perf_counter() - t0) / time_budget_s)
+        return min(share, 1.0)
+
+    base_lr = lr
     gen = torch.Generator().manual_seed(seed)
     if isinstance(images, np.ndarray):
         obs = np.ones(images.shape[:3], bool) if observed is None else observed
@@ -364,7 +395,13 @@ def train_refiner(
         batches = iter(images)
     model.train()
     recent: list[float] = []
+    done = 0
     for step in range(1, steps + 1):
+        share = progress_share(step - 1)
+        if share >= 1.0:
+            break
+        for group in opt.param_groups:  # cosine decay to 5 % of lr over the steps or the budget
+            group["lr"] = base_lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * share)))
         try:
             xb, mb = next(batches)
         except StopIteration:
@@ -373,9 +410,10 @@ def train_refiner(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
-        recent.append(float(loss))
+        done = step
+        recent.append(float(loss.detach()))
         if progress is not None and (step % 50 == 0 or step == steps):
             progress(step, float(np.mean(recent[-50:])))
+    model.steps_done = done  # type: ignore[assignment]
     model.eval()
     return model
