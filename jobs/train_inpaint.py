@@ -8,7 +8,7 @@ restore job does) and cuts ``train.crops_per_image`` random crops of ``train.pat
 step, ``restore_core.refiner.training_loss`` hides more of the observed pixels with random masks
 and scores the refiner on them. Workers train data-parallel (``TorchTrainer``, DDP); after each
 epoch rank 0 logs one line (train loss; on held-out images, the PSNR of hidden pixels for the
-refiner and for the harmonic fill it starts from) and reports a checkpoint to
+refiner and for the cheap fill it starts from) and reports a checkpoint to
 ``checkpoints.path`` (default ``<output>/checkpoints``); a killed run resumes from it when rerun.
 """
 
@@ -159,15 +159,26 @@ def train_loop(config: dict[str, Any]) -> None:
     def to_batch(batch: dict[str, Any]) -> tuple[Any, Any]:
         return batch["image"].to(device).float(), batch["observed"].to(device) > 0
 
+    # Cosine decay of the step size to 5 % of train.lr over the whole run (as train_refiner
+    # does), a function of the epoch and step only, so a resumed run follows the same schedule.
+    steps_per_epoch = max(1, math.ceil(config["train_crops"] / world / t.batch_size))
+
+    def set_lr(epoch: int, step: int) -> None:
+        share = min(1.0, ((epoch - 1) + step / steps_per_epoch) / t.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = t.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * share)))
+
     for epoch in range(start + 1, t.epochs + 1):
         t0 = time.perf_counter()
         # Hidden pixels differ every epoch, on every worker, and again after a resume.
         gen = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + epoch * 1009 + rank)
         model.train()
         loss_sum, n_train = 0.0, 0
-        for batch in train_shard.iter_torch_batches(
+        batches = train_shard.iter_torch_batches(
             batch_size=t.batch_size, local_shuffle_buffer_size=max(4 * t.batch_size, 256)
-        ):
+        )
+        for step, batch in enumerate(batches):
+            set_lr(epoch, step)
             images, observed = to_batch(batch)
             loss = rf.training_loss(model, images, observed, gen, bases=bases)
             optimizer.zero_grad(set_to_none=True)
@@ -188,7 +199,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     dead = ~observed | hide
                     weight = hide.expand_as(images).float()
                     pred = rf.refine(base, images, dead, bases=bases)
-                    fill = harmonic_fill(images, dead)
+                    fill = harmonic_fill(images, dead, iters=spec.fill_iters, order=spec.fill_order)
                     sse_model += float((((pred - images) ** 2) * weight).sum())
                     sse_fill += float((((fill - images) ** 2) * weight).sum())
                     n_hidden += float(weight.sum())
@@ -207,9 +218,9 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             # print, not logging: Ray forwards worker stdout to the driver's console as it happens.
             print(
-                f"[{JOB}] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.5f}  "
+                f"[{JOB}] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.4f} (fill = 1)  "
                 f"val hidden-pixel PSNR {metrics['val_psnr_hidden']:.2f} dB "
-                f"(harmonic fill {metrics['val_psnr_hidden_fill']:.2f})  {int(sums[1])} crops  "
+                f"(its fill alone {metrics['val_psnr_hidden_fill']:.2f})  {int(sums[1])} crops  "
                 f"{metrics['epoch_seconds']:.1f} s",
                 flush=True,
             )
@@ -353,6 +364,7 @@ def run(cfg: TrainInpaintConfig) -> Summary:
         "spec": dataclasses.asdict(spec),
         "bases": ray.put(bases) if bases is not None else None,
         "has_val": "val" in parts,
+        "train_crops": counts["train"],
         "meta": meta,
     }
     checkpoint, checkpoint_url = training.fit(train_loop, loop_config, parts, cfg.workers, place, cfg.checkpoints.keep)
@@ -374,7 +386,7 @@ def run(cfg: TrainInpaintConfig) -> Summary:
         [h["epoch"], h["train_loss"], h["val_psnr_hidden"], h["val_psnr_hidden_fill"], h["epoch_seconds"]]
         for h in history
     ]
-    table = format_table(["epoch", "train loss", "val PSNR hidden", "harmonic fill", "seconds"], rows)
+    table = format_table(["epoch", "train loss", "val PSNR hidden px", "fill alone", "seconds"], rows)
     return Summary(
         job=JOB,
         values={
@@ -385,7 +397,7 @@ def run(cfg: TrainInpaintConfig) -> Summary:
             "bases": cfg.bases or "none",
             "workers": training.describe_workers(cfg.workers),
             "val PSNR hidden px (dB)": last.get("val_psnr_hidden", float("nan")),
-            "harmonic fill PSNR (dB)": last.get("val_psnr_hidden_fill", float("nan")),
+            "fill alone PSNR (dB)": last.get("val_psnr_hidden_fill", float("nan")),
             "content hash": written["fingerprint"],
             "seconds": time.perf_counter() - t0,
         },
