@@ -215,24 +215,18 @@ def train_loop(config: dict[str, Any]) -> None:
             "train_seconds": train_seconds,
         }
         history.append(metrics)
-        if rank == 0:
-            # print, not logging: Ray forwards worker stdout to the driver's console as it happens.
-            print(
-                f"[{JOB}] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.4f} (fill = 1)  "
-                f"val hidden-pixel PSNR {metrics['val_psnr_hidden']:.2f} dB "
-                f"(its fill alone {metrics['val_psnr_hidden_fill']:.2f})  {int(sums[1])} crops  "
-                f"{metrics['epoch_seconds']:.1f} s",
-                flush=True,
-            )
-            import tempfile
+        line = (
+            f"[{JOB}] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.4f} (fill = 1)  "
+            f"val hidden-pixel PSNR {metrics['val_psnr_hidden']:.2f} dB "
+            f"(its fill alone {metrics['val_psnr_hidden_fill']:.2f})  {int(sums[1])} crops  "
+            f"{metrics['epoch_seconds']:.1f} s"
+        )
 
-            with tempfile.TemporaryDirectory() as tmp:
-                meta = {**config["meta"], "training": {**config["meta"]["training"], "epoch": epoch}}
-                save_refiner(refiner_artifact(base, spec, **meta), tmp)
-                training.save_train_state(tmp, optimizer, None, epoch, history)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        def write_model(folder: str, epoch: int = epoch) -> None:
+            meta = {**config["meta"], "training": {**config["meta"]["training"], "epoch": epoch}}
+            save_refiner(refiner_artifact(base, spec, **meta), folder)
+
+        training.report_epoch(line, metrics, write_model, optimizer, None, history)
 
 
 def _psnr(sse: float, n: float) -> float:

@@ -133,7 +133,7 @@ def train_loop(config: dict[str, Any]) -> None:
     cfg = from_dict(TrainSRConfig, config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    world = ctx.get_world_size()
     torch.manual_seed(t.seed)  # same initial weights on every worker (DDP also broadcasts them)
     device = ray.train.torch.get_device()
     base = sr.SRNet(cfg.net.channels, cfg.net.residual)
@@ -184,31 +184,27 @@ def train_loop(config: dict[str, Any]) -> None:
             "train_seconds": train_seconds,
         }
         history.append(metrics)
-        if rank == 0:
-            # print, not logging: Ray forwards worker stdout to the driver's console as it happens.
-            print(
-                f"[train-sr] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.5f}  "
-                f"val loss {metrics['val_loss']:.5f}  val PSNR {metrics['val_psnr']:.2f} dB "
-                f"(bicubic {metrics['val_psnr_bicubic']:.2f}, input {metrics['val_psnr_input']:.2f})  "
-                f"{metrics['epoch_seconds']:.1f} s",
-                flush=True,
+        line = (
+            f"[train-sr] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.5f}  "
+            f"val loss {metrics['val_loss']:.5f}  val PSNR {metrics['val_psnr']:.2f} dB "
+            f"(bicubic {metrics['val_psnr_bicubic']:.2f}, input {metrics['val_psnr_input']:.2f})  "
+            f"{metrics['epoch_seconds']:.1f} s"
+        )
+
+        def write_model(folder: str, epoch: int = epoch, metrics: dict[str, Any] = metrics) -> None:
+            sr.save_model(
+                base,
+                cfg.degrade,
+                folder,
+                epoch=epoch,
+                val_psnr=metrics["val_psnr"],
+                val_psnr_bicubic=metrics["val_psnr_bicubic"],
+                val_psnr_input=metrics["val_psnr_input"],
+                history=history,
+                train_config=config["cfg_public"],
             )
-            with tempfile.TemporaryDirectory() as tmp:
-                sr.save_model(
-                    base,
-                    cfg.degrade,
-                    tmp,
-                    epoch=epoch,
-                    val_psnr=metrics["val_psnr"],
-                    val_psnr_bicubic=metrics["val_psnr_bicubic"],
-                    val_psnr_input=metrics["val_psnr_input"],
-                    history=history,
-                    train_config=config["cfg_public"],
-                )
-                training.save_train_state(tmp, state.optimizer, state.scaler, epoch, history)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+
+        training.report_epoch(line, metrics, write_model, state.optimizer, state.scaler, history)
 
 
 # ----------------------------------------------------------------------------- driver

@@ -183,6 +183,32 @@ def save_train_state(folder: str, optimizer: Any, scaler: Any, epoch: int, histo
         json.dump({"epoch": epoch, "history": history}, f)
 
 
+def report_epoch(
+    line: str,
+    metrics: dict[str, Any],
+    write_model: Callable[[str], None],
+    optimizer: Any,
+    scaler: Any,
+    history: list[dict[str, Any]],
+) -> None:
+    """On every Ray Train worker after an epoch: report ``metrics``; rank 0 also prints ``line``
+    and reports a checkpoint made of the model files (``write_model(folder)``), the optimiser
+    state and the progress."""
+    import tempfile
+
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    # print, not logging: Ray forwards worker stdout to the driver's console as it happens.
+    print(line, flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        write_model(folder)
+        save_train_state(folder, optimizer, scaler, int(metrics["epoch"]), history)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
 def resume_train_state(
     job: str, optimizer: Any, scaler: Any, load_weights: Callable[[str], None]
 ) -> tuple[int, list[dict[str, Any]]]:
