@@ -260,7 +260,8 @@ def run(cfg: RestoreConfig) -> Summary:
         needs_bases = bool(refiner.bases_fingerprint)
     else:
         needs_bases = cfg.fit.method in ("nmf", "seed") or (cfg.fit.method == "auto" and bool(cfg.bases))
-    bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases else None
+    # (bases "" with a refiner that takes bases: check_refiner_bases says so in its words)
+    bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases and cfg.bases else None
     check_refiner_bases(cfg, refiner, bases)
     sr_artifact = load_sr_artifact(cfg)
     # restore.only_flagged: restore the rows a quality run flagged, pass the others through.

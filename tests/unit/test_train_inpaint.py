@@ -138,3 +138,22 @@ def test_checkpoint_place_refuses_other_settings_and_can_start_afresh(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match=r"cannot use .* for checkpoints"):
         training.checkpoint_place("job", TrainCheckpointConfig(path=str(tmp_path / "file" / "sub")), out, {}, {})
+
+
+def test_restore_refuses_a_refiner_with_other_bases_than_it_was_trained_with():
+    from jobs.restore import check_refiner_bases
+    from restore_core.config import RestoreConfig
+    from restore_core.io.artifacts import Bases, BasesMeta
+    from restore_core.io.refiners import RefinerArtifact
+
+    meta = BasesMeta(mode="patch", k=2, n_pixels=4, channels=1, patch_size=2)
+    bases = Bases(np.ones((2, 4), np.float32), meta)
+    cfg = RestoreConfig(refiner="r", bases="b")
+    with_bases = RefinerArtifact({}, {"bases_fingerprint": bases.fingerprint()})
+    check_refiner_bases(cfg, with_bases, bases)  # the same bases: fine
+    check_refiner_bases(cfg, RefinerArtifact({}, {}), None)  # a refiner without bases needs none
+    other = Bases(np.full((2, 4), 2.0, np.float32), meta)
+    with pytest.raises(UserError, match="trained with other bases"):
+        check_refiner_bases(cfg, with_bases, other)
+    with pytest.raises(UserError, match="takes NMF bases as an input"):
+        check_refiner_bases(cfg, with_bases, None)
