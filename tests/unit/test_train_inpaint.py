@@ -2,6 +2,7 @@
 (jobs/training.py) that train-sr shares."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from restore_core.errors import ConfigError, UserError
 from tests.conftest import png_bytes
 
 BASE = {"input": {"path": "data"}, "output": "out"}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(**sections):
@@ -25,7 +27,7 @@ def _cfg(**sections):
 
 
 def test_the_shipped_config_loads_and_passes_the_checks():
-    cfg = load_config(TrainInpaintConfig, "configs/train_inpaint.yaml", ["input.path=x"])
+    cfg = load_config(TrainInpaintConfig, REPO / "configs" / "train_inpaint.yaml", ["input.path=x"])
     train_inpaint.check_config(cfg)
     spec = train_inpaint.make_spec(cfg)
     assert spec.channels == 1 and not spec.use_bases
