@@ -29,7 +29,7 @@ import numpy as np
 from jobs import training
 from jobs.common import Summary, format_table
 from restore_core import codec, masks
-from restore_core.config import TrainInpaintConfig, from_dict, to_dict
+from restore_core.config import TrainInpaintConfig, check_ranges, from_dict, to_dict
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io import datasets
 from restore_core.io.artifacts import load_bases
@@ -241,38 +241,18 @@ def _psnr(sse: float, n: float) -> float:
 
 def check_config(cfg: TrainInpaintConfig) -> None:
     """Refuse settings that cannot work, with one line naming the key."""
-    t = cfg.train
+    check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
     if not cfg.input.path:
         raise UserError("input.path is empty: point it at the (damaged) images to learn from")
     if not cfg.output:
         raise UserError("output is empty: set it to the folder where the refiner will be written")
-    if t.epochs < 1:
-        raise UserError(f"train.epochs must be >= 1, got {t.epochs}")
-    if t.batch_size < 1:
-        raise UserError(f"train.batch_size must be >= 1, got {t.batch_size}")
-    if not 0.0 < t.lr <= 1.0:
-        raise UserError(f"train.lr must be in (0, 1], got {t.lr}")
-    if not 8 <= t.patch_size <= 1024:
-        raise UserError(f"train.patch_size must be in [8, 1024], got {t.patch_size}")
-    if t.crops_per_image < 1:
-        raise UserError(f"train.crops_per_image must be >= 1, got {t.crops_per_image}")
-    if not 0.0 <= t.val_fraction < 1.0:
-        raise UserError(f"train.val_fraction must be in [0, 1), got {t.val_fraction}")
-    if cfg.checkpoints.keep < 1:
-        raise UserError(f"checkpoints.keep must be >= 1, got {cfg.checkpoints.keep}")
-    if cfg.workers.num_workers < 1:
-        raise UserError(f"workers.num_workers must be >= 1, got {cfg.workers.num_workers}")
-    if cfg.workers.cpus_per_worker <= 0:
-        raise UserError(f"workers.cpus_per_worker must be > 0, got {cfg.workers.cpus_per_worker}")
     if cfg.workers.use_gpu and cfg.workers.gpus_per_worker <= 0:
         raise UserError(f"workers.gpus_per_worker must be > 0 with use_gpu, got {cfg.workers.gpus_per_worker}")
     known = {f.name for f in dataclasses.fields(RefinerSpec)} - {"channels"}
     unknown = sorted(set(cfg.net) - known)
     if unknown:
-        hint = "set channels (auto | gray | rgb), not net.channels" if unknown[0] == "channels" else ""
-        raise UserError(
-            f"unknown key net.{unknown[0]} (known: {', '.join(sorted(known))}){'; ' + hint if hint else ''}"
-        )
+        hint = "; set channels (gray | rgb), not net.channels" if unknown[0] == "channels" else ""
+        raise UserError(f"unknown key net.{unknown[0]} (known: {', '.join(sorted(known))}){hint}")
 
 
 def make_spec(cfg: TrainInpaintConfig) -> RefinerSpec:
