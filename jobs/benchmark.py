@@ -184,7 +184,7 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jobs.learn_bases import build_rows
+    from jobs.learn_bases import build_rows, check_training_rows
 
     meta = bases.meta if bases is not None else None
     rgb = bool(meta and meta.channels == 3)
@@ -202,6 +202,7 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
         from restore_core.config import LearnBasesConfig
 
         X = build_rows(train, LearnBasesConfig(nmf=lcfg))
+        check_training_rows(X, k, "the k study's training crops")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", nmf.ConvergenceWarning)
             res = nmf.learn_bases(
@@ -243,6 +244,11 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
 
 
 def run(cfg: BenchmarkConfig) -> Summary:
+    if cfg.k_values and max(cfg.k_values) > cfg.nmf.n_samples:
+        raise UserError(
+            f"k_values holds k={max(cfg.k_values)}, more bases than the nmf.n_samples={cfg.nmf.n_samples} training "
+            "rows can give; lower it or raise nmf.n_samples"
+        )
     needs_bases = any(m in ("nmf", "seed") for m in cfg.methods)
     bases = load_bases(cfg.bases) if (cfg.bases or needs_bases) else None
     images = _clean_images(cfg, bases)

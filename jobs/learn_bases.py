@@ -20,7 +20,7 @@ import numpy as np
 from jobs import ray_utils
 from jobs.common import Summary
 from restore_core import codec, nmf, sampling
-from restore_core.config import LearnBasesConfig
+from restore_core.config import LearnBasesConfig, check_ranges
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io.artifacts import Bases, BasesMeta, data_fingerprint, save_bases
@@ -98,6 +98,19 @@ def sample_rows(batch: dict[str, np.ndarray], cfg: LearnBasesConfig, per_image: 
     }
 
 
+def check_training_rows(X: np.ndarray, k: int, where: str) -> None:
+    """Refuse, before training, rows that cannot give bases: fewer rows than bases, or no signal
+    (every value the same: all-black or constant images, which would save k copies of nothing)."""
+    if X.shape[0] < k:
+        raise UserError(f"only {X.shape[0]} training rows from {where} for nmf.k={k} bases; lower nmf.k or add images")
+    lo, hi = float(X.min()), float(X.max())
+    if hi - lo <= 1e-6:
+        raise UserError(
+            f"the training images from {where} hold no signal: every sampled pixel is {hi:.3g} (all black or one "
+            "flat colour?); learn bases from real, clean images"
+        )
+
+
 def _learn(X: np.ndarray, cfg: LearnBasesConfig, device: str) -> nmf.NMFResult:
     n = cfg.nmf
 
@@ -124,8 +137,12 @@ def run(cfg: LearnBasesConfig) -> Summary:
         raise UserError("input.path is empty: point it at clean images (Parquet or a folder)")
     if not cfg.output:
         raise UserError("output is empty: set it to the folder where the bases will be written")
-    if cfg.nmf.n_samples < 1 or cfg.nmf.k < 1:
-        raise UserError("nmf.n_samples and nmf.k must be >= 1")
+    check_ranges(cfg)  # configs built in code skip the loader's checks: nmf.max_iter 0, k 0, ...
+    if cfg.nmf.k > cfg.nmf.n_samples:
+        raise UserError(
+            f"nmf.k={cfg.nmf.k} is more bases than the nmf.n_samples={cfg.nmf.n_samples} training rows can give; "
+            "lower nmf.k or raise nmf.n_samples"
+        )
     t0 = time.perf_counter()
     ray_utils.init_ray(cfg.ray)
     import ray
@@ -165,8 +182,7 @@ def run(cfg: LearnBasesConfig) -> Summary:
     if X.shape[0] > cfg.nmf.n_samples:
         X = X[np.sort(rng.choice(X.shape[0], cfg.nmf.n_samples, replace=False))]
     used_images = len(set(ids))
-    if X.shape[0] < cfg.nmf.k:
-        log.warning("only %d training rows for k=%d bases", X.shape[0], cfg.nmf.k)
+    check_training_rows(X, cfg.nmf.k, cfg.input.path)
     t_read = time.perf_counter() - t0
 
     _, gpus = ray_utils.cluster_resources()

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from jobs.common import Summary, format_table
 from jobs.ray_utils import actor_pool_args, arrow_filesystem, init_ray, is_process_local, pool_size, read_dataset
 from restore_core import report
-from restore_core.config import QualityConfig, to_dict
+from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns
@@ -78,6 +78,7 @@ def _read_shards(fs: Any, folder: str) -> pa.Table:
 
 
 def run(cfg: QualityConfig) -> Summary:
+    check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
     if not cfg.output:
         raise UserError("output is empty: set it to the folder that holds the quality runs (run=<date>/ go inside)")
     if is_process_local(cfg.output):

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 import ray.data
 
@@ -98,8 +97,10 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
         return ray.data.from_arrow(pa.Table.from_pylist(rows))
     fs, root = arrow_filesystem(input_cfg.path, input_cfg.storage_options)
     if input_cfg.format == "parquet":
-        _check_parquet_columns(fs, files[0], (idc, imc))
-        ds = ray.data.read_parquet(files, filesystem=fs)
+        # Every file's footer: missing columns fail here, and files whose column types differ
+        # are read as one schema (ids as strings, missing columns null) instead of failing mid-job.
+        schema = datasets.parquet_input_schema(input_cfg.path, input_cfg.storage_options, idc, imc)
+        ds = ray.data.read_parquet(files, filesystem=fs, **({"schema": schema} if schema is not None else {}))
     else:
         ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
         base = root if not fs.get_file_info(root).is_file else posixpath.dirname(root)
@@ -111,17 +112,6 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     if input_cfg.limit:
         ds = ds.limit(input_cfg.limit)
     return ds
-
-
-def _check_parquet_columns(fs: pafs.FileSystem, path: str, needed: tuple[str, ...]) -> None:
-    try:
-        with fs.open_input_file(path) as f:
-            names = pq.read_schema(f).names
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise UserError(f"cannot read the Parquet file {path} ({exc}); check input.path and credentials") from None
-    missing = [c for c in needed if c not in names]
-    if missing:
-        raise UserError(f"{path} has no column(s) {missing} (columns: {names}); set input.id_column/image_column")
 
 
 def _binary_to_rows(table: pa.Table, root: str, id_column: str, image_column: str) -> pa.Table:

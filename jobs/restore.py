@@ -31,7 +31,7 @@ import pyarrow as pa
 from jobs import ray_utils
 from jobs.common import Summary
 from restore_core import checks
-from restore_core.config import RestoreConfig, to_dict
+from restore_core.config import RestoreConfig, check_ranges, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.io import shards as shard_io
@@ -63,6 +63,7 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
 
 def check_config(cfg: RestoreConfig) -> None:
     """Refuse configurations that cannot work, with one line naming the key to fix."""
+    check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
     if not cfg.input.path:
         raise UserError("input.path is empty: point it at the images to restore (Parquet files or a folder)")
     if not cfg.output.path:
@@ -104,14 +105,16 @@ def sr_apply_from_artifact(artifact: Any, cfg: RestoreConfig) -> Callable[[np.nd
 # ----------------------------------------------------------------------------- Ray stages
 
 
-def read_shards(batch: dict[str, np.ndarray], cfg: RestoreConfig, rows_per_block: int) -> Iterator[pa.Table]:
+def read_shards(
+    batch: dict[str, np.ndarray], cfg: RestoreConfig, rows_per_block: int, schema: pa.Schema | None = None
+) -> Iterator[pa.Table]:
     """Ray Data stage: shard descriptors in, the shards' rows out (in blocks of bounded size)."""
     for i in range(len(batch["index"])):
         t0 = time.perf_counter()
         shard = shard_io.Shard(
             int(batch["index"][i]), tuple(batch["files"][i]), int(batch["row_start"][i]), int(batch["row_end"][i])
         )
-        table = shard_io.read_shard(shard, cfg.input)
+        table = shard_io.read_shard(shard, cfg.input, schema)
         per_row = (time.perf_counter() - t0) / max(table.num_rows, 1)
         table = table.append_column(READ_S_COL, pa.array(np.full(table.num_rows, per_row)))
         for start in range(0, table.num_rows, rows_per_block):
@@ -216,6 +219,7 @@ def run(cfg: RestoreConfig) -> Summary:
     plan = shard_io.plan_shards(cfg.input, cfg.output.rows_per_shard)
     if not plan:
         raise UserError(f"no rows in {cfg.input.path} (every Parquet file is empty?)")
+    schema = shard_io.input_schema(cfg.input)  # files whose column types differ: read as one schema
     needs_bases = cfg.fit.method in ("nmf", "seed") or (cfg.fit.method in ("auto", "learned") and bool(cfg.bases))
     bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases else None
     sr_artifact = load_sr_artifact(cfg)
@@ -260,7 +264,7 @@ def run(cfg: RestoreConfig) -> Summary:
     if pending:
         out.clear_tmp()
         t0 = time.perf_counter()
-        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress, flagged)
+        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress, flagged, schema)
         t_pipeline = time.perf_counter() - t0
     else:
         log.info("all %d shards of %s are committed; nothing to do", len(plan), cfg.output.path)
@@ -330,6 +334,7 @@ def _run_pipeline(
     sr_artifact: Any,
     progress: _Progress,
     flagged: frozenset[str] | None = None,
+    schema: pa.Schema | None = None,
 ) -> tuple[int, str]:
     """Run the Ray stream over the pending shards and commit each as soon as it is complete."""
     import ray
@@ -354,7 +359,7 @@ def _run_pipeline(
         ds = ray.data.from_arrow(
             [
                 t.append_column(READ_S_COL, pa.array(np.zeros(t.num_rows)))
-                for t in (shard_io.read_shard(s, cfg.input) for s in pending)
+                for t in (shard_io.read_shard(s, cfg.input, schema) for s in pending)
             ]
         )
     else:
@@ -364,7 +369,7 @@ def _run_pipeline(
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             read_shards,
-            fn_kwargs={"cfg": cfg, "rows_per_block": rows_per_block},
+            fn_kwargs={"cfg": cfg, "rows_per_block": rows_per_block, "schema": schema},
             batch_size=1,
             batch_format="numpy",
             **light,

@@ -1,13 +1,23 @@
 """Typed, frozen configuration objects and a strict loader.
 
-Every job has one dataclass tree. ``load_config`` reads YAML with ``yaml.safe_load``,
-applies ``--set a.b=c`` overrides, rejects unknown keys and wrong types, and names the
-key at fault in one line (:class:`~restore_core.errors.ConfigError`).
+Every job has one dataclass tree. ``load_config`` reads YAML with a safe loader (no tags run),
+applies ``--set a.b=c`` overrides, rejects unknown keys, wrong types, NaN/Inf and numbers
+outside their declared range, and names the key at fault in one line
+(:class:`~restore_core.errors.ConfigError`).
+
+Every number has its range declared next to it with :func:`ranged` (in the spirit of
+scikit-learn's ``_parameter_constraints``); :func:`from_dict` checks them all, in one place,
+before any job starts Ray. Values users write naturally are read as they mean them: ``1e-4``
+is a number (YAML 1.1 would read a string) and ``2024-06-30`` stays the text it is (YAML 1.1
+would read a date).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,6 +29,55 @@ import yaml
 from restore_core.errors import ConfigError
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The closed or open interval a number (or each number of a list) must lie in."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is refused
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        left = "(" if self.low is None or self.low_open else "["
+        right = ")" if self.high is None or self.high_open else "]"
+        return f"{left}{lo}, {hi}{right}"
+
+
+def ranged(
+    default: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """A dataclass field holding a number that must lie in a range."""
+    return dataclasses.field(default=default, metadata=each_in(low, high, low_open=low_open, high_open=high_open))
+
+
+def each_in(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> dict[str, Range]:
+    """Field metadata: the number, or each number of a list, must lie in this range."""
+    return {"range": Range(low, high, low_open, high_open)}
+
+
+def field_range(field: dataclasses.Field[Any]) -> Range | None:
+    """The declared range of a config field, or None."""
+    rng = field.metadata.get("range")
+    return rng if isinstance(rng, Range) else None
 
 
 # ----------------------------------------------------------------------------- sections
@@ -34,7 +93,7 @@ class InputConfig:
     image_column: str = "image"
     reference_column: str = "reference"  # optional clean image, for full-reference metrics
     mask_column: str = "mask"  # optional PNG, non-zero = dead; wins over detection
-    limit: int = 0  # 0 = all rows
+    limit: int = ranged(0, 0)  # 0 = all rows
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -44,13 +103,13 @@ class OutputConfig:
 
     path: str = ""
     overwrite: bool = False
-    rows_per_shard: int = 0  # 0 = one output shard per input file
+    rows_per_shard: int = ranged(0, 0)  # 0 = one output shard per input file
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    max_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
+    max_pixels: int = ranged(64_000_000, 1)  # refuse larger images (decompression bombs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,24 +117,24 @@ class MaskConfig:
     """How dead pixels are found when no mask column is given."""
 
     rule: Literal["zero", "saturated", "zero_or_saturated"] = "zero"
-    saturated_level: float = 1.0  # a pixel whose every channel is >= this is saturated
-    ignore_zero_regions_larger_than: int = 0  # 0 = off; connected dead areas larger are kept
+    saturated_level: float = ranged(1.0, 0.0, 1.0, low_open=True)  # a pixel whose every channel is >= this is saturated
+    ignore_zero_regions_larger_than: int = ranged(0, 0)  # 0 = off; connected dead areas larger are kept
 
 
 @dataclasses.dataclass(frozen=True)
 class NMFLearnConfig:
     mode: Literal["global", "patch"] = "patch"
-    k: int = 256  # number of bases
-    patch_size: int = 8  # patch mode: p x p patches
-    image_size: int = 100  # global mode: images are resized to image_size x image_size
+    k: int = ranged(256, 1)  # number of bases
+    patch_size: int = ranged(8, 1, 256)  # patch mode: p x p patches
+    image_size: int = ranged(100, 1, 4096)  # global mode: images are resized to image_size x image_size
     channels: Literal["gray", "rgb"] = "gray"
-    l1: float = 0.0  # L1 penalty on the weights (sparsity), per image, on the 0.5*SSE scale
+    l1: float = ranged(0.0, 0.0)  # L1 penalty on the weights (sparsity), per image, on the 0.5*SSE scale
     solver: Literal["hals", "mu"] = "hals"
-    max_iter: int = 200
-    tol: float = 1e-4
-    batch_size: int = 0  # 0 = full batch; > 0 = online mini-batch updates
-    n_samples: int = 20_000  # images (global) or patches (patch) sampled for training
-    seed: int = 0
+    max_iter: int = ranged(200, 1)  # epochs at most
+    tol: float = ranged(1e-4, 0.0)
+    batch_size: int = ranged(0, 0)  # 0 = full batch; > 0 = online mini-batch updates
+    n_samples: int = ranged(20_000, 1)  # images (global) or patches (patch) sampled for training
+    seed: int = ranged(0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,41 +143,42 @@ class FitConfig:
 
     # auto = learned when a refiner is given, else nmf when bases are given, else fill
     method: Literal["auto", "learned", "nmf", "seed", "fill", "biharmonic", "median", "none"] = "auto"
-    stride: int = 2  # patch mode: distance between overlapping patches
-    l1: float = 0.0
-    max_iter: int = 300
-    tol: float = 1e-3  # 1e-4 gains ~0.01 dB for 1.4x the time (docs/nmf.md)
+    stride: int = ranged(2, 1)  # patch mode: distance between overlapping patches
+    l1: float = ranged(0.0, 0.0)
+    max_iter: int = ranged(300, 1)
+    tol: float = ranged(1e-3, 0.0)  # 1e-4 gains ~0.01 dB for 1.4x the time (docs/nmf.md)
     keep_observed: bool = True  # False = the write-up's full reconstruction
     masked: bool = True  # False = fit against every pixel, dead ones included (the write-up)
-    prior: float = 0.05  # weight pulling dead pixels towards the prior fill in the fit; 0 = off
+    prior: float = ranged(0.05, 0.0)  # weight pulling dead pixels towards the prior fill in the fit; 0 = off
     prior_fill: Literal["smooth", "biharmonic"] = "biharmonic"  # the fill the prior pulls towards (docs/nmf.md)
-    refine: int = 0  # patch mode: refits with the previous result as the prior's target
-    seed_lr: float = 0.0  # method seed: learning rate; 0 = 1/L (the largest stable step)
-    seed_iter: int = 500
-    chunk_size: int = 65_536  # patches fitted per solver call (memory bound)
+    min_observed_fraction: float = ranged(0.0, 0.0, 1.0)  # rows observing a smaller share, or none, are errors
+    refine: int = ranged(0, 0)  # patch mode: refits with the previous result as the prior's target
+    seed_lr: float = ranged(0.0, 0.0)  # method seed: learning rate; 0 = 1/L (the largest stable step)
+    seed_iter: int = ranged(500, 1)
+    chunk_size: int = ranged(65_536, 1)  # patches fitted per solver call (memory bound)
 
 
 @dataclasses.dataclass(frozen=True)
 class SRConfig:
     enabled: bool = False
     model: str = ""  # folder with model.safetensors + meta.json
-    scale: float = 1.0  # > 1: enlarge by this factor, then apply the CNN
-    tile: int = 512  # tile size for inference on large images
-    tile_overlap: int = 16  # pixels of context around each tile (>= the net's receptive radius: no seams)
+    scale: float = ranged(1.0, 0.0, 16.0, low_open=True)  # > 1: enlarge by this factor, then apply the CNN
+    tile: int = ranged(512, 1)  # tile size for inference on large images
+    tile_overlap: int = ranged(16, 0)  # pixels of context around each tile (>= the net's receptive radius: no seams)
     color: Literal["y", "per_channel"] = "y"  # RGB: CNN on luminance only, or on each channel
     amp: bool = True  # mixed precision (float16 autocast) when running on CUDA
-    batch_tiles: int = 16  # tiles per forward pass
+    batch_tiles: int = ranged(16, 1)  # tiles per forward pass
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the model URL
 
 
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
     address: str = ""  # "" = start Ray in-process (or join $RAY_ADDRESS); "auto" = connect to a running cluster
-    num_cpus: int = 0  # in-process Ray only: CPUs it may use; 0 = every core of this machine
-    num_actors: int = 0  # 0 = derive from the cluster's resources
-    num_cpus_per_actor: float = 0.5
-    num_gpus_per_actor: float = 0.0  # whole or fractional; 0 = CPU actors
-    batch_size: int = 16  # rows per map_batches call
+    num_cpus: int = ranged(0, 0)  # in-process Ray only: CPUs it may use; 0 = every core of this machine
+    num_actors: int = ranged(0, 0)  # 0 = derive from the cluster's resources
+    num_cpus_per_actor: float = ranged(0.5, 0.0, low_open=True)
+    num_gpus_per_actor: float = ranged(0.0, 0.0)  # whole or fractional; 0 = CPU actors
+    batch_size: int = ranged(16, 1)  # rows per map_batches call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +210,7 @@ class RestoreConfig:
 class SRDegradeConfig:
     """How training inputs are made: shrink by ``scale`` then enlarge back (the write-up: 28->10->28)."""
 
-    scale: float = 2.8  # shrink factor; the small side is round(side / scale)
+    scale: float = ranged(2.8, 1.0, 64.0, low_open=True)  # shrink factor; the small side is round(side / scale)
     filter: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"
     align_corners: bool = True  # bilinear/bicubic grid convention (Chainer's resize_images: true)
     antialias: bool = False  # low-pass before shrinking (bilinear/bicubic only)
@@ -160,7 +220,9 @@ class SRDegradeConfig:
 class SRNetConfig:
     """The CNN: 3x3 conv + BatchNorm + ReLU per hidden width, then a 3x3 conv to 1 channel."""
 
-    channels: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])  # the write-up
+    channels: list[int] = dataclasses.field(
+        default_factory=lambda: [16, 32, 64], metadata=each_in(1, 4096)
+    )  # the write-up
     residual: bool = False  # True: predict the detail added to the input; False: sigmoid output
 
 
@@ -168,31 +230,31 @@ class SRNetConfig:
 class DigitsConfig:
     """Generated digit-like images, used when ``input.path`` is empty."""
 
-    n_train: int = 60_000
-    n_val: int = 10_000
-    size: int = 28
-    seed: int = 0
+    n_train: int = ranged(60_000, 1)
+    n_val: int = ranged(10_000, 1)
+    size: int = ranged(28, 4, 4096)
+    seed: int = ranged(0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class SRTrainLoopConfig:
-    epochs: int = 10
-    batch_size: int = 64  # per worker
-    lr: float = 1e-3  # Adam (Chainer's default alpha)
+    epochs: int = ranged(10, 1)
+    batch_size: int = ranged(64, 1)  # per worker
+    lr: float = ranged(1e-3, 0.0, low_open=True)  # Adam (Chainer's default alpha)
     amp: bool = True  # float16 autocast + grad scaling on CUDA; ignored on CPU
-    seed: int = 0
-    val_fraction: float = 0.1  # dataset input: share of images held out for validation PSNR
-    patch_size: int = 48  # dataset input: training patch side (images smaller are padded)
-    patches_per_image: int = 8  # dataset input
+    seed: int = ranged(0, 0)
+    val_fraction: float = ranged(0.1, 0.0, 1.0, high_open=True)  # dataset input: share held out for validation PSNR
+    patch_size: int = ranged(48, 4, 4096)  # dataset input: training patch side (images smaller are padded)
+    patches_per_image: int = ranged(8, 1)  # dataset input
     cache_patches: bool = True  # dataset input: cut patches once, keep them in Ray's object store (spills to disk)
 
 
 @dataclasses.dataclass(frozen=True)
 class SRWorkersConfig:
-    num_workers: int = 2
+    num_workers: int = ranged(2, 1)
     use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # < 1 leaves CPUs for Ray Data's tasks on small machines
-    gpus_per_worker: float = 1.0  # with use_gpu
+    cpus_per_worker: float = ranged(0.5, 0.0, low_open=True)  # < 1 leaves CPUs for Ray Data's tasks on small machines
+    gpus_per_worker: float = ranged(1.0, 0.0)  # with use_gpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,12 +275,14 @@ class BenchmarkConfig:
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
     bases: str = ""
     output: str = "bench_out"
-    rates: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.5, 0.7])
+    rates: list[float] = dataclasses.field(
+        default_factory=lambda: [0.3, 0.5, 0.7], metadata=each_in(0.0, 1.0, high_open=True)
+    )
     methods: list[str] = dataclasses.field(default_factory=lambda: ["seed", "nmf", "biharmonic", "median"])
-    k_values: list[int] = dataclasses.field(default_factory=list)  # PSNR-vs-k study; [] = off
+    k_values: list[int] = dataclasses.field(default_factory=list, metadata=each_in(1))  # PSNR-vs-k study; [] = off
     weight_histogram: bool = True
-    n_images: int = 16
-    seed: int = 0
+    n_images: int = ranged(16, 1)
+    seed: int = ranged(0, 0)
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     nmf: NMFLearnConfig = dataclasses.field(default_factory=NMFLearnConfig)  # for the k study
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
@@ -229,25 +293,25 @@ class BenchmarkConfig:
 class DemoDataConfig:
     """The demo's generated dataset: faces, textures, digits and shapes."""
 
-    n_train: int = 192  # clean images (bases and SR training)
-    n_test: int = 32  # damaged images to restore (ground truth in the 'reference' column)
-    size: int = 64  # side of the square images
+    n_train: int = ranged(192, 1)  # clean images (bases and SR training)
+    n_test: int = ranged(32, 1)  # damaged images to restore (ground truth in the 'reference' column)
+    size: int = ranged(64, 4, 4096)  # side of the square images
     rgb: bool = True  # RGB images; false = gray
-    shards: int = 4  # Parquet files per set
-    dead_rate: float = 0.15  # share of test pixels set to 0 (dead)
-    blur_scale: float = 2.0  # test blur: shrink by this factor then enlarge back (the SR degrade)
-    seed: int = 0
+    shards: int = ranged(4, 1)  # Parquet files per set
+    dead_rate: float = ranged(0.15, 0.0, 1.0, high_open=True)  # share of test pixels set to 0 (dead)
+    blur_scale: float = ranged(2.0, 1.0, 64.0)  # test blur: shrink by this factor then enlarge back (the SR degrade)
+    seed: int = ranged(0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoNMFConfig:
     """The demo's bases (learn-bases' nmf section, smaller)."""
 
-    k: int = 64  # number of bases
-    patch_size: int = 8  # patch side p
+    k: int = ranged(64, 1)  # number of bases
+    patch_size: int = ranged(8, 1, 256)  # patch side p
     channels: Literal["gray", "rgb"] = "gray"  # gray bases restore RGB images channel by channel
-    n_samples: int = 6000  # patches sampled for training
-    max_iter: int = 60  # epochs at most
+    n_samples: int = ranged(6000, 1)  # patches sampled for training
+    max_iter: int = ranged(60, 1)  # epochs at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,12 +319,14 @@ class DemoSRConfig:
     """The demo's brief SR training (the full settings are train-sr's)."""
 
     enabled: bool = True  # false = no SR model, no nmf+sr row
-    epochs: int = 3
-    channels: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])  # CNN widths
+    epochs: int = ranged(3, 1)
+    channels: list[int] = dataclasses.field(
+        default_factory=lambda: [16, 32, 64], metadata=each_in(1, 4096)
+    )  # CNN widths
     residual: bool = True  # predict the detail on top of the blurred input
-    patch_size: int = 32  # training patch side
-    patches_per_image: int = 8
-    num_workers: int = 1  # Ray Train workers (1: on a laptop a second one only adds start-up)
+    patch_size: int = ranged(32, 4, 4096)  # training patch side
+    patches_per_image: int = ranged(8, 1)
+    num_workers: int = ranged(1, 1)  # Ray Train workers (1: on a laptop a second one only adds start-up)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,8 +354,8 @@ class FlagRule:
 
     metric: str = ""  # a metric column of the quality shards (restore_core.quality.FLAG_METRICS)
     op: Literal[">", ">=", "<", "<="] = ">"
-    value: float = 0.0
-    max_share: float = 0.0  # share of images in [0, 1] above which --fail-on fails the run
+    value: float = ranged(0.0)  # any finite number
+    max_share: float = ranged(0.0, 0.0, 1.0)  # share of images in [0, 1] above which --fail-on fails the run
     enabled: bool = True
 
 
@@ -310,10 +376,10 @@ DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
 
 @dataclasses.dataclass(frozen=True)
 class QualityReportConfig:
-    history_runs: int = 14  # flag-rate plot: this many latest runs (the current one included)
-    worst_per_flag: int = 8  # images shown per flag in the report's grid
-    thumbnail_size: int = 96  # longest side of the thumbnails kept for flagged images; 0 = none
-    max_duplicate_groups: int = 50  # duplicate groups listed in the report
+    history_runs: int = ranged(14, 1)  # flag-rate plot: this many latest runs (the current one included)
+    worst_per_flag: int = ranged(8, 0)  # images shown per flag in the report's grid
+    thumbnail_size: int = ranged(96, 0, 4096)  # longest side of the thumbnails kept for flagged images; 0 = none
+    max_duplicate_groups: int = ranged(50, 0)  # duplicate groups listed in the report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,9 +390,9 @@ class QualityConfig:
     run_date: str = ""  # YYYY-MM-DD; "" = today (UTC). A rerun for the same date replaces that run
     masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead-pixel detection
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
-    dark_level: float = 0.05  # exposure: luminance <= this counts as near black
-    bright_level: float = 0.95  # exposure: luminance >= this counts as near white
-    near_duplicate_distance: int = 4  # dHash Hamming distance (of 64 bits) for near duplicates
+    dark_level: float = ranged(0.05, 0.0, 1.0)  # exposure: luminance <= this counts as near black
+    bright_level: float = ranged(0.95, 0.0, 1.0)  # exposure: luminance >= this counts as near white
+    near_duplicate_distance: int = ranged(4, 0, 64)  # dHash Hamming distance (of 64 bits) for near duplicates
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
     fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
@@ -406,14 +472,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()) and float(value).is_integer():
+            value = float(value)  # "64e6" as YAML 1.1 reads it
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 64e6, 2.0: a whole number written as a float
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            value = float(value)  # 1e-4, 1E+3: numbers in YAML 1.2, strings to a YAML 1.1 reader
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' is {value}, must be a finite number")
         return float(value)
     if tp is str:
+        if isinstance(value, datetime.date):
+            return value.isoformat()  # a date read by a YAML 1.1 loader: the text the user wrote
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
         return value
@@ -443,7 +519,37 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             kwargs[name] = section
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
+        check_range(fields[name], kwargs[name], prefix + name)
     return cls(**kwargs)
+
+
+def check_range(field: dataclasses.Field[Any], value: Any, key: str) -> None:
+    """A ConfigError naming ``key``, its value and its range when ``value`` (or an item of it) is outside."""
+    rng = field_range(field)
+    if rng is None:
+        return
+    items = value if isinstance(value, list) else [value]
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue  # the type check has spoken
+        if v not in rng:
+            where = f"{key}[{i}]" if isinstance(value, list) else key
+            kind = "an integer" if isinstance(v, int) else "a number"
+            raise ConfigError(f"config key '{where}' is {v!r}, must be {kind} in {rng}")
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Check every declared range of a config object tree (for configs built in code, not loaded)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, f"{prefix}{f.name}.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                    check_ranges(v, f"{prefix}{f.name}.{k}.")
+        else:
+            check_range(f, value, prefix + f.name)
 
 
 def _field_default(field: dataclasses.Field[Any]) -> Any:
@@ -478,6 +584,32 @@ def _redact(node: Any) -> None:
             _redact(v)
 
 
+#: YAML 1.2's float syntax: ``1e-4`` and ``1E+3`` without a dot are floats (YAML 1.1, and so
+#: PyYAML, reads them as strings).
+_FLOAT_RE = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags run) that reads what users write naturally: ``1e-4`` as a
+    float, and ``2024-06-30`` as the string it is (no implicit dates or timestamps)."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse config YAML safely (see :class:`_ConfigLoader`)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: no tags run
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"a.b=3"`` -> (["a", "b"], 3). The value is parsed as YAML (safe)."""
     if "=" not in item:
@@ -486,7 +618,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"--set expects key=value, got {item!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -515,7 +647,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not p.is_file():
             raise ConfigError(f"config file not found: {p} (pass an existing YAML file to --config)")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -2,6 +2,11 @@
 
 All functions take an image as float32 in [0, 1], (H, W) or (H, W, C), and return a boolean
 (H, W) mask where True means *dead* (unobserved, to be filled).
+
+Alpha: a decoded image with 2 or 4 channels is LA or RGBA (``restore_core.codec``), and its last
+channel is opacity, not colour. Detection looks at the colour channels only (a transparent pixel
+is not dead for being transparent, an opaque black one is), and the restore step fills colour
+only and gives the alpha channel back as it was (:func:`split_alpha`, :func:`join_alpha`).
 """
 
 from __future__ import annotations
@@ -12,18 +17,39 @@ from scipy import ndimage
 from restore_core.errors import ImageDecodeError
 
 
+def split_alpha(img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(colour, alpha)``: LA -> ((H, W), (H, W)), RGBA -> ((H, W, 3), (H, W)); others -> (img, None)."""
+    if img.ndim == 3 and img.shape[2] in (2, 4):
+        colour = img[:, :, :-1]
+        return (colour[:, :, 0] if colour.shape[2] == 1 else colour), img[:, :, -1]
+    return img, None
+
+
+def join_alpha(colour: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Inverse of :func:`split_alpha` (``alpha`` None: ``colour`` as it is)."""
+    if alpha is None:
+        return colour
+    c = colour[:, :, None] if colour.ndim == 2 else colour
+    return np.concatenate([c, alpha[:, :, None].astype(c.dtype, copy=False)], axis=2)
+
+
+def colour_channels(img: np.ndarray) -> np.ndarray:
+    """The image without its alpha channel (see :func:`split_alpha`)."""
+    return split_alpha(np.asarray(img))[0]
+
+
 def _all_channels(cond: np.ndarray) -> np.ndarray:
     return cond if cond.ndim == 2 else np.asarray(cond.all(axis=2))
 
 
 def zero_pixels(img: np.ndarray) -> np.ndarray:
-    """Pixels whose every channel is exactly 0 (the write-ups' dead-pixel convention)."""
-    return _all_channels(np.asarray(img) == 0)
+    """Pixels whose every colour channel is exactly 0 (the write-ups' dead-pixel convention)."""
+    return _all_channels(colour_channels(img) == 0)
 
 
 def saturated_pixels(img: np.ndarray, level: float = 1.0) -> np.ndarray:
-    """Pixels whose every channel is >= ``level`` (hot or stuck-on pixels)."""
-    return _all_channels(np.asarray(img) >= level)
+    """Pixels whose every colour channel is >= ``level`` (hot or stuck-on pixels)."""
+    return _all_channels(colour_channels(img) >= level)
 
 
 def drop_large_regions(mask: np.ndarray, max_size: int) -> np.ndarray:
@@ -41,8 +67,12 @@ def drop_large_regions(mask: np.ndarray, max_size: int) -> np.ndarray:
 
 
 def mask_from_png(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A decoded mask image (non-zero = dead) as a boolean (H, W) mask of ``shape``."""
-    m = img if img.ndim == 2 else img.max(axis=2)
+    """A decoded mask image (non-zero = dead) as a boolean (H, W) mask of ``shape``.
+
+    A mask PNG with an alpha channel is judged by its colour: an opaque black mask marks nothing.
+    """
+    c = colour_channels(img)
+    m = c if c.ndim == 2 else c.max(axis=2)
     if m.shape != shape:
         raise ImageDecodeError(f"mask is {m.shape[1]}x{m.shape[0]}, image is {shape[1]}x{shape[0]}")
     return m > 0

@@ -4,6 +4,20 @@
 and what tests and benchmarks call in-process. A batch is a ``dict[str, np.ndarray]`` of
 equal-length columns (Ray Data's numpy batch format). Every input row gives exactly one
 output row; a row that fails gets ``status = "error"`` and a message, the others go on.
+
+Which pixels are dead (``mask_source``): the row's ``mask`` cell when it holds bytes (non-zero =
+dead; an all-zero mask means nothing is dead), else (no mask column, a null or empty cell) the
+``masks.rule`` detection. Colour channels only: an alpha channel is given back as it was.
+
+``dead_fraction_in`` is the share of the image's pixels that were dead (by that source);
+``dead_fraction_out`` the share still dead in the output, judged the same way: for a mask, the
+masked pixels that still look dead by ``masks.rule`` (all of them when ``fit.method`` is
+``none``); for detection, ``masks.rule`` rerun on the output. NaN when SR changed the size.
+
+A row with nothing observed (every pixel dead), or with an observed share under
+``fit.min_observed_fraction``, is not filled: ``status = "error"``, the input image passed
+through as it was. An unreadable or mis-sized ``reference`` leaves the full-reference metrics
+null and says so in ``error``; the row stays ``ok``.
 """
 
 from __future__ import annotations
@@ -34,7 +48,22 @@ METRIC_COLUMNS = (
     "ssim_in",
     "ssim_out",
 )
-OUTPUT_COLUMNS = ("id", "image", "status", "error", "method", "width", "height", "channels", *METRIC_COLUMNS, "seconds")
+OUTPUT_COLUMNS = (
+    "id",
+    "image",
+    "status",
+    "error",
+    "method",
+    "mask_source",
+    "width",
+    "height",
+    "channels",
+    *METRIC_COLUMNS,
+    "seconds",
+)
+#: ``mask_source`` values: the row's mask cell, or the ``masks.rule`` detection.
+MASK_FROM_COLUMN = "column"
+MASK_DETECTED = "detected"
 
 SRApply = Callable[[np.ndarray], np.ndarray]
 #: Pixels (times channels) per batched fill or refiner call: bounds memory, amortises the calls.
@@ -174,13 +203,41 @@ class Restorer:
         self.flagged_ids = frozenset(flagged_ids) if flagged_ids is not None else None
 
     # ------------------------------------------------------------------ rows
-    def _dead_mask(self, img: np.ndarray, mask_cell: Any) -> np.ndarray:
+    def _dead_mask(self, img: np.ndarray, mask_cell: Any) -> tuple[np.ndarray, str]:
+        """The (H, W) dead mask and where it came from: the mask cell when it holds bytes, else
+        detection (a null or empty cell falls back to detection; ``mask_source`` says which)."""
         raw = cell_bytes(mask_cell) if mask_cell is not None else None
         if raw:
-            m, _ = codec.decode(raw, self.cfg.decode.max_pixels)
-            return masks.mask_from_png(m, img.shape[:2])
+            try:
+                m, _ = codec.decode(raw, self.cfg.decode.max_pixels)
+                return masks.mask_from_png(m, img.shape[:2]), MASK_FROM_COLUMN
+            except ImageDecodeError as exc:
+                raise ImageDecodeError(f"mask column '{self.cfg.input.mask_column}': {exc}") from None
         mc = self.cfg.masks
-        return masks.detect(img, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than)
+        return masks.detect(img, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than), MASK_DETECTED
+
+    def _too_little_observed(self, dead: np.ndarray, source: str) -> str | None:
+        """Why a row cannot be filled (nothing, or too little, observed), or None."""
+        if self.method == "none":
+            return None
+        observed = 1.0 - metrics.dead_fraction(dead)
+        where = (
+            f"the mask column '{self.cfg.input.mask_column}'"
+            if source == MASK_FROM_COLUMN
+            else f"masks.rule {self.cfg.masks.rule!r}"
+        )
+        if observed <= 0.0:
+            return (
+                f"nothing observed: every pixel is dead by {where}, so there is nothing to fill from; "
+                "the input is passed through"
+            )
+        floor = self.cfg.fit.min_observed_fraction
+        if observed < floor:
+            return (
+                f"only {observed:.2%} of pixels observed (dead by {where}), under fit.min_observed_fraction="
+                f"{floor:g}; the input is passed through"
+            )
+        return None
 
     def _refine(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         assert self.refiner is not None
@@ -251,7 +308,8 @@ class Restorer:
         out["method"] = [self.method] * n
         out["status"] = ["ok"] * n
 
-        decoded: dict[int, tuple[np.ndarray, codec.ImageInfo, np.ndarray, bool]] = {}
+        # row -> (image, info, dead mask, mask source); the fill sees colour channels only
+        decoded: dict[int, tuple[np.ndarray, codec.ImageInfo, np.ndarray, str]] = {}
         for i in range(n):
             try:
                 if out["id"][i] is None:
@@ -260,33 +318,46 @@ class Restorer:
                     )
                 if images_col is None:
                     raise ImageDecodeError(f"no '{self.cfg.input.image_column}' column")
-                img, info = codec.decode(cell_bytes(images_col[i]), self.cfg.decode.max_pixels)
-                mask_cell = mask_col[i] if mask_col is not None else None
-                dead = self._dead_mask(img, mask_cell)
-                decoded[i] = (img, info, dead, bool(cell_bytes(mask_cell)) if mask_cell is not None else False)
+                raw = cell_bytes(images_col[i])
+                img, info = codec.decode(raw, self.cfg.decode.max_pixels)
                 out["width"][i], out["height"][i], out["channels"][i] = info.width, info.height, info.channels
+                dead, source = self._dead_mask(img, mask_col[i] if mask_col is not None else None)
+                out["mask_source"][i] = source
+                out["dead_fraction_in"][i] = metrics.dead_fraction(dead)
+                why = self._too_little_observed(dead, source)
+                if why is not None:
+                    out["status"][i], out["error"][i], out["image"][i] = "error", why, raw
+                    continue
+                decoded[i] = (img, info, dead, source)
             except Exception as exc:
                 self._error(out, i, exc)
 
         order = sorted(decoded)
-        filled = self._fill([decoded[i][0] for i in order], [decoded[i][2] for i in order])
+        filled = self._fill([masks.colour_channels(decoded[i][0]) for i in order], [decoded[i][2] for i in order])
         for i, result in zip(order, filled, strict=True):
-            img, info, dead, mask_given = decoded[i]
+            img, info, dead, source = decoded[i]
             try:
                 if isinstance(result, Exception):
                     raise result
-                restored = result
+                restored = masks.join_alpha(result, masks.split_alpha(img)[1])  # alpha as it was
                 if self.sr_model is not None:
                     restored = self.sr_model(restored)
-                elif mask_given and self.keeps_observed and restored.shape == img.shape:
-                    # the mask says which pixels are dead: every other pixel is kept exactly
-                    restored = np.where(
-                        np.broadcast_to(dead if img.ndim == 2 else dead[..., None], img.shape), restored, img
-                    )
-                if not mask_given:
+                colour, alpha = masks.split_alpha(restored)
+                if self.sr_model is None and source == MASK_FROM_COLUMN and self.keeps_observed:
+                    # the mask says which pixels are dead: every other pixel is kept exactly, and a
+                    # fill may be black (black next to the mask is content, not a dead pixel)
+                    kept = masks.colour_channels(img)
+                    if colour.shape == kept.shape:
+                        colour = np.where(
+                            np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept
+                        )
+                else:
                     # dead pixels were found as zeros: a fill at 0 would read as dead again
-                    restored = no_new_dead(restored, img, dead if self.method != "none" else None, info.bit_depth)
-                self._metrics(out, i, img, restored, dead, ref_col[i] if ref_col is not None else None)
+                    colour = no_new_dead(
+                        colour, masks.colour_channels(img), dead if self.method != "none" else None, info.bit_depth
+                    )
+                restored = masks.join_alpha(colour, alpha)
+                self._metrics(out, i, img, restored, dead, source, ref_col[i] if ref_col is not None else None)
                 out["image"][i] = codec.encode_like(restored, info)
             except Exception as exc:
                 self._error(out, i, exc)
@@ -300,16 +371,35 @@ class Restorer:
         return result_batch
 
     def _metrics(
-        self, out: dict[str, list[Any]], i: int, img: np.ndarray, restored: np.ndarray, dead: np.ndarray, ref_cell: Any
+        self,
+        out: dict[str, list[Any]],
+        i: int,
+        img: np.ndarray,
+        restored: np.ndarray,
+        dead: np.ndarray,
+        source: str,
+        ref_cell: Any,
     ) -> None:
-        out["dead_fraction_in"][i] = metrics.dead_fraction(dead)
         if restored.shape[:2] == img.shape[:2]:
             mc = self.cfg.masks
             after = masks.detect(restored, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than)
+            if source == MASK_FROM_COLUMN:
+                # the user's mask says which pixels were dead: count those still dead, nothing else
+                # (a black pixel the mask calls good is content, not a dead pixel)
+                after = dead if self.method == "none" else dead & after
             out["dead_fraction_out"][i] = metrics.dead_fraction(after)
-        ref_bytes = cell_bytes(ref_cell) if ref_cell is not None else None
-        if ref_bytes:
-            ref, _ = codec.decode(ref_bytes, self.cfg.decode.max_pixels)
+        try:
+            ref_bytes = cell_bytes(ref_cell) if ref_cell is not None else None
+            ref = codec.decode(ref_bytes, self.cfg.decode.max_pixels)[0] if ref_bytes else None
+        except Exception as exc:
+            # The restored image is good without its reference: keep it, leave the metrics null.
+            out["error"][i] = f"reference not used ({type(exc).__name__}: {exc}); psnr/ssim left empty"[:500]
+            return
+        if ref is not None:
+            if ref.shape != img.shape:
+                out["error"][i] = (
+                    f"reference not used: it is {_shape(ref)}, the image is {_shape(img)}; psnr/ssim left empty"
+                )
             if ref.shape == img.shape:
                 out["psnr_in"][i] = metrics.psnr(ref, img)
                 out["ssim_in"][i] = metrics.ssim(ref, img)
@@ -324,6 +414,10 @@ class Restorer:
         out["status"][i] = "error"
         out["error"][i] = f"{type(exc).__name__}: {exc}"[:500]
         out["image"][i] = None
+
+
+def _shape(a: np.ndarray) -> str:
+    return f"{a.shape[1]}x{a.shape[0]}" + (f"x{a.shape[2]}" if a.ndim == 3 else "")
 
 
 def no_new_dead(restored: np.ndarray, img: np.ndarray, dead: np.ndarray | None, bit_depth: int) -> np.ndarray:

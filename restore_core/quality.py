@@ -163,12 +163,18 @@ class QualityScorer:
             "sha256": metrics.pixel_hash(img),
             "dhash": f"{metrics.dhash(img):016x}",
         }
-        ref_bytes = _cell_bytes(ref_cell) if ref_cell is not None else None
-        if ref_bytes:
-            ref, _ = codec.decode(ref_bytes, cfg.decode.max_pixels)
-            if ref.shape == img.shape:
-                row["psnr"] = metrics.psnr(ref, img)
-                row["ssim"] = metrics.ssim(ref, img)
+        try:
+            ref_bytes = _cell_bytes(ref_cell) if ref_cell is not None else None
+            ref = codec.decode(ref_bytes, cfg.decode.max_pixels)[0] if ref_bytes else None
+        except Exception as exc:
+            # the image's own metrics stand without its reference: note it, leave psnr/ssim empty
+            row["error"] = f"reference not used ({type(exc).__name__}: {exc}); psnr/ssim left empty"[:500]
+            return row
+        if ref is not None and ref.shape != img.shape:
+            row["error"] = "reference not used: its size or channels differ from the image's; psnr/ssim left empty"
+        elif ref is not None:
+            row["psnr"] = metrics.psnr(ref, img)
+            row["ssim"] = metrics.ssim(ref, img)
         return row
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -182,13 +188,16 @@ class QualityScorer:
         out: dict[str, list[Any]] = {c: [None] * n for c in TEXT_COLUMNS}
         for c in NUMERIC_COLUMNS:
             out[c] = [float("nan")] * n
-        out["id"] = [str(i) for i in ids]
+        # A null id stays null (str() would make it the id "None"); the row is an error row.
+        out["id"] = [None if i is None else str(i) for i in ids]
         out["status"] = ["ok"] * n
         out["decode_error"] = [0.0] * n
         out["thumbnail"] = [None] * n
         decoded: dict[int, np.ndarray] = {}
         for i in range(n):
             try:
+                if out["id"][i] is None:
+                    raise ValueError(f"the row has no id (null in column '{icfg.id_column}'); give every row an id")
                 if images is None:
                     raise ImageDecodeError(f"no '{icfg.image_column}' column")
                 raw = _cell_bytes(images[i])

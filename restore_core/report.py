@@ -259,7 +259,7 @@ def read_summary(fs: fsspec.AbstractFileSystem, root: str, date: str) -> dict[st
 
 def read_ids(fs: fsspec.AbstractFileSystem, root: str, date: str) -> list[str]:
     with fs.open(posixpath.join(root, f"{RUN_PREFIX}{date}", "flags.parquet"), "rb") as f:
-        return [str(i) for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+        return [str(i) for i in pq.read_table(f, columns=["id"]).column("id").to_pylist() if i is not None]
 
 
 def staging_path(root: str, date: str) -> str:

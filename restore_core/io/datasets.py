@@ -6,14 +6,20 @@ so sharding is deterministic.
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
+import os
 import posixpath
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from restore_core.errors import UserError
+
+log = logging.getLogger("restore_core.io.datasets")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
 
@@ -35,16 +41,40 @@ def list_files(url: str, fmt: str, storage_options: dict[str, Any] | None = None
     if fs.isfile(root):
         files = [root]
     else:
-        files = [
-            p
-            for p in fs.find(root)
-            if p.lower().endswith(suffixes) and not posixpath.basename(p).startswith((".", "_"))
-        ]
+        listed = _find_local(root) if _is_local(fs) else fs.find(root)
+        files = [p for p in listed if p.lower().endswith(suffixes) and not posixpath.basename(p).startswith((".", "_"))]
     files.sort()
     if not files:
         kind = "*.parquet files" if fmt == "parquet" else "image files"
         raise UserError(f"no {kind} under {url} (check input.path and input.format)")
     return files
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
+def _find_local(root: str) -> list[str]:
+    """Every file under a local folder, following symlinked folders (``fs.find`` skips them).
+
+    A symlink that leads back to a folder already on the walk (a loop, or a second way into the
+    same folder) is not entered again, and is logged; paths keep the names they were reached by,
+    so a file's id is its path relative to the root through the link.
+    """
+    out: list[str] = []
+    on_walk: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        key = (st.st_dev, st.st_ino)
+        if key in on_walk:  # reached a second time through a symlink: a loop or a duplicate path
+            log.warning("not following %s: it leads to a folder already listed (symlink loop?)", dirpath)
+            dirnames[:] = []
+            continue
+        on_walk.add(key)
+        dirnames.sort()
+        out += [posixpath.join(dirpath, name) for name in filenames]
+    return out
 
 
 def iter_rows(
@@ -85,3 +115,118 @@ def _take(rows: Iterator[dict[str, Any]], count: int, limit: int) -> Generator[d
         yield row
         count += 1
     return count
+
+
+# ----------------------------------------------------------------------------- one schema for many files
+
+
+def parquet_schemas(files: Sequence[str], fs: fsspec.AbstractFileSystem, max_workers: int = 16) -> list[pa.Schema]:
+    """The Arrow schema of each Parquet file, from its footer only (threads in parallel)."""
+
+    def read(path: str) -> pa.Schema:
+        try:
+            with fs.open(path, "rb") as f:
+                return pq.read_schema(f)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise UserError(
+                f"cannot read the Parquet footer of {path} ({exc}); is it a Parquet file, are the credentials right?"
+            ) from None
+
+    if len(files) <= 1:
+        return [read(p) for p in files]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(max_workers, len(files))) as pool:
+        return list(pool.map(read, files))
+
+
+def _scalar(tp: pa.DataType) -> bool:
+    """Types whose values read naturally as text (numbers, strings, booleans, dates, times)."""
+    return bool(
+        pa.types.is_integer(tp)
+        or pa.types.is_floating(tp)
+        or pa.types.is_string(tp)
+        or pa.types.is_large_string(tp)
+        or pa.types.is_boolean(tp)
+        or pa.types.is_decimal(tp)
+        or pa.types.is_temporal(tp)
+        or pa.types.is_null(tp)
+    )
+
+
+def unified_schema(files: Sequence[str], schemas: Sequence[pa.Schema], id_column: str = "id") -> pa.Schema | None:
+    """One schema every file's rows can be cast to, or None when the files already agree.
+
+    Rules: the id column is a string; a column whose types differ takes the type both widen to
+    (int32 + int64 -> int64, int + float -> double), else, for plain values (numbers, text,
+    booleans, dates), a string; a column missing from some files is null there. Types that
+    cannot be reconciled (a struct in one file, an integer in another) are a UserError naming the
+    column and the two files.
+    """
+    if len({s.remove_metadata() for s in schemas}) <= 1:
+        return None
+    seen: dict[str, list[tuple[str, pa.DataType]]] = {}
+    for path, schema in zip(files, schemas, strict=True):
+        for field in schema:
+            seen.setdefault(field.name, []).append((path, field.type))
+    fields = []
+    for name, where in seen.items():
+        types = list(dict.fromkeys(t for _, t in where))
+        target: pa.DataType
+        if name == id_column and all(_scalar(t) for t in types):
+            target = pa.string()
+        elif len(types) == 1:
+            target = types[0]
+        else:
+            try:
+                target = (
+                    pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive")
+                    .field(name)
+                    .type
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                if not all(_scalar(t) for t in types):
+                    (f1, t1), (f2, t2) = where[0], next(w for w in where if w[1] != where[0][1])
+                    raise UserError(
+                        f"column {name!r} is {t1} in {f1} but {t2} in {f2}; give it one type in every input file"
+                    ) from None
+                target = pa.string()
+        fields.append(pa.field(name, target))
+    return pa.schema(fields)
+
+
+def conform(table: pa.Table, schema: pa.Schema | None, where: str = "") -> pa.Table:
+    """``table`` cast to ``schema`` (from :func:`unified_schema`): columns it lacks become nulls."""
+    if schema is None:
+        return table
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        col = table.column(field.name)
+        if col.type != field.type:
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise UserError(f"{where}: column {field.name!r} cannot be read as {field.type} ({exc})") from None
+        columns.append(col)
+    return pa.table(columns, schema=schema)
+
+
+def parquet_input_schema(
+    url: str, storage_options: dict[str, Any] | None = None, id_column: str = "id", image_column: str = "image"
+) -> pa.Schema | None:
+    """Check every Parquet file of the input up front and return their :func:`unified_schema`.
+
+    Every file must have the id and image columns (a UserError names the first that lacks one),
+    and column types must be reconcilable. Footers only are read.
+    """
+    files = list_files(url, "parquet", storage_options)
+    fs, _ = filesystem(url, storage_options)
+    schemas = parquet_schemas(files, fs)
+    for path, schema in zip(files, schemas, strict=True):
+        missing = [c for c in (id_column, image_column) if c not in schema.names]
+        if missing:
+            raise UserError(
+                f"{path} has no column(s) {missing} (columns: {schema.names}); set input.id_column/image_column"
+            )
+    return unified_schema(files, schemas, id_column)

@@ -57,6 +57,7 @@ OUTPUT_SCHEMA = {
     "status": pa.string(),
     "error": pa.string(),
     "method": pa.string(),
+    "mask_source": pa.string(),
     "width": pa.int64(),
     "height": pa.int64(),
     "channels": pa.int64(),
@@ -144,6 +145,15 @@ def plan_shards(input_cfg: InputConfig, rows_per_shard: int = 0) -> list[Shard]:
     return shards
 
 
+def input_schema(input_cfg: InputConfig) -> pa.Schema | None:
+    """The unified schema of a Parquet input whose files disagree (None when they agree, and for
+    image folders); see :func:`restore_core.io.datasets.parquet_input_schema`."""
+    if input_cfg.format != "parquet":
+        return None
+    icfg = input_cfg
+    return datasets.parquet_input_schema(icfg.path, icfg.storage_options, icfg.id_column, icfg.image_column)
+
+
 def plan_document(plan: Sequence[Shard], input_cfg: InputConfig, rows_per_shard: int) -> dict[str, Any]:
     """The JSON that identifies a plan (input URL, format, shards); compared on resume."""
     return {
@@ -161,9 +171,11 @@ def plan_fingerprint(doc: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- reading a shard
 
 
-def read_shard(shard: Shard, input_cfg: InputConfig) -> pa.Table:
+def read_shard(shard: Shard, input_cfg: InputConfig, schema: pa.Schema | None = None) -> pa.Table:
     """The shard's rows with two extra columns: ``__shard`` (its index) and ``__row`` (the row's
-    position in the shard). Parquet: only the row groups overlapping the range are read."""
+    position in the shard). Parquet: only the row groups overlapping the range are read, then
+    cast to ``schema`` (the input's :func:`~restore_core.io.datasets.unified_schema`) when given,
+    so that files whose column types differ give rows of one schema."""
     fs, root = datasets.filesystem(input_cfg.path, input_cfg.storage_options)
     if input_cfg.format == "images":
         base = root if not fs.isfile(root) else posixpath.dirname(root)
@@ -186,7 +198,7 @@ def read_shard(shard: Shard, input_cfg: InputConfig) -> pa.Table:
                 offset += n
             table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
         start = shard.row_start - (first or 0)
-        table = table.slice(start, shard.n_rows)
+        table = datasets.conform(table.slice(start, shard.n_rows), schema, where=path)
         missing = {input_cfg.id_column, input_cfg.image_column} - set(table.column_names)
         if missing:
             raise UserError(f"{path} has no column(s) {sorted(missing)} (columns: {table.column_names})")

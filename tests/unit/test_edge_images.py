@@ -185,11 +185,13 @@ def test_unlisted_formats_are_refused():
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (16, 16, 3), (1, 1), (3, 2, 4)])
-def test_all_dead_image_comes_back_unchanged(restorer: Restorer, shape: tuple[int, ...]):
-    row = restore_one(restorer, png_bytes(np.zeros(shape, np.uint8)))
-    assert row["status"] == "ok" and row["out"].shape == shape
-    assert np.all(row["out"] == 0) and np.all(np.isfinite(row["out"]))
-    assert row["dead_fraction_in"] == 1.0 and row["dead_fraction_out"] == 1.0
+def test_all_dead_image_is_an_error_row_passed_through(restorer: Restorer, shape: tuple[int, ...]):
+    """Issue 16: nothing observed, nothing to fill from: an error row, the input bytes as they were."""
+    data = png_bytes(np.zeros(shape, np.uint8))
+    row = restore_one(restorer, data)
+    assert row["status"] == "error" and "nothing observed" in row["error"]
+    assert row["image"] == data  # passed through untouched
+    assert row["dead_fraction_in"] == 1.0 and np.isnan(row["dead_fraction_out"])
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 3), (5, 5), (PATCH - 1, PATCH + 3), (3, 4, 3)])
@@ -199,6 +201,9 @@ def test_smaller_than_a_patch(restorer: Restorer, shape: tuple[int, ...]):
         dead[0, 0] = True
         a[0, 0] = 0
     row = restore_one(restorer, png_bytes(a))
+    if dead.all():  # a 1x1 image whose one pixel is dead: nothing observed (issue 16)
+        assert row["status"] == "error" and "nothing observed" in row["error"]
+        return
     assert row["status"] == "ok" and row["out"].shape == shape
     assert np.all(np.isfinite(row["out"]))
     np.testing.assert_allclose(row["out"][~dead], a[~dead] / 255.0, atol=1 / 255 + 1e-6)  # observed kept

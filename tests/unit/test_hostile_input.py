@@ -63,7 +63,7 @@ def _corpus() -> dict[str, bytes]:
     rgb[rng.random((10, 12)) < 0.2] = 0  # some dead pixels, so the fill path runs
     gray = rgb[:, :, 0]
     pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
-    frames = [Image.fromarray(np.full((8, 9), v, np.uint8)).convert("P") for v in (0, 120, 250)]
+    frames = [Image.fromarray(np.full((8, 9), v, np.uint8)).convert("P") for v in (30, 120, 250)]
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
     return {

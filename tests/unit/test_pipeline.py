@@ -191,3 +191,150 @@ def test_without_a_mask_column_filled_zeros_are_still_lifted(bases):
     restored, _ = codec.decode(out["image"][0])
     assert restored[3, 8] > 0.5
     assert (restored[:, :5] > 0).all()  # the zero region was taken as dead and filled, never left at 0
+
+
+# ----------------------------------------------------------------------------- issue 16
+
+
+def _batch(images, **cols):
+    n = len(images)
+    out = {"id": np.array([f"r{i}" for i in range(n)], dtype=object), "image": np.array(images, dtype=object)}
+    out.update({k: np.array(v, dtype=object) for k, v in cols.items()})
+    return out
+
+
+def _photo(shape, seed=0):
+    """A textured image with no zero pixel (values 20..255)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(20, 256, shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("method", ["nmf", "biharmonic", "median"])
+def test_mask_marking_every_pixel_dead_is_an_error_row_passed_through(bases, method):
+    img = png_bytes(_photo((12, 12)))
+    full = png_bytes(np.full((12, 12), 255, np.uint8))
+    cfg = from_dict(RestoreConfig, {"fit": {"method": method}})
+    out = Restorer(bases if method == "nmf" else None, None, cfg)(_batch([img, img], mask=[full, None]))
+    assert list(out["status"]) == ["error", "ok"]
+    assert "nothing observed" in out["error"][0] and "mask column 'mask'" in out["error"][0]
+    assert out["image"][0] == img  # the input, byte for byte
+    assert out["dead_fraction_in"][0] == 1.0
+
+
+def test_min_observed_fraction_turns_mostly_dead_rows_into_errors(bases):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:9] = 255  # 90 % dead, 10 % observed
+    img = png_bytes(_photo((10, 10)))
+    rows = _batch([img], mask=[png_bytes(mask)])
+    assert Restorer(bases, None, RestoreConfig())(rows)["status"][0] == "ok"  # default 0: only "none observed"
+    cfg = from_dict(RestoreConfig, {"fit": {"min_observed_fraction": 0.25}})
+    out = Restorer(bases, None, cfg)(rows)
+    assert out["status"][0] == "error" and "fit.min_observed_fraction=0.25" in out["error"][0]
+    assert out["image"][0] == img
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_alpha_is_kept_and_only_colour_is_restored(bases, channels):
+    """LA/RGBA: transparent pixels are not dead for being transparent, opaque black ones are;
+    alpha comes back as it was (issue 16)."""
+    rng = np.random.default_rng(3)
+    colour = _photo((16, 16, channels - 1), seed=4)
+    alpha = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    alpha[:4] = 0  # a transparent band whose colour is kept as is
+    dead = rng.random((16, 16)) < 0.2
+    colour[dead] = 0
+    rgba = np.dstack([colour, alpha])
+    for method in ("nmf", "biharmonic"):
+        cfg = from_dict(RestoreConfig, {"fit": {"method": method}})
+        out = Restorer(bases if method == "nmf" else None, None, cfg)(_batch([png_bytes(rgba)]))
+        assert out["status"][0] == "ok", out["error"][0]
+        got, info = codec.decode(out["image"][0])
+        assert info.channels == channels
+        np.testing.assert_array_equal(np.rint(got[:, :, -1] * 255), alpha)  # alpha untouched
+        assert out["dead_fraction_in"][0] == pytest.approx(dead.mean())
+        assert out["dead_fraction_out"][0] == 0.0
+        filled = np.rint(got[:, :, :-1] * 255)
+        assert np.all(filled[dead].max(axis=-1) > 0)  # opaque black pixels were filled
+        np.testing.assert_array_equal(filled[~dead], colour[~dead])  # the others kept
+
+
+def test_masks_ignore_alpha():
+    la = np.zeros((2, 2, 2), np.float32)
+    la[0, 0] = [0.0, 1.0]  # opaque black: dead
+    la[0, 1] = [0.5, 0.0]  # transparent grey: not dead
+    la[1, :] = [0.3, 0.0]
+    assert masks.detect(la).tolist() == [[True, False], [False, False]]
+    # an RGBA mask PNG that is opaque everywhere marks only its non-black pixels
+    m = np.zeros((2, 2, 4), np.float32)
+    m[..., 3] = 1.0
+    m[1, 1, 0] = 1.0
+    assert masks.mask_from_png(m, (2, 2)).tolist() == [[False, False], [False, True]]
+
+
+def test_unreadable_reference_keeps_the_restored_image(bases):
+    img = _photo((12, 12))
+    img[3, 3] = 0
+    ref_small = png_bytes(_photo((6, 6)))
+    out = Restorer(bases, None, RestoreConfig())(
+        _batch([png_bytes(img)] * 3, reference=[b"not an image", ref_small, png_bytes(_photo((12, 12), 1))])
+    )
+    assert list(out["status"]) == ["ok", "ok", "ok"]
+    for i in (0, 1):
+        assert out["image"][i] is not None and codec.decode(out["image"][i])[0].shape == (12, 12)
+        assert np.isnan(out["psnr_out"][i]) and np.isnan(out["psnr_in"][i])
+        assert "reference not used" in out["error"][i]
+    assert "ImageDecodeError" in out["error"][0] and "6x6" in out["error"][1]
+    assert out["error"][2] is None and np.isfinite(out["psnr_out"][2])
+
+
+def test_dead_fraction_out_follows_the_mask_when_there_is_one(bases):
+    """An all-zero mask says nothing is dead: in 0 and out 0, however black the image is; an
+    empty or null mask cell falls back to detection and says so in mask_source (issue 16)."""
+    img = _photo((12, 12))
+    img[:4, :4] = 0  # black content (16/144 = 0.11 of the image)
+    zero_mask = png_bytes(np.zeros((12, 12), np.uint8))
+    some = np.zeros((12, 12), np.uint8)
+    some[8, 8] = some[9, 9] = 255
+    enc = png_bytes(img)
+    rows = _batch([enc] * 4, mask=[zero_mask, png_bytes(some), b"", None])
+    out = Restorer(bases, None, RestoreConfig())(rows)
+    assert list(out["status"]) == ["ok"] * 4
+    assert list(out["mask_source"]) == ["column", "column", "detected", "detected"]
+    assert out["dead_fraction_in"][0] == 0.0 and out["dead_fraction_out"][0] == 0.0
+    assert out["dead_fraction_in"][1] == pytest.approx(2 / 144) and out["dead_fraction_out"][1] == 0.0
+    assert out["dead_fraction_in"][2] == pytest.approx(16 / 144) and out["dead_fraction_out"][2] == 0.0
+    # the zero mask kept the black block black: nothing was filled
+    np.testing.assert_array_equal(np.rint(codec.decode(out["image"][0])[0] * 255), img)
+    # method none: nothing filled, so what was dead is still dead
+    none = Restorer(None, None, from_dict(RestoreConfig, {"fit": {"method": "none"}}))(rows)
+    assert none["dead_fraction_out"][1] == pytest.approx(2 / 144)
+    assert none["dead_fraction_out"][0] == 0.0
+
+
+def test_mask_of_another_size_names_the_mask_column(bases):
+    out = Restorer(bases, None, RestoreConfig())(
+        _batch([png_bytes(_photo((12, 12)))], mask=[png_bytes(np.zeros((5, 7), np.uint8))])
+    )
+    assert out["status"][0] == "error" and "mask column 'mask'" in out["error"][0] and "7x5" in out["error"][0]
+
+
+def test_palette_transparency_stays_transparent(bases):
+    """A palette PNG with a transparent index decodes to RGBA: its transparent pixels stay
+    transparent after the restore, whatever their colour (issue 16)."""
+    import io
+
+    from PIL import Image
+
+    idx = np.random.default_rng(5).integers(1, 8, (12, 12), dtype=np.uint8)
+    idx[:3] = 0  # index 0: transparent black
+    pal = Image.fromarray(idx, mode="P")
+    pal.putpalette([0, 0, 0, *np.random.default_rng(6).integers(30, 256, 21).tolist()])
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG", transparency=0)
+    before, _ = codec.decode(buf.getvalue())
+    out = Restorer(bases, None, RestoreConfig())(_batch([buf.getvalue()]))
+    assert out["status"][0] == "ok"
+    after, info = codec.decode(out["image"][0])
+    assert info.channels == 4
+    np.testing.assert_array_equal(after[..., 3], before[..., 3])
+    assert np.all(after[:3, :, 3] == 0)

@@ -124,3 +124,37 @@ def test_read_flagged_ids(tmp_path):
     assert quality.read_flagged_ids(str(run), ["blurry"]) == {"a", "c"}
     with pytest.raises(UserError, match="only_flagged"):
         quality.read_flagged_ids(str(tmp_path))
+
+
+def test_null_id_is_an_error_row_not_the_id_none(photos):
+    """Issue 16: a null id never comes out as the string "None"."""
+    batch = {"id": np.array(["a", None], dtype=object), "image": np.array([enc(photos[0])] * 2, dtype=object)}
+    out = quality.QualityScorer(QualityConfig())(batch)
+    assert list(out["id"]) == ["a", None]
+    assert list(out["status"]) == ["ok", "error"] and "no id" in out["error"][1]
+    assert "None" not in quality.table_from_columns(out).column("id").to_pylist()
+
+
+def test_unreadable_reference_keeps_the_metrics(photos):
+    """Issue 16: a bad reference leaves psnr/ssim empty and says so; the row is scored."""
+    batch = {
+        "id": np.array(["a", "b"], dtype=object),
+        "image": np.array([enc(photos[0])] * 2, dtype=object),
+        "reference": np.array([b"junk", enc(photos[1][:10])], dtype=object),
+    }
+    out = quality.QualityScorer(QualityConfig())(batch)
+    assert list(out["status"]) == ["ok", "ok"] and out["decode_error"].tolist() == [0, 0]
+    assert np.isnan(out["psnr"]).all() and np.isfinite(out["sharpness"]).all()
+    assert all("reference not used" in e for e in out["error"])
+
+
+def test_alpha_does_not_make_pixels_dead(photos):
+    """Issue 16: a transparent pixel is not a dead pixel; an opaque black one is."""
+    gray = np.maximum(np.rint(photos[0] * 255), 1).astype(np.uint8)
+    rgb = np.dstack([gray, gray, gray])
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:10] = 0  # transparent band
+    rgb[20, 20] = 0  # one opaque black pixel
+    batch = {"id": np.array(["a"], dtype=object), "image": np.array([png_bytes(np.dstack([rgb, alpha]))], dtype=object)}
+    out = quality.QualityScorer(QualityConfig())(batch)
+    assert out["dead_fraction"][0] == pytest.approx(1 / (48 * 48))

@@ -1,7 +1,7 @@
 """The README's configuration reference is generated from the config dataclasses and must match.
 
 Every key of every command's config (``jobs.cli.COMMANDS`` -> module ``CONFIG``), its type, its
-default and its comment in the source appear in the README between the markers below. When a
+default, its declared range and its comment in the source appear in the README between the markers below. When a
 key is added, renamed or its default or comment changes, this test fails; regenerate with::
 
     python tests/unit/test_readme_config_reference.py
@@ -95,12 +95,16 @@ def _table(cls: type, prefix: str = "") -> tuple[list[str], list[type]]:
     """Markdown rows for ``cls``'s fields and the section classes it refers to."""
     hints = get_type_hints(cls)
     comments = _comments(cls)
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    from restore_core.config import field_range
+
+    rows = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
     sections: list[type] = []
     for f in dataclasses.fields(typing.cast(Any, cls)):
         tp = hints[f.name]
         meaning = comments.get(f.name, "").replace("|", "\\|")
-        rows.append(f"| `{prefix}{f.name}` | {_type_name(tp)} | {_default(f, tp)} | {meaning} |")
+        rng = field_range(f)
+        bounds = f"`{rng}`" if rng is not None else ""
+        rows.append(f"| `{prefix}{f.name}` | {_type_name(tp)} | {_default(f, tp)} | {bounds} | {meaning} |")
         for candidate in (tp, *get_args(tp)):
             if _is_section(candidate):
                 sections.append(candidate)

@@ -232,3 +232,63 @@ def test_check_gpus_and_explain_exception() -> None:
         message = explain_exception(outer)
     assert message is not None and message.startswith("no S3 credentials found") and "\n" not in message
     assert explain_exception(ValueError("a bug")) is None
+
+
+# ----------------------------------------------------------------------------- issue 16
+
+
+def test_learn_bases_refuses_images_with_no_signal(tmp_path: Path) -> None:
+    """All-black images would train k copies of nothing: refused before training, no artifact."""
+    data = tmp_path / "black"
+    data.mkdir()
+    blobs = [codec.encode_png(np.zeros((32, 32), np.float32)) for _ in range(4)]
+    pq.write_table(pa.table({"id": [f"b{i}" for i in range(4)], "image": blobs}), data / "part-0.parquet")
+    proc = _cli(
+        "learn-bases",
+        "--set", f"input.path={data}", "--set", f"output={tmp_path / 'bases'}",
+        "--set", "nmf.k=4", "--set", "nmf.n_samples=200", "--set", "ray.num_cpus=2",
+    )  # fmt: skip
+    line = _one_error_line(proc)
+    assert "no signal" in line and "every sampled pixel is 0" in line
+    assert not (tmp_path / "bases").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ("nmf.max_iter=0", "config key 'nmf.max_iter' is 0, must be an integer in [1, inf)"),
+        ("nmf.k=100000", "nmf.k=100000 is more bases than the nmf.n_samples=20000 training rows"),
+        ("nmf.l1=-1", "config key 'nmf.l1' is -1.0, must be a number in [0, inf)"),
+    ],
+)
+def test_learn_bases_settings_that_do_not_train(
+    tmp_path: Path, gray_dataset: Path, setting: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before Ray starts (in-process: the CLI's main, no subprocess needed)."""
+    from jobs.cli import main
+
+    code = main(["learn-bases", "--set", f"input.path={gray_dataset}", "--set", f"output={tmp_path / 'bases'}",
+                 "--set", setting])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and shown in err[0]
+    assert not (tmp_path / "bases").exists()
+
+
+def test_training_rows_too_few_or_flat_are_refused() -> None:
+    from jobs.learn_bases import check_training_rows
+    from restore_core.errors import UserError
+
+    check_training_rows(np.random.default_rng(0).random((8, 4), dtype=np.float32), 4, "data/")
+    with pytest.raises(UserError, match=r"only 3 training rows from data/ for nmf.k=5"):
+        check_training_rows(np.random.default_rng(0).random((3, 4), dtype=np.float32), 5, "data/")
+    with pytest.raises(UserError, match=r"no signal: every sampled pixel is 0.5"):
+        check_training_rows(np.full((8, 4), 0.5, np.float32), 4, "data/")
+
+
+def test_benchmark_k_study_with_more_bases_than_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.cli import main
+
+    code = main(["benchmark", "--set", "k_values=[8, 100000]", "--set", f"output={tmp_path / 'b'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "k=100000, more bases than the nmf.n_samples=20000" in err[0]
+    assert not (tmp_path / "b").exists()
