@@ -153,11 +153,11 @@ def per_image(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Restore:
     return lambda images, dead: [fn(im, d) for im, d in zip(images, dead, strict=True)]
 
 
-def learn_bases(sets: list[str], n_per_set: int, seed: int, epochs: int) -> Bases:
+def learn_bases(sets: list[str], n_per_set: int, seed: int, epochs: int, n_patches: int = 30_000) -> Bases:
     """Gray 8x8 patch bases, k = 64, learned (HALS) from clean train images of every set."""
     rng = np.random.default_rng(seed)
     planes = [p for s in sets for p in _planes(list(image_set(s, "train", n_per_set, seed)))]
-    per = max(1, 30_000 // len(planes))
+    per = max(1, n_patches // len(planes))
     X = np.concatenate([sampling.sample_patches(p, 8, 1, per, rng) for p in planes])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", nmf.ConvergenceWarning)
@@ -166,13 +166,24 @@ def learn_bases(sets: list[str], n_per_set: int, seed: int, epochs: int) -> Base
 
 
 def train_default(
-    sets: list[str], n_per_set: int, spec: RefinerSpec, steps: int, budget_s: float, seed: int, threads: int, cache: str
+    sets: list[str],
+    n_per_set: int,
+    spec: RefinerSpec,
+    steps: int,
+    budget_s: float,
+    seed: int,
+    threads: int,
+    cache: str,
+    max_wall_s: float = 0.0,
+    crop: int = 32,
+    lr: float = 1e-3,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """The refiner, trained self-supervised on damaged train images (cached under bench_out/)."""
     from safetensors.torch import load_file, save_file
 
     arch = "-".join(map(str, dataclasses.astuple(spec)))
-    key = f"refiner_{'-'.join(sets)}_n{n_per_set}_s{steps}_b{int(budget_s)}_{arch}_seed{seed}"
+    train = f"n{n_per_set}_s{steps}_b{int(budget_s)}_w{int(max_wall_s)}_c{crop}_lr{lr:g}"
+    key = f"refiner_{'-'.join(sets)}_{train}_{arch}_seed{seed}"
     path = os.path.join(cache, key + ".safetensors")
     rng = np.random.default_rng([seed, 99])
     damaged, observed = [], []
@@ -207,6 +218,10 @@ def train_default(
         seed=seed,
         progress=progress,
         time_budget_s=budget_s,
+        budget_clock="cpu",
+        max_wall_s=max_wall_s,
+        crop=crop,
+        lr=lr,
     )
     info["train s"] = time.perf_counter() - t0
     info["train cpu s"] = time.process_time() - c0
@@ -355,8 +370,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-train", type=int, default=600, help="train images per set (gray planes for RGB sets x3)")
     ap.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7])
     ap.add_argument("--steps", type=int, default=4000, help="refiner training steps at most")
-    ap.add_argument("--train-budget", type=float, default=600.0, help="refiner training wall-clock budget, seconds")
+    ap.add_argument(
+        "--train-budget",
+        type=float,
+        default=1200.0,
+        help="refiner training budget, CPU-seconds (1200 = 10 min on 2 cores)",
+    )
+    ap.add_argument(
+        "--train-wall", type=float, default=0.0, help="also stop training after this many seconds (0 = off)"
+    )
     ap.add_argument("--train-threads", type=int, default=2)
+    ap.add_argument("--crop", type=int, default=32, help="side of the random training crops")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--width", type=int, default=RefinerSpec.width)
     ap.add_argument("--levels", type=int, default=RefinerSpec.levels)
     ap.add_argument("--nmf-images", type=int, default=6, help="test images per cell for nmf (slow)")
@@ -370,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.quick:
         args.sets = ["photo_gray", "texture", "faces"] if args.sets == list(SETS) else args.sets
-        args.n_test, args.n_train, args.steps, args.train_budget = 4, 100, 150, 120.0
+        args.n_test, args.n_train, args.steps, args.train_budget = 4, 50, 100, 120.0
         args.nmf_images, args.seed_images, args.n_256, args.rates = 2, 0, 1, [0.3, 0.7]
         args.doc = ""
     torch.set_num_threads(1)
@@ -386,9 +411,19 @@ def main(argv: list[str] | None = None) -> None:
     spec = RefinerSpec(channels=1, width=args.width, levels=args.levels)
     t0 = time.perf_counter()
     model, info = train_default(
-        args.sets, args.n_train, spec, args.steps, args.train_budget, args.seed, args.train_threads, args.cache
+        args.sets,
+        args.n_train,
+        spec,
+        args.steps,
+        args.train_budget,
+        args.seed,
+        args.train_threads,
+        args.cache,
+        args.train_wall,
+        args.crop,
+        args.lr,
     )
-    bases = learn_bases(args.sets, 40, args.seed, 60)
+    bases = learn_bases(args.sets, 40, args.seed, 20 if args.quick else 60, 5000 if args.quick else 30_000)
     inp = NMFInpainter(bases, FitConfig(method="nmf"), "cpu")
     seed_inp = NMFInpainter(bases, FitConfig(method="seed", masked=False), "cpu")
     methods: dict[str, Restore] = {

@@ -143,19 +143,37 @@ def harmonic_fill(
     _check(images, dead)
     if order not in (1, 2):
         raise ValueError(f"order must be 1 (harmonic) or 2 (biharmonic), got {order}")
+    harmonic, biharmonic = both_fills(images, dead, iters, tol, biharmonic=order == 2)
+    return biharmonic if order == 2 else harmonic
+
+
+@torch.no_grad()
+def both_fills(
+    images: torch.Tensor, dead: torch.Tensor, iters: int = 200, tol: float = 1e-4, biharmonic: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The harmonic fill and the biharmonic fill started from it (see :func:`harmonic_fill`),
+    both (B, C, H, W), for the price of the biharmonic one. With ``biharmonic`` False the
+    second is the first."""
+    _check(images, dead)
     b, c, h, w = images.shape
     dead = dead.to(torch.bool)
     if not bool(dead.any()):
-        return images.clone()
+        return images.clone(), images.clone()
     u = push_pull_fill(images, dead).reshape(b * c, 1, h, w)
     d = dead.expand(b, c, h, w).reshape(b * c, 1, h, w).to(images.dtype)
     o = u * (1.0 - d)
     x = _cg(lambda v: d * _neg_laplacian(d * v), -d * _neg_laplacian(o), u * d, iters, tol)
-    if order == 2:
-        ko = _neg_laplacian(o)
-        x = _cg(lambda v: d * _neg_laplacian(_neg_laplacian(d * v)), -d * _neg_laplacian(ko), x, iters, tol)
-    out = (o + x * d).clamp_(0.0, 1.0).reshape(b, c, h, w)
-    return torch.where(dead, out, images)
+
+    def finish(x: torch.Tensor) -> torch.Tensor:
+        out = (o + x * d).clamp(0.0, 1.0).reshape(b, c, h, w)
+        return torch.where(dead, out, images)
+
+    first = finish(x)
+    if not biharmonic:
+        return first, first
+    ko = _neg_laplacian(o)
+    x = _cg(lambda v: d * _neg_laplacian(_neg_laplacian(d * v)), -d * _neg_laplacian(ko), x, iters, tol)
+    return first, finish(x)
 
 
 def fill_image(img: np.ndarray, dead: np.ndarray, iters: int = 200, tol: float = 1e-4, order: int = 2) -> np.ndarray:

@@ -336,25 +336,27 @@ class Restorer:
         filled = self._fill([masks.colour_channels(decoded[i][0]) for i in order], [decoded[i][2] for i in order])
         for i, result in zip(order, filled, strict=True):
             img, info, dead, source = decoded[i]
-            mask_given = source == MASK_FROM_COLUMN
             try:
                 if isinstance(result, Exception):
                     raise result
                 restored = masks.join_alpha(result, masks.split_alpha(img)[1])  # alpha as it was
                 if self.sr_model is not None:
                     restored = self.sr_model(restored)
-                elif mask_given and self.keeps_observed and restored.shape == img.shape:
-                    # the mask says which pixels are dead: every other pixel is kept exactly
-                    restored = np.where(
-                        np.broadcast_to(dead if img.ndim == 2 else dead[..., None], img.shape), restored, img
-                    )
-                if not mask_given:
+                colour, alpha = masks.split_alpha(restored)
+                if self.sr_model is None and source == MASK_FROM_COLUMN and self.keeps_observed:
+                    # the mask says which pixels are dead: every other pixel is kept exactly, and a
+                    # fill may be black (black next to the mask is content, not a dead pixel)
+                    kept = masks.colour_channels(img)
+                    if colour.shape == kept.shape:
+                        colour = np.where(
+                            np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept
+                        )
+                else:
                     # dead pixels were found as zeros: a fill at 0 would read as dead again
-                    colour, alpha = masks.split_alpha(restored)
                     colour = no_new_dead(
                         colour, masks.colour_channels(img), dead if self.method != "none" else None, info.bit_depth
                     )
-                    restored = masks.join_alpha(colour, alpha)
+                restored = masks.join_alpha(colour, alpha)
                 self._metrics(out, i, img, restored, dead, source, ref_col[i] if ref_col is not None else None)
                 out["image"][i] = codec.encode_like(restored, info)
             except Exception as exc:

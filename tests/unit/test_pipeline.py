@@ -122,11 +122,10 @@ def test_learned_method_restores_rows_of_any_size_and_channels(rng):
     rows, clean = [], []
     for shape in sizes:
         c = np.clip(synth.shapes(1, max(shape[:2]), rgb=True, seed=len(rows))[0][: shape[0], : shape[1]], 0.02, 1)
-        c = (
-            c[..., 0]
-            if len(shape) == 2
-            else (np.concatenate([c, np.full(shape[:2] + (1,), 0.8)], 2) if shape[2] == 4 else c)
-        )
+        if len(shape) == 2:
+            c = c[..., 0]
+        elif shape[2] == 4:
+            c = np.concatenate([c, np.full((*shape[:2], 1), 0.8)], axis=2)
         u8 = np.rint(c * 255).astype(np.uint8)
         dead = rng.random(shape[:2]) < 0.3
         dam = u8.copy()
