@@ -142,11 +142,19 @@ def train_loop(config: dict[str, Any]) -> None:
     # forward plain attributes to the module it wraps.
     model.spec = spec  # type: ignore[assignment]
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    # The refiner written out is an exponential moving average of the trained weights (it
+    # smooths Adam's step-to-step noise, as restore_core.refiner.train_refiner does); the
+    # checkpoint holds both, the raw ones in the train state.
+    averaged = build_refiner(spec).to(device)
+    averaged.load_state_dict(base.state_dict())
 
     def load_weights(folder: str) -> None:
-        base.load_state_dict(build_from_artifact(load_refiner(folder)).state_dict())
+        averaged.load_state_dict(build_from_artifact(load_refiner(folder)).state_dict())
 
-    start, history = training.resume_train_state(JOB, optimizer, None, load_weights)
+    start, history, extra = training.resume_train_state(JOB, optimizer, None, load_weights)
+    if "raw_weights" in extra:
+        base.load_state_dict(extra["raw_weights"])
+    ema_steps = int(extra.get("ema_steps", 0))
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
@@ -184,13 +192,17 @@ def train_loop(config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            ema_steps += 1
+            with torch.no_grad():
+                decay = min(t.ema_decay, (1.0 + ema_steps) / (10.0 + ema_steps))
+                for pa, pm in zip(averaged.parameters(), base.parameters(), strict=True):
+                    pa.lerp_(pm, 1.0 - decay)
             loss_sum += float(loss.detach()) * images.shape[0]
             n_train += int(images.shape[0])
         train_seconds = time.perf_counter() - t0
         # Validation: the same hidden pixels every epoch (a fixed generator), refiner vs the fill.
         sse_model, sse_fill, n_hidden = 0.0, 0.0, 0.0
         if val_shard is not None:
-            base.eval()
             val_gen = torch.Generator(device=device).manual_seed(t.seed + 7 + rank)
             with torch.no_grad():
                 for batch in val_shard.iter_torch_batches(batch_size=t.batch_size):
@@ -198,7 +210,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     hide = rf.random_training_mask(observed.shape, val_gen, device) & observed
                     dead = ~observed | hide
                     weight = hide.expand_as(images).float()
-                    pred = rf.refine(base, images, dead, bases=bases)
+                    pred = rf.refine(averaged, images, dead, bases=bases)
                     fill = harmonic_fill(images, dead, iters=spec.fill_iters, order=spec.fill_order)
                     sse_model += float((((pred - images) ** 2) * weight).sum())
                     sse_fill += float((((fill - images) ** 2) * weight).sum())
@@ -216,7 +228,7 @@ def train_loop(config: dict[str, Any]) -> None:
         }
         history.append(metrics)
         line = (
-            f"[{JOB}] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.4f} (fill = 1)  "
+            f"[{JOB}] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.6f}  "
             f"val hidden-pixel PSNR {metrics['val_psnr_hidden']:.2f} dB "
             f"(its fill alone {metrics['val_psnr_hidden_fill']:.2f})  {int(sums[1])} crops  "
             f"{metrics['epoch_seconds']:.1f} s"
@@ -224,9 +236,10 @@ def train_loop(config: dict[str, Any]) -> None:
 
         def write_model(folder: str, epoch: int = epoch) -> None:
             meta = {**config["meta"], "training": {**config["meta"]["training"], "epoch": epoch}}
-            save_refiner(refiner_artifact(base, spec, **meta), folder)
+            save_refiner(refiner_artifact(averaged, spec, **meta), folder)
 
-        training.report_epoch(line, metrics, write_model, optimizer, None, history)
+        raw = {"raw_weights": {k: v.detach().cpu() for k, v in base.state_dict().items()}, "ema_steps": ema_steps}
+        training.report_epoch(line, metrics, write_model, optimizer, None, history, raw)
 
 
 def _psnr(sse: float, n: float) -> float:

@@ -173,11 +173,24 @@ def is_validation_id(image_id: str, fraction: float) -> bool:
 # ----------------------------------------------------------------------------- worker side
 
 
-def save_train_state(folder: str, optimizer: Any, scaler: Any, epoch: int, history: list[dict[str, Any]]) -> None:
-    """Write the optimiser (and grad scaler) state and the progress next to the model files."""
+def save_train_state(
+    folder: str,
+    optimizer: Any,
+    scaler: Any,
+    epoch: int,
+    history: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the optimiser (and grad scaler) state, ``extra`` (tensors and numbers the job needs
+    to resume, e.g. the raw weights behind an averaged model) and the progress next to the
+    model files."""
     import torch
 
-    state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else {}}
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "extra": extra or {},
+    }
     torch.save(state, os.path.join(folder, STATE_FILE))
     with open(os.path.join(folder, PROGRESS_FILE), "w", encoding="utf-8") as f:
         json.dump({"epoch": epoch, "history": history}, f)
@@ -190,10 +203,11 @@ def report_epoch(
     optimizer: Any,
     scaler: Any,
     history: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """On every Ray Train worker after an epoch: report ``metrics``; rank 0 also prints ``line``
     and reports a checkpoint made of the model files (``write_model(folder)``), the optimiser
-    state and the progress."""
+    state, ``extra`` and the progress."""
     import tempfile
 
     import ray.train
@@ -205,21 +219,22 @@ def report_epoch(
     print(line, flush=True)
     with tempfile.TemporaryDirectory() as folder:
         write_model(folder)
-        save_train_state(folder, optimizer, scaler, int(metrics["epoch"]), history)
+        save_train_state(folder, optimizer, scaler, int(metrics["epoch"]), history, extra)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def resume_train_state(
     job: str, optimizer: Any, scaler: Any, load_weights: Callable[[str], None]
-) -> tuple[int, list[dict[str, Any]]]:
-    """On a Ray Train worker: (last finished epoch, history) of the checkpoint Ray Train restored,
-    with the weights (``load_weights(folder)``) and optimiser state loaded; (0, []) on a new run."""
+) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """On a Ray Train worker: (last finished epoch, history, extra) of the checkpoint Ray Train
+    restored, with the weights (``load_weights(folder)``) and optimiser state loaded; (0, [], {})
+    on a new run."""
     import ray.train
     import torch
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0, []
+        return 0, [], {}
     with checkpoint.as_directory() as folder:
         load_weights(folder)
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
@@ -231,4 +246,4 @@ def resume_train_state(
     epoch = int(progress["epoch"])
     if ray.train.get_context().get_world_rank() == 0:
         print(f"[{job}] resuming after epoch {epoch} from the checkpoint {checkpoint.path}", flush=True)
-    return epoch, list(progress["history"])
+    return epoch, list(progress["history"]), dict(state.get("extra") or {})

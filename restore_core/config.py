@@ -293,13 +293,10 @@ class InpaintTrainLoopConfig:
     epochs: int = ranged(20, 1)
     batch_size: int = ranged(32, 1)  # crops per step, per worker
     lr: float = ranged(1e-3, 0.0, 1.0, low_open=True)  # Adam step size
-    patch_size: int = ranged(64, 8, 1024)  # crop side; smaller images are padded (the padding counts as unobserved)
-    crops_per_image: int = ranged(
-        8, 1
-    )  # crops cut from each training image (once; the hidden pixels differ every step)
-    val_fraction: float = ranged(
-        0.1, 0.0, 1.0, high_open=True
-    )  # share of images (by id hash) kept for validation; 0 = none
+    patch_size: int = ranged(64, 8, 1024)  # crop side; smaller images are padded (the padding is unobserved)
+    crops_per_image: int = ranged(8, 1)  # crops cut once from each image; the hidden pixels differ every step
+    val_fraction: float = ranged(0.1, 0.0, 1.0, high_open=True)  # share of images (by id hash) held out; 0 = none
+    ema_decay: float = ranged(0.995, 0.0, 1.0, high_open=True)  # the refiner: this moving average of the weights
     seed: int = ranged(0, 0)
 
 
