@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from restore_core import synth
 from restore_core.fill import harmonic_fill
 from restore_core.refiner import (
     RefinerSpec,
