@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from restore_core import synth
 from restore_core.fill import harmonic_fill
 from restore_core.refiner import (
     RefinerSpec,
@@ -41,13 +40,12 @@ def test_refine_shapes_and_observed_pixels_unchanged(channels, levels, shape, rn
     assert out.min() >= 0 and out.max() <= 1
 
 
-def test_a_new_refiner_starts_near_its_fill(rng):
+def test_a_new_refiner_starts_as_its_fill(rng):
     x = torch.from_numpy(rng.random((2, 1, 16, 16), dtype=np.float32))
     dead = torch.from_numpy(rng.random((2, 1, 16, 16)) < 0.3)
     model = build_refiner(RefinerSpec(width=8))
     fill = harmonic_fill(x, dead, iters=model.spec.fill_iters, order=model.spec.fill_order)
-    diff = (refine(model, x, dead) - fill).abs()
-    assert 0 < float(diff.max()) < 0.1
+    assert torch.allclose(refine(model, x, dead), fill, atol=1e-6)
 
 
 def test_random_training_mask_kinds_and_rates():
@@ -77,11 +75,15 @@ def test_training_loss_only_sees_observed_pixels(rng):
 
 
 def test_loss_decreases_on_a_tiny_set():
-    # Self-supervised on damaged images only: the loss on a fixed batch (fixed hidden pixels)
-    # falls well below the untrained refiner's (which is close to its fill).
+    # Self-supervised on damaged images only: on stripes one pixel wide the fill averages a dead
+    # pixel's neighbours across the stripes (wrong by half the contrast); the refiner learns to
+    # follow the stripe, so the loss on a fixed batch (fixed hidden pixels) falls far below the
+    # untrained refiner's (which is its fill).
     torch.set_num_threads(1)
-    clean = synth.shapes(16, 16, seed=4)
     rng = np.random.default_rng(0)
+    cols = np.arange(16) % 2
+    clean = np.stack([np.tile(np.where(cols == p, 0.8, 0.2), (16, 1)) for p in rng.integers(0, 2, 8)])
+    clean = (clean * rng.uniform(0.6, 1.0, (8, 1, 1))).astype(np.float32)
     observed = rng.random(clean.shape) > 0.2
     damaged = np.where(observed, clean, 0.0).astype(np.float32)
     spec = RefinerSpec(width=8, levels=1, fill_order=1, fill_iters=50)
@@ -103,7 +105,8 @@ def test_loss_decreases_on_a_tiny_set():
         batch_size=8,
         seed=0,
         crop=16,
+        ema_decay=0.0,
         progress=lambda step, loss: losses.append(loss),
     )
     assert model.steps_done == 100 and len(losses) == 2 and not model.training
-    assert fixed_loss(model) < 0.8 * before
+    assert fixed_loss(model) < 0.5 * before
