@@ -105,6 +105,9 @@ class OutputConfig:
     overwrite: bool = False
     rows_per_shard: int = ranged(0, 0)  # 0 = one output shard per input file
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    format: Literal["parquet", "images"] = "parquet"  # images: files in the input's tree under <path>/images/
+    image_format: Literal["keep", "png", "jpeg", "webp", "tiff"] = "keep"  # keep = the input's (PNG if other)
+    quality: int = ranged(0, 0, 100)  # jpeg/webp 1-100; 0 = the input JPEG's own (90 if none), webp lossless
 
 
 @dataclasses.dataclass(frozen=True)

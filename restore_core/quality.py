@@ -369,7 +369,8 @@ def restore_only_flagged(
     """Run ``restore`` on the flagged rows of ``batch``; pass the other rows through untouched.
 
     Passed-through rows keep their image bytes as they came (no decode, no re-encode), get
-    ``status = "ok"``, ``method = "skipped"``, NaN metrics and 0 sizes. Row order is kept.
+    ``status = "ok"``, ``method = "skipped"``, NaN metrics, 0 sizes and their own byte counts in
+    ``bytes_in``/``bytes_out``. Row order is kept.
     ``output_columns`` are the restore step's own columns (pipeline.OUTPUT_COLUMNS).
     """
     ids = batch[id_column]
@@ -395,6 +396,9 @@ def restore_only_flagged(
             col = np.asarray(batch[name]).copy()  # an input column the restore step passes through
         elif name in ("width", "height", "channels"):
             col = np.zeros(n, dtype=np.int64)
+        elif name in ("bytes_in", "bytes_out"):  # passed through: the same bytes in and out
+            cells = [_cell_bytes(images[i]) if images is not None else None for i in range(n)]
+            col = np.asarray([len(c) if c else 0 for c in cells], dtype=np.int64)
         elif name.startswith(("psnr", "ssim", "dead_fraction")) or name == "seconds":
             col = np.full(n, np.nan, dtype=np.float64)
         else:
