@@ -151,7 +151,7 @@ def train_loop(config: dict[str, Any]) -> None:
     def load_weights(folder: str) -> None:
         averaged.load_state_dict(build_from_artifact(load_refiner(folder)).state_dict())
 
-    start, history, extra = training.resume_train_state(JOB, optimizer, None, load_weights)
+    start, history, extra = training.resume_train_state(config, JOB, optimizer, None, load_weights)
     if "raw_weights" in extra:
         base.load_state_dict(extra["raw_weights"])
     ema_steps = int(extra.get("ema_steps", 0))
@@ -239,7 +239,7 @@ def train_loop(config: dict[str, Any]) -> None:
             save_refiner(refiner_artifact(averaged, spec, **meta), folder)
 
         raw = {"raw_weights": {k: v.detach().cpu() for k, v in base.state_dict().items()}, "ema_steps": ema_steps}
-        training.report_epoch(line, metrics, write_model, optimizer, None, history, raw)
+        training.report_epoch(config, line, metrics, write_model, optimizer, None, history, raw)
 
 
 def _psnr(sse: float, n: float) -> float:

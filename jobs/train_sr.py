@@ -145,7 +145,7 @@ def train_loop(config: dict[str, Any]) -> None:
     def load_weights(folder: str) -> None:
         base.load_state_dict(sr.model_from_artifact(load_sr_model(folder)).net.state_dict())
 
-    start, history, _ = training.resume_train_state("train-sr", state.optimizer, state.scaler, load_weights)
+    start, history, _ = training.resume_train_state(config, "train-sr", state.optimizer, state.scaler, load_weights)
 
     def all_sum(values: list[float]) -> list[float]:
         x = torch.tensor(values, dtype=torch.float64, device=device)
@@ -204,7 +204,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 train_config=config["cfg_public"],
             )
 
-        training.report_epoch(line, metrics, write_model, state.optimizer, state.scaler, history)
+        training.report_epoch(config, line, metrics, write_model, state.optimizer, state.scaler, history)
 
 
 # ----------------------------------------------------------------------------- driver

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import posixpath
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,8 @@ from restore_core.io import datasets
 log = logging.getLogger("jobs.training")
 
 IDENTITY_FILE = "_run.json"
+#: train_loop_config key of the queue that carries the workers' progress lines to the driver.
+PROGRESS_KEY = "_progress"
 STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.json"
 
@@ -124,6 +127,7 @@ def fit(
     Raises UserError when the run ends without any checkpoint."""
     import ray.train
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     if workers.num_workers < 1:
         raise UserError(f"workers.num_workers must be >= 1, got {workers.num_workers}")
@@ -136,9 +140,15 @@ def fit(
         log.info("resuming from the latest checkpoint in %s", place.url)
     else:
         log.info("checkpoints go to %s", place.url)
+    # Workers' output stays in Ray's log files unless --verbose: their progress lines come to
+    # the driver's log through a queue instead, as they happen.
+    progress = Queue(actor_options={"num_cpus": 0})
+    stop = threading.Event()
+    relay = threading.Thread(target=_relay, args=(progress, stop), name="train-progress", daemon=True)
+    relay.start()
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, PROGRESS_KEY: progress},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers.num_workers, use_gpu=workers.use_gpu, resources_per_worker=resources
         ),
@@ -150,13 +160,44 @@ def fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        stop.set()
+        relay.join()
+        progress.shutdown()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
         raise UserError("training produced no checkpoint (no training data? check input.path)")
     where = f"{place.url}/{posixpath.basename(result.checkpoint.path.rstrip('/'))}"
     return result.checkpoint, where
+
+
+def _relay(progress: Any, stop: threading.Event) -> None:
+    """Driver thread: log the workers' progress lines until training ends and the queue is empty."""
+    from ray.util.queue import Empty
+
+    while True:
+        try:
+            log.info("%s", progress.get(timeout=0.5))
+        except Empty:
+            if stop.is_set():
+                return
+        except Exception:  # the queue's actor gone: nothing more will come
+            return
+
+
+def say(config: dict[str, Any], line: str) -> None:
+    """On a Ray Train worker: a progress line for the driver's log (printed when no driver listens)."""
+    progress = config.get(PROGRESS_KEY)
+    if progress is None:
+        print(line, flush=True)
+        return
+    try:
+        progress.put(line, timeout=5)
+    except Exception:  # never let a log line stop training
+        print(line, flush=True)
 
 
 def describe_workers(workers: TrainWorkersConfig) -> str:
@@ -197,6 +238,7 @@ def save_train_state(
 
 
 def report_epoch(
+    config: dict[str, Any],
     line: str,
     metrics: dict[str, Any],
     write_model: Callable[[str], None],
@@ -205,9 +247,9 @@ def report_epoch(
     history: list[dict[str, Any]],
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """On every Ray Train worker after an epoch: report ``metrics``; rank 0 also prints ``line``
-    and reports a checkpoint made of the model files (``write_model(folder)``), the optimiser
-    state, ``extra`` and the progress."""
+    """On every Ray Train worker after an epoch: report ``metrics``; rank 0 also sends ``line``
+    to the driver's log (:func:`say`) and reports a checkpoint made of the model files
+    (``write_model(folder)``), the optimiser state, ``extra`` and the progress."""
     import tempfile
 
     import ray.train
@@ -215,8 +257,7 @@ def report_epoch(
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
-    # print, not logging: Ray forwards worker stdout to the driver's console as it happens.
-    print(line, flush=True)
+    say(config, line)
     with tempfile.TemporaryDirectory() as folder:
         write_model(folder)
         save_train_state(folder, optimizer, scaler, int(metrics["epoch"]), history, extra)
@@ -224,7 +265,7 @@ def report_epoch(
 
 
 def resume_train_state(
-    job: str, optimizer: Any, scaler: Any, load_weights: Callable[[str], None]
+    config: dict[str, Any], job: str, optimizer: Any, scaler: Any, load_weights: Callable[[str], None]
 ) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
     """On a Ray Train worker: (last finished epoch, history, extra) of the checkpoint Ray Train
     restored, with the weights (``load_weights(folder)``) and optimiser state loaded; (0, [], {})
@@ -245,5 +286,5 @@ def resume_train_state(
             progress = json.load(f)
     epoch = int(progress["epoch"])
     if ray.train.get_context().get_world_rank() == 0:
-        print(f"[{job}] resuming after epoch {epoch} from the checkpoint {checkpoint.path}", flush=True)
+        say(config, f"[{job}] resuming after epoch {epoch} from the checkpoint {checkpoint.path}")
     return epoch, list(progress["history"]), dict(state.get("extra") or {})
