@@ -13,7 +13,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from jobs import ray_utils
 from restore_core.checks import explain_exception
 from restore_core.config import load_config
 from restore_core.errors import UserError
@@ -35,6 +37,36 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+#: The YAML configs shipped in the package (``configs/`` of the repository; ``jobs/default_configs``
+#: links to it, so a source checkout and an installed wheel find them in the same place).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "default_configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the packaged configs (``restore``, ``sr_seed``...), for ``--config NAME``."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(command: str, value: str | None) -> str | None:
+    """The YAML file that ``--config value`` means for ``command``.
+
+    An existing file is used as given. A bare name (no folder, no ``.yaml``) names a packaged
+    config: ``default`` is the command's own (``configs/restore.yaml`` for ``restore``), any
+    other name is ``configs/<name>.yaml`` (``--config sr_seed``). This is how an installed wheel,
+    which has no ``configs/`` folder beside it, reaches its configs.
+    """
+    if not value or Path(value).is_file():
+        return value
+    if "/" in value or os.sep in value or value.endswith((".yaml", ".yml")):
+        return value  # a path that does not exist: load_config says so
+    name = COMMANDS[command].module if value == "default" else value
+    path = PACKAGED_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(["default", *packaged_configs()])
+        raise UserError(f"--config {value}: no such file, nor a packaged config (packaged: {known})")
+    return str(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs",
@@ -43,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
-        p.add_argument("--config", "-c", help="YAML config file (see configs/)")
+        p.add_argument(
+            "--config",
+            "-c",
+            help="YAML config file, or a packaged config's name: 'default' (this command's), 'sr_seed'...",
+        )
         p.add_argument(
             "--set",
             "-s",
@@ -53,11 +89,45 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a config key, e.g. --set fit.stride=4 (repeatable)",
         )
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.add_argument(
+            "--verbose",
+            "-v",
+            action="store_true",
+            help="also show Ray's own output: worker lines, Ray's info logs, library warnings",
+        )
         module = importlib.import_module(f"jobs.{cmd.module}")
         add_args = getattr(module, "add_arguments", None)
         if add_args is not None:
             add_args(p)
     return parser
+
+
+class _BriefFormatter(logging.Formatter):
+    """``12:03:04 message`` for the job's steps; warnings and errors say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else text.replace(" ", f" {record.levelname.lower()}: ", 1)
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    logging.getLogger("jobs").warning("%s: %s", category.__name__, message)
+
+
+def setup_logging(verbose: bool) -> None:
+    """The job's log on stderr: its own steps (logger ``jobs``, level ``$IMRESTORE_LOG``, INFO by
+    default), and other libraries' warnings; ``verbose`` adds everything Ray and the libraries say."""
+    level = os.environ.get("IMRESTORE_LOG", "INFO")
+    if verbose:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(_BriefFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+        logging.getLogger("jobs").setLevel(level)
+        # One line a warning, without the source line Python prints under it.
+        warnings.showwarning = _warning_line
+    ray_utils.set_verbose(verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,17 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=os.environ.get("IMRESTORE_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    warnings.filterwarnings("ignore", module="ray.*")
+    setup_logging(args.verbose)
     module = importlib.import_module(f"jobs.{COMMANDS[args.command].module}")
     try:
         # A command's own flags first, so that an explicit --set wins over them.
         apply_args = getattr(module, "apply_arguments", None)
         overrides = list(apply_args(args)) if apply_args is not None else []
         overrides += list(args.set)
-        cfg = load_config(module.CONFIG, args.config, overrides)
+        cfg = load_config(module.CONFIG, resolve_config(args.command, args.config), overrides)
         summary = module.run(cfg)
     except UserError as exc:
         # explain_exception unwraps a UserError raised inside a Ray task to its one line.

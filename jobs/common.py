@@ -27,6 +27,12 @@ class Summary:
             lines.append(f"{k:>28}: {v}")
         return "\n".join(lines)
 
+    def brief(self, n_values: int = 3) -> str:
+        """One line: the job, its first ``n_values`` numbers and its first output."""
+        numbers = ", ".join(f"{k} {_fmt(v)}" for k, v in list(self.values.items())[:n_values])
+        first = next(iter(self.outputs.values()), "")
+        return f"{self.job}: {numbers}" + (f" -> {first}" if first else "")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, default=str)
 

@@ -136,9 +136,16 @@ def _job(module: str) -> Any:
 
 
 def _summary_line(summary: Any) -> None:
-    if isinstance(summary, Summary):
-        for line in summary.render().splitlines():
-            log.info("  %s", line)
+    """A step's job summary in the demo's log: one line, or all of it with --verbose."""
+    if not isinstance(summary, Summary):
+        return
+    from jobs.ray_utils import is_verbose
+
+    if not is_verbose():
+        log.info("  %s", summary.brief())
+        return
+    for line in summary.render().splitlines():
+        log.info("  %s", line)
 
 
 # ----------------------------------------------------------------------------- data

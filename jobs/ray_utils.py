@@ -6,12 +6,16 @@ functions so that they all start Ray, read fsspec URLs and size their actor pool
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
 import posixpath
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,76 @@ from restore_core.errors import UserError
 from restore_core.io import datasets
 
 log = logging.getLogger("jobs.ray")
+
+#: Whether Ray's own output reaches this terminal (``--verbose``, or ``IMRESTORE_VERBOSE=1``).
+#: Off: workers' stdout/stderr, Ray's log lines below ERROR and library deprecation warnings
+#: stay out of the job's log (they are still in Ray's log files, whose folder the job prints).
+_VERBOSE = os.environ.get("IMRESTORE_VERBOSE", "") not in ("", "0")
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show Ray's own output (worker lines, dedup notices, warnings) or keep the log to the job's."""
+    global _VERBOSE
+    _VERBOSE = verbose
+    if not verbose:
+        hide_library_warnings()
+
+
+def is_verbose() -> bool:
+    return _VERBOSE
+
+
+def hide_library_warnings() -> None:
+    """Deprecation and future warnings (Ray's, torch's...) say nothing about the user's data."""
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    # Ray's advice on its own tuning (actor pool sizes, block counts): the job sizes those itself.
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+
+
+@contextlib.contextmanager
+def _quiet_ray_start() -> Iterator[None]:
+    """While Ray starts: its C++ core (driver side) logs only fatal errors, and what it prints on
+    file descriptor 2 is kept aside, shown only if the start fails. Ray's C++ code writes its
+    notices (actor arguments in the object store, the log level it read) straight to fd 2."""
+    saved_env = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            if saved_env is None:
+                os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+            else:
+                os.environ["RAY_BACKEND_LOG_LEVEL"] = saved_env
+
+
+def _set_ray_data_console(level: int) -> None:
+    """Ray Data logs to its own file (kept at DEBUG) and to the console: only the console changes."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(level)
+
+
+def ray_logs_folder() -> str:
+    """Where this driver's Ray session writes its logs (the workers' output among them)."""
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)
+    getter = getattr(node, "get_logs_dir_path", None)
+    return str(getter()) if callable(getter) else "/tmp/ray/session_latest/logs"
+
 
 #: CPUs kept free of actors for Ray Data's read and write tasks. With every CPU taken by actors
 #: the reads can never be scheduled and the job hangs (measured on Ray 2.60, 2 CPUs).
@@ -40,25 +114,42 @@ def init_ray(ray_cfg: RayConfig) -> None:
     """
     if ray.is_initialized():
         return
+    verbose = is_verbose()
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.*")
-    common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Not verbose: workers' output stays in their log files (no "(pid=...)" lines, no dedup
+    # notices), and Ray's own loggers speak only of errors.
+    common: dict[str, Any] = {
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+    }
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS", "")
     try:
-        if address:
-            ray.init(address=address, **common)
-        else:
-            # "local": always a new instance. Without it ray.init() would join any cluster that
-            # `ray start` left on this machine, which is not what address "" promises.
-            ray.init(
-                address="local",
-                num_cpus=ray_cfg.num_cpus or None,
-                include_dashboard=False,
-                **common,
-            )
+        with contextlib.nullcontext() if verbose else _quiet_ray_start():
+            if address:
+                ray.init(address=address, **common)
+            else:
+                # "local": always a new instance. Without it ray.init() would join any cluster that
+                # `ray start` left on this machine, which is not what address "" promises.
+                ray.init(
+                    address="local",
+                    num_cpus=ray_cfg.num_cpus or None,
+                    include_dashboard=False,
+                    **common,
+                )
     except ConnectionError as exc:
         raise UserError(f"cannot connect to the Ray cluster at {address!r} ({exc}); check ray.address") from None
+    cpus, gpus = cluster_resources()
+    where = f"cluster at {address}" if address else "on this machine"
+    log.info(
+        "Ray %s: %g CPUs, %g GPUs; Ray's logs in %s%s",
+        where,
+        cpus,
+        gpus,
+        ray_logs_folder(),
+        "" if verbose else " (--verbose shows them here)",
+    )
     # Ray Data logs every execution plan at INFO; the job prints its own summary instead.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    _set_ray_data_console(logging.INFO if verbose else logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     # Progress bars only for a person at a terminal; logs and CI get the summary instead.
     ctx.enable_progress_bars = sys.stderr.isatty()
@@ -92,7 +183,15 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     idc, imc = input_cfg.id_column, input_cfg.image_column
     if is_process_local(input_cfg.path):
         rows = list(
-            datasets.iter_rows(input_cfg.path, input_cfg.format, input_cfg.storage_options, idc, imc, input_cfg.limit)
+            datasets.iter_rows(
+                input_cfg.path,
+                input_cfg.format,
+                input_cfg.storage_options,
+                idc,
+                imc,
+                input_cfg.limit,
+                (input_cfg.reference_column, input_cfg.mask_column),
+            )
         )
         return ray.data.from_arrow(pa.Table.from_pylist(rows))
     fs, root = arrow_filesystem(input_cfg.path, input_cfg.storage_options)
@@ -101,6 +200,20 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
         # are read as one schema (ids as strings, missing columns null) instead of failing mid-job.
         schema = datasets.parquet_input_schema(input_cfg.path, input_cfg.storage_options, idc, imc)
         ds = ray.data.read_parquet(files, filesystem=fs, **({"schema": schema} if schema is not None else {}))
+        if schema is None:  # the files agree: the first one's schema is everyone's
+            schema = datasets.parquet_schemas(
+                files[:1], datasets.filesystem(input_cfg.path, input_cfg.storage_options)[0]
+            )[0]
+        image_columns = (imc, input_cfg.reference_column, input_cfg.mask_column)
+        if any(c in schema.names and datasets.is_path_struct(schema.field(c).type) for c in image_columns):
+            # Hugging Face cells that point at files: read the files in the read stage.
+            embed = functools.partial(
+                datasets.embed_path_cells,
+                columns=image_columns,
+                url=input_cfg.path,
+                storage_options=input_cfg.storage_options,
+            )
+            ds = ds.map_batches(embed, batch_format="pyarrow", num_cpus=0.25)
     else:
         ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
         base = root if not fs.get_file_info(root).is_file else posixpath.dirname(root)

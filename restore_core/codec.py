@@ -25,6 +25,17 @@ from restore_core.errors import ImageDecodeError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
+#: Output formats (``output.image_format``; ``keep`` writes the input's format when it is one of
+#: these, else PNG) and the Pillow format each is written with.
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
+#: JPEG quality when neither the config nor the input says one (a non-JPEG input written as JPEG).
+DEFAULT_JPEG_QUALITY = 90
+#: Sum of the JPEG standard's luminance quantization table (ITU T.81 Annex K.1): what libjpeg
+#: scales by quality, so a file's table sum gives its quality setting back.
+_STD_LUMA_TABLE_SUM = 3688
+#: Metadata blocks larger than this are not carried over (a hostile file must not bloat output).
+MAX_METADATA_BYTES = 1 << 20
+
 #: Pillow plugins allowed to parse input bytes: the raster formats datasets use (JPEG covers
 #: Pillow's MPO, the multi-frame JPEGs of phone cameras). Anything else is refused.
 DECODE_FORMATS = ("PNG", "JPEG", "TIFF", "GIF", "BMP", "DIB", "WEBP", "PPM")
@@ -40,6 +51,9 @@ class ImageInfo:
     height: int
     channels: int
     bit_depth: int  # 8 or 16 (PNG output depth)
+    quality: int = 0  # JPEG: the encoder's quality setting, estimated from the tables; else 0
+    exif: bytes | None = None  # raw EXIF block, written back as it was (orientation included)
+    icc_profile: bytes | None = None  # ICC colour profile, written back as it was
 
 
 def decode(
@@ -113,8 +127,35 @@ def decode(
         raise ImageDecodeError(f"cannot convert {fmt} image of mode {img.mode!r}: {exc}") from None
 
 
+def estimate_jpeg_quality(img: Image.Image) -> int:
+    """The quality (1-100) a JPEG was saved with, from its luminance quantization table, as
+    libjpeg's scaling maps it (exact for files written by libjpeg/Pillow); 0 when not a JPEG."""
+    tables = getattr(img, "quantization", None) or {}
+    luma = tables.get(0)
+    if not luma or len(luma) != 64:
+        return 0
+    scale = 100.0 * float(sum(luma)) / _STD_LUMA_TABLE_SUM  # libjpeg's percentage scaling
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return int(min(100, max(1, round(quality))))
+
+
+def _metadata(img: Image.Image, fmt: str) -> dict[str, object]:
+    """What is carried over to the output file: quality estimate, EXIF, ICC profile."""
+
+    def block(key: str) -> bytes | None:
+        value = img.info.get(key)
+        return bytes(value) if isinstance(value, bytes | bytearray) and 0 < len(value) <= MAX_METADATA_BYTES else None
+
+    return {
+        "quality": estimate_jpeg_quality(img) if fmt == "JPEG" else 0,
+        "exif": block("exif"),
+        "icc_profile": block("icc_profile"),
+    }
+
+
 def _to_array(img: Image.Image, fmt: str) -> tuple[np.ndarray, ImageInfo]:
     mode = img.mode
+    meta = _metadata(img, fmt)
     bit_depth = 8
     if mode == "P":
         has_alpha = "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")
@@ -171,6 +212,7 @@ def _to_array(img: Image.Image, fmt: str) -> tuple[np.ndarray, ImageInfo]:
         height=int(arr.shape[0]),
         channels=channels,
         bit_depth=bit_depth,
+        **meta,  # type: ignore[arg-type]
     )
     return arr, info
 
@@ -186,6 +228,16 @@ def encode_png(arr: np.ndarray, bit_depth: int = 8) -> bytes:
         8, or 16 for one-channel images (PNG's 16-bit gray). Multi-channel 16-bit is written
         as 8-bit because Pillow cannot write 16-bit RGB PNG.
     """
+    buf = io.BytesIO()
+    to_pil(arr, bit_depth).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def to_pil(arr: np.ndarray, bit_depth: int = 8) -> Image.Image:
+    """A Pillow image of a float array in [0, 1] (clipped; NaN as 0).
+
+    (H, W) gives mode L (I;16 with ``bit_depth`` 16), (H, W, 2|3|4) gives LA, RGB or RGBA.
+    """
     a = np.asarray(arr, dtype=np.float32)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
@@ -193,14 +245,68 @@ def encode_png(arr: np.ndarray, bit_depth: int = 8) -> bytes:
         raise ValueError(f"cannot encode array of shape {a.shape}")
     a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
     if a.ndim == 2 and bit_depth == 16:
-        img = Image.fromarray(np.rint(a * 65535.0).astype(np.uint16))
-    else:
-        img = Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
+        return Image.fromarray(np.rint(a * 65535.0).astype(np.uint16))
+    return Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
+
+
+def from_pil(img: Image.Image) -> tuple[np.ndarray, ImageInfo]:
+    """A Pillow image as :func:`decode` would give it: float32 in [0, 1], channels kept."""
+    try:
+        return _to_array(img, img.format or "unknown")
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot convert image of mode {img.mode!r}: {exc}") from None
+
+
+def output_format(info: ImageInfo, image_format: str = "png") -> str:
+    """The Pillow format an image decoded as ``info`` is written in: ``image_format`` (png, jpeg,
+    webp, tiff), or with ``keep`` the input's own when it is one of those (else PNG)."""
+    if image_format == "keep":
+        return info.format if info.format in OUTPUT_FORMATS.values() else "PNG"
+    if image_format not in OUTPUT_FORMATS:
+        raise ValueError(f"image format {image_format!r}: choose keep, {', '.join(OUTPUT_FORMATS)}")
+    return OUTPUT_FORMATS[image_format]
+
+
+def encode_like(arr: np.ndarray, info: ImageInfo, image_format: str = "png", quality: int = 0) -> bytes:
+    """Encode ``arr`` (float in [0, 1]) like the decoded source ``info``.
+
+    Parameters
+    ----------
+    arr : np.ndarray
+        (H, W) or (H, W, C), as :func:`to_pil` takes it.
+    info : ImageInfo
+        The source's: bit depth (16-bit gray stays 16-bit in PNG/TIFF), format (for ``keep``),
+        JPEG quality estimate, and the EXIF block and ICC profile, written back unchanged.
+    image_format : {"keep", "png", "jpeg", "webp", "tiff"}
+        See :func:`output_format`.
+    quality : int
+        JPEG/WebP quality 1-100. 0: JPEG uses the source's estimated quality (else
+        :data:`DEFAULT_JPEG_QUALITY`), WebP is written lossless. JPEG drops an alpha channel.
+    """
+    fmt = output_format(info, image_format)
+    img = to_pil(arr, info.bit_depth if fmt in ("PNG", "TIFF") else 8)
+    params: dict[str, object] = {}
+    if info.icc_profile:
+        params["icc_profile"] = info.icc_profile
+    if info.exif:
+        params["exif"] = info.exif
+    if fmt == "PNG":
+        params["compress_level"] = 1
+    elif fmt == "JPEG":
+        if img.mode in ("LA", "RGBA"):
+            img = img.convert(img.mode[:-1])
+        params["quality"] = quality or info.quality or DEFAULT_JPEG_QUALITY
+    elif fmt == "WEBP":
+        params.update({"quality": quality} if quality else {"lossless": True})
+    elif fmt == "TIFF":
+        params["compression"] = "tiff_deflate"
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    try:
+        img.save(buf, format=fmt, **params)
+    except (OSError, ValueError, SyntaxError):
+        # A damaged EXIF block or profile from the input must not cost the restored pixels.
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **{k: v for k, v in params.items() if k not in ("exif", "icc_profile")})
     return buf.getvalue()
-
-
-def encode_like(arr: np.ndarray, info: ImageInfo) -> bytes:
-    """Encode ``arr`` as PNG with the bit depth of the decoded source."""
-    return encode_png(arr, bit_depth=info.bit_depth)

@@ -59,6 +59,8 @@ OUTPUT_COLUMNS = (
     "height",
     "channels",
     *METRIC_COLUMNS,
+    "bytes_in",  # encoded size of the input image (0 when unreadable)
+    "bytes_out",  # encoded size of the restored image, in output.image_format (0 on error)
     "seconds",
 )
 #: ``mask_source`` values: the row's mask cell, or the ``masks.rule`` detection.
@@ -132,12 +134,23 @@ def batched_fill(
 
 
 def cell_bytes(value: Any) -> bytes | None:
-    """Image bytes from a cell: raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct."""
+    """Image bytes from a cell: raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct.
+
+    A struct whose bytes are null was not filled by the reader
+    (:func:`restore_core.io.datasets.embed_path_cells`): its file is missing or outside the
+    dataset, which is this row's error.
+    """
     if value is None:
         return None
     if isinstance(value, dict):
+        path = value.get("path")
         value = value.get("bytes")
         if value is None:
+            if path:
+                raise ImageDecodeError(
+                    f"image cell has no bytes and its file {str(path)[:200]!r} could not be read "
+                    "(paths are read relative to input.path and must stay inside it)"
+                )
             return None
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
@@ -303,7 +316,7 @@ class Restorer:
         out["id"] = [None if i is None else str(i) for i in ids]
         for c in METRIC_COLUMNS:
             out[c] = [float("nan")] * n
-        for c in ("width", "height", "channels"):
+        for c in ("width", "height", "channels", "bytes_in", "bytes_out"):
             out[c] = [0] * n
         out["method"] = [self.method] * n
         out["status"] = ["ok"] * n
@@ -319,6 +332,7 @@ class Restorer:
                 if images_col is None:
                     raise ImageDecodeError(f"no '{self.cfg.input.image_column}' column")
                 raw = cell_bytes(images_col[i])
+                out["bytes_in"][i] = len(raw) if raw is not None else 0
                 img, info = codec.decode(raw, self.cfg.decode.max_pixels)
                 out["width"][i], out["height"][i], out["channels"][i] = info.width, info.height, info.channels
                 dead, source = self._dead_mask(img, mask_col[i] if mask_col is not None else None)
@@ -339,26 +353,19 @@ class Restorer:
             try:
                 if isinstance(result, Exception):
                     raise result
-                restored = masks.join_alpha(result, masks.split_alpha(img)[1])  # alpha as it was
-                if self.sr_model is not None:
-                    restored = self.sr_model(restored)
-                colour, alpha = masks.split_alpha(restored)
-                if self.sr_model is None and source == MASK_FROM_COLUMN and self.keeps_observed:
-                    # the mask says which pixels are dead: every other pixel is kept exactly, and a
-                    # fill may be black (black next to the mask is content, not a dead pixel)
-                    kept = masks.colour_channels(img)
-                    if colour.shape == kept.shape:
-                        colour = np.where(
-                            np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept
-                        )
-                else:
-                    # dead pixels were found as zeros: a fill at 0 would read as dead again
-                    colour = no_new_dead(
-                        colour, masks.colour_channels(img), dead if self.method != "none" else None, info.bit_depth
-                    )
-                restored = masks.join_alpha(colour, alpha)
+                restored = finish_image(
+                    result,
+                    img,
+                    dead,
+                    self.method,
+                    info.bit_depth,
+                    self.sr_model,
+                    mask_given=source == MASK_FROM_COLUMN and self.keeps_observed,
+                )
                 self._metrics(out, i, img, restored, dead, source, ref_col[i] if ref_col is not None else None)
-                out["image"][i] = codec.encode_like(restored, info)
+                ocfg = self.cfg.output
+                out["image"][i] = codec.encode_like(restored, info, ocfg.image_format, ocfg.quality)
+                out["bytes_out"][i] = len(out["image"][i])
             except Exception as exc:
                 self._error(out, i, exc)
 
@@ -414,10 +421,41 @@ class Restorer:
         out["status"][i] = "error"
         out["error"][i] = f"{type(exc).__name__}: {exc}"[:500]
         out["image"][i] = None
+        out["bytes_out"][i] = 0
 
 
 def _shape(a: np.ndarray) -> str:
     return f"{a.shape[1]}x{a.shape[0]}" + (f"x{a.shape[2]}" if a.ndim == 3 else "")
+
+
+def finish_image(
+    filled: np.ndarray,
+    img: np.ndarray,
+    dead: np.ndarray,
+    method: str,
+    bit_depth: int,
+    sr_model: SRApply | None = None,
+    mask_given: bool = False,
+) -> np.ndarray:
+    """From the filled colour channels to the image to write: the input's alpha back as it was,
+    the SR model applied, and no new dead pixel (:func:`no_new_dead`).
+
+    ``filled`` is the fill of ``masks.colour_channels(img)``; ``dead`` its dead mask; ``method``
+    the fill's name (``none`` fills nothing, so its dead pixels stay). ``mask_given``: ``dead``
+    came from the user's mask (and the method keeps observed pixels): without SR, every pixel
+    outside it is the input's exactly, and a filled pixel may be 0 (black next to the mask is
+    content, not a dead pixel), so nothing is lifted.
+    """
+    restored = masks.join_alpha(filled, masks.split_alpha(img)[1])
+    if sr_model is not None:
+        restored = sr_model(restored)
+    colour, alpha = masks.split_alpha(restored)
+    kept = masks.colour_channels(img)
+    if mask_given and sr_model is None and colour.shape == kept.shape:
+        colour = np.where(np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept)
+    else:
+        colour = no_new_dead(colour, kept, dead if method != "none" else None, bit_depth)
+    return masks.join_alpha(colour, alpha)
 
 
 def no_new_dead(restored: np.ndarray, img: np.ndarray, dead: np.ndarray | None, bit_depth: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import fsspec
 import numpy as np
 
 from restore_core.errors import ArtifactError
+from restore_core.io import datasets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +101,7 @@ def data_fingerprint(X: np.ndarray) -> str:
 
 
 def _fs(url: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, path
+    return datasets.filesystem(url, storage_options)
 
 
 def save_bases(bases: Bases, url: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -1,35 +1,149 @@
 """Reading image datasets through fsspec: Parquet shards or folders of image files.
 
-Paths are fsspec URLs (local folder, ``s3://``, ``gs://``, ``memory://``). Listing is sorted,
-so sharding is deterministic.
+Paths are fsspec URLs (local folder, ``s3://``, ``gs://`` with gcsfs, ``hf://`` with
+huggingface_hub, ``memory://``). Listing is sorted, so sharding is deterministic.
+
+Hugging Face image columns are structs ``{bytes, path}``; a dataset that points at files has
+``bytes`` null. :func:`embed_path_cells` reads those files, relative to the dataset's folder.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import logging
 import os
 import posixpath
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from restore_core.errors import UserError
+from restore_core.io.paths import UnsafePathError, safe_relpath
 
 log = logging.getLogger("restore_core.io.datasets")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
 
+#: fsspec protocols served by an optional extra: protocol -> (module fsspec imports, extra name).
+OPTIONAL_PROTOCOLS = {
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+    "hf": ("huggingface_hub", "hf"),
+}
+
+
+def require_protocol(url: str) -> None:
+    """A one-line UserError naming the extra to install when ``url``'s protocol needs one."""
+    protocol = fsspec.utils.get_protocol(url)
+    needed = OPTIONAL_PROTOCOLS.get(protocol)
+    if needed is None:
+        return
+    module, extra = needed
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"{protocol}:// URLs need {module}, which is not installed: pip install 'imrestore[{extra}]' "
+            f'(from a checkout: pip install ".[{extra}]")'
+        ) from None
+
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and the path inside it for ``url``."""
+    """The fsspec filesystem and the path inside it for ``url``.
+
+    ``storage_options`` go to the filesystem as they are (``s3``: ``client_kwargs``, ``key``...;
+    ``gs``: ``token``, ``project``...; ``hf``: ``token``, ``endpoint``...).
+    """
+    require_protocol(url)
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise UserError(f"cannot open {url!r}: {exc}") from None
+
+
+def dataset_folder(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the folder of the dataset at ``url`` (its parent when ``url`` is a file):
+    where the relative paths of path-only image cells start."""
+    fs, root = filesystem(url, storage_options)
+    root = root.rstrip("/")
+    if posixpath.splitext(root)[1].lower() == ".parquet" or fs.isfile(root):
+        root = posixpath.dirname(root)
+    return fs, root
+
+
+def is_path_struct(dtype: pa.DataType) -> bool:
+    """True for Hugging Face image cells: a struct with a ``bytes`` and a ``path`` field."""
+    if not pa.types.is_struct(dtype):
+        return False
+    names = {dtype.field(i).name for i in range(dtype.num_fields)}
+    return {"bytes", "path"} <= names
+
+
+def resolve_cell_path(fs: fsspec.AbstractFileSystem, root: str, path: str) -> str:
+    """The file a path-only cell names, inside the dataset folder ``root``.
+
+    A relative path is joined to ``root``; an absolute path or a URL must already lie under it.
+    Anything else (``..``, another bucket, ``/etc/...``) is refused with UnsafePathError: the
+    data decide which files are read, so they may not reach outside the dataset.
+    """
+    if "://" in path or path.startswith("/"):
+        inner = fs._strip_protocol(path).rstrip("/")  # the path inside the filesystem
+        if root and not inner.startswith(root.rstrip("/") + "/"):
+            raise UnsafePathError(f"{path!r} lies outside the dataset folder {root!r}")
+        return inner
+    rel = safe_relpath(path)
+    return f"{root}/{rel}" if root else rel
+
+
+def embed_path_cells(
+    table: pa.Table, columns: Iterable[str], url: str, storage_options: dict[str, Any] | None = None
+) -> pa.Table:
+    """Fill the path-only cells (``{bytes: null, path: p}``) of ``columns`` with the files' bytes.
+
+    Paths are read relative to the dataset's folder (see :func:`dataset_folder` and
+    :func:`resolve_cell_path`), with the same ``storage_options`` as the dataset. A file that
+    cannot be read, or lies outside the folder, leaves its cell without bytes: that row becomes
+    an error row downstream, and the other rows go on. Other columns and cells are unchanged.
+    """
+    todo = [c for c in columns if c in table.column_names and is_path_struct(table.schema.field(c).type)]
+    if not todo:
+        return table
+    fs, root = dataset_folder(url, storage_options)
+    for name in todo:
+        col = table.column(name).combine_chunks()
+        if isinstance(col, pa.ChunkedArray):  # an empty column has no chunk to combine
+            continue
+        blobs = col.field("bytes").to_pylist()
+        paths = col.field("path").to_pylist()
+        wanted: dict[int, str] = {}
+        for i, (b, p) in enumerate(zip(blobs, paths, strict=True)):
+            if b is None and p and col[i].is_valid:
+                try:
+                    wanted[i] = resolve_cell_path(fs, root, str(p))
+                except UnsafePathError:
+                    continue
+        if not wanted:
+            continue
+        got = fs.cat(sorted(set(wanted.values())), on_error="return")
+        for i, full in wanted.items():
+            data = got.get(full)
+            if isinstance(data, bytes | bytearray):
+                blobs[i] = bytes(data)
+        dtype = col.type
+        children = [
+            pa.array(blobs, dtype.field(k).type) if dtype.field(k).name == "bytes" else col.field(k)
+            for k in range(dtype.num_fields)
+        ]
+        rebuilt = pa.StructArray.from_arrays(
+            children, fields=[dtype.field(k) for k in range(dtype.num_fields)], mask=pc.is_null(col)
+        )
+        table = table.set_column(table.schema.get_field_index(name), table.schema.field(name), rebuilt)
+    return table
 
 
 def list_files(url: str, fmt: str, storage_options: dict[str, Any] | None = None) -> list[str]:
@@ -84,8 +198,14 @@ def iter_rows(
     id_column: str = "id",
     image_column: str = "image",
     limit: int = 0,
+    extra_image_columns: Iterable[str] = (),
 ) -> Iterator[dict[str, Any]]:
-    """Rows as dicts with at least ``id`` and ``image`` (bytes), in a deterministic order."""
+    """Rows as dicts with at least ``id`` and ``image`` (bytes), in a deterministic order.
+
+    Path-only image cells of ``image_column`` and ``extra_image_columns`` are filled with their
+    files' bytes (:func:`embed_path_cells`).
+    """
+    image_columns = (image_column, *extra_image_columns)
     fs, root = filesystem(url, storage_options)
     count = 0
     for path in list_files(url, fmt, storage_options):
@@ -102,7 +222,13 @@ def iter_rows(
                 missing = {id_column, image_column} - set(names)
                 if missing:
                     raise UserError(f"{path} has no column(s) {sorted(missing)} (columns: {names})")
-                rows = (row for batch in parquet.iter_batches(batch_size=64) for row in batch.to_pylist())
+                rows = (
+                    row
+                    for batch in parquet.iter_batches(batch_size=64)
+                    for row in embed_path_cells(
+                        pa.Table.from_batches([batch]), image_columns, url, storage_options
+                    ).to_pylist()
+                )
                 count = yield from _take(rows, count, limit)
         if limit and count >= limit:
             return

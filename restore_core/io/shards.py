@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets
+from restore_core.io.paths import UnsafePathError, safe_join, safe_relpath
 
 #: Internal columns the job adds to rows while they are in flight; never written to shards.
 SHARD_COL = "__shard"
@@ -42,6 +43,7 @@ ROW_COL = "__row"
 INTERNAL_PREFIX = "__"
 
 DATA_DIR = "data"
+IMAGES_DIR = "images"  # output.format images: the restored files, in the input's folder tree
 TMP_DIR = "_tmp"
 PLAN_FILE = "_plan.json"
 MANIFEST_FILE = "_manifest.json"
@@ -68,6 +70,8 @@ OUTPUT_SCHEMA = {
     "psnr_dead_out": pa.float64(),
     "ssim_in": pa.float64(),
     "ssim_out": pa.float64(),
+    "bytes_in": pa.int64(),
+    "bytes_out": pa.int64(),
     "seconds": pa.float64(),
 }
 
@@ -202,6 +206,8 @@ def read_shard(shard: Shard, input_cfg: InputConfig, schema: pa.Schema | None = 
         missing = {input_cfg.id_column, input_cfg.image_column} - set(table.column_names)
         if missing:
             raise UserError(f"{path} has no column(s) {sorted(missing)} (columns: {table.column_names})")
+        image_columns = (input_cfg.image_column, input_cfg.reference_column, input_cfg.mask_column)
+        table = datasets.embed_path_cells(table, image_columns, input_cfg.path, input_cfg.storage_options)
     n = table.num_rows
     table = table.append_column(SHARD_COL, pa.array(np.full(n, shard.index, np.int64)))
     return table.append_column(ROW_COL, pa.array(np.arange(n, dtype=np.int64)))
@@ -243,8 +249,8 @@ class OutputFolder:
             raise UserError(f"cannot write to output.path {self.url} ({type(exc).__name__}: {exc})") from None
 
     def clear(self) -> None:
-        """Delete the job's files (data/, _tmp/, _plan.json, _manifest.json) for --overwrite."""
-        for name in (DATA_DIR, TMP_DIR):
+        """Delete the job's files (data/, images/, _tmp/, _plan.json, _manifest.json) for --overwrite."""
+        for name in (DATA_DIR, IMAGES_DIR, TMP_DIR):
             if self.fs.exists(self.path(name)):
                 self.fs.rm(self.path(name), recursive=True)
         for name in (PLAN_FILE, MANIFEST_FILE):
@@ -306,10 +312,13 @@ class OutputFolder:
             out.append({"shard": int(s), "rows": part.num_rows})
         return out
 
-    def commit_shard(self, shard: Shard) -> dict[str, Any]:
+    def commit_shard(self, shard: Shard, images: bool = False) -> dict[str, Any]:
         """Merge a shard's fragments in input order, write ``data/part-NNNNN.parquet`` atomically,
         delete the fragments; returns the shard's stats. Refuses a shard with rows missing or
-        repeated (a bug or a concurrent writer), so a bad shard is never committed."""
+        repeated (a bug or a concurrent writer), so a bad shard is never committed.
+
+        ``images``: the restored images are written as files first (:meth:`write_images`), and
+        the Parquet shard, committed last, holds the rest of the row and ``output_path``."""
         folder = self.path(TMP_DIR, posixpath.splitext(shard.name)[0])
         self.fs.invalidate_cache()
         paths = sorted(str(p) for p in self.fs.find(folder) if str(p).endswith(".parquet"))
@@ -332,6 +341,8 @@ class OutputFolder:
             )
         assert table is not None
         table = table.take(pa.array(np.argsort(rows, kind="stable")))
+        if images:
+            table = self.write_images(table)
         table = finalize(table)
         stats = shard_stats(table)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()})
@@ -340,6 +351,31 @@ class OutputFolder:
         self._atomic_write(self.path(DATA_DIR, shard.name), sink.getvalue().to_pybytes())
         self.fs.rm(folder, recursive=True)
         return {"shard": shard.index, **stats}
+
+    def write_images(self, table: pa.Table) -> pa.Table:
+        """Write each ok row's restored image to ``images/<id>`` (each file atomically), the id's
+        suffix changed when the image's format is another; return the rows without the image
+        bytes and with ``output_path`` (relative to the output folder). An id that cannot be a
+        path under ``images/`` makes its row an error row. A rerun rewrites the same files."""
+        ids = table.column("id").to_pylist()
+        blobs = table.column("image").to_pylist()
+        status = table.column("status").to_pylist()
+        errors = table.column("error").to_pylist()
+        paths: list[str | None] = [None] * table.num_rows
+        for i, (row_id, blob) in enumerate(zip(ids, blobs, strict=True)):
+            if status[i] != "ok" or not blob:
+                continue
+            try:
+                rel = image_relpath(row_id, blob)
+                self._atomic_write(safe_join(self.path(IMAGES_DIR), rel), blob)
+            except UnsafePathError as exc:
+                status[i], errors[i] = "error", f"UnsafePathError: {exc}"[:500]
+                continue
+            paths[i] = f"{IMAGES_DIR}/{rel}"
+        table = table.drop_columns(["image"])
+        for name, values in (("status", status), ("error", errors)):
+            table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.string()))
+        return table.append_column("output_path", pa.array(paths, pa.string()))
 
     def shard_stats(self, indexes: Iterable[int]) -> dict[int, dict[str, Any]]:
         """Stats of committed shards from their footers (nothing else is read)."""
@@ -353,6 +389,34 @@ class OutputFolder:
         idx = sorted(indexes)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(idx)))) as pool:
             return dict(pool.map(one, idx))
+
+
+#: File-name endings of the formats the restore job writes, the first one being the one given.
+_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "WEBP": (".webp",), "TIFF": (".tif", ".tiff")}
+
+
+def sniff_format(data: bytes) -> str:
+    """PNG, JPEG, WEBP or TIFF from the first bytes; "" for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return ""
+
+
+def image_relpath(row_id: object, data: bytes) -> str:
+    """The restored file's path under ``images/``: the id (a safe relative path), its suffix
+    replaced when it does not name the format of ``data`` (``a/b.bmp`` written as PNG: ``a/b.png``)."""
+    rel = safe_relpath(row_id)
+    suffixes = _SUFFIXES.get(sniff_format(data))
+    if suffixes is None or rel.lower().endswith(suffixes):
+        return rel
+    stem, ext = posixpath.splitext(rel)
+    return (stem if ext else rel) + suffixes[0]
 
 
 def concat(tables: Sequence[pa.Table]) -> pa.Table:
@@ -386,4 +450,7 @@ def shard_stats(table: pa.Table) -> dict[str, Any]:
         "error": int((status == "error").sum()),
         "dead_in_sum": ok_sum("dead_fraction_in"),
         "dead_out_sum": ok_sum("dead_fraction_out"),
+        # the dataset's size change, over the rows that were restored
+        "bytes_in_sum": ok_sum("bytes_in"),
+        "bytes_out_sum": ok_sum("bytes_out"),
     }

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -7,6 +8,8 @@ import pyarrow.parquet as pq
 
 from restore_core import synth
 from tests.conftest import png_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args, cwd=None):
@@ -84,3 +87,20 @@ def test_learn_bases_then_benchmark(tmp_path):
     assert "PSNR" in out.stdout
     for name in ("results.csv", "psnr_vs_rate.png", "grid.png", "weights_hist.png", "psnr_vs_k.png"):
         assert (tmp_path / "bench" / name).stat().st_size > 0
+
+
+def test_config_by_name_resolves_the_packaged_configs(capsys):
+    from jobs import cli
+    from restore_core.config import RestoreConfig, load_config
+
+    assert sorted(p.name for p in (ROOT / "configs").glob("*.yaml")) == [f"{n}.yaml" for n in cli.packaged_configs()]
+    path = cli.resolve_config("restore", "default")
+    assert path is not None and path.endswith("default_configs/restore.yaml")
+    cfg = load_config(RestoreConfig, path)
+    assert cfg.bases == "artifacts/bases"  # the value in configs/restore.yaml, not the dataclass default
+    assert cli.resolve_config("train-sr", "sr_seed") == str(cli.PACKAGED_CONFIGS / "sr_seed.yaml")
+    own_file = str(ROOT / "configs" / "quality.yaml")
+    assert cli.resolve_config("restore", own_file) == own_file
+    assert cli.main(["restore", "--config", "no_such_config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "packaged: default, benchmark" in err[0]

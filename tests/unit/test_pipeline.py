@@ -338,3 +338,28 @@ def test_palette_transparency_stays_transparent(bases):
     assert info.channels == 4
     np.testing.assert_array_equal(after[..., 3], before[..., 3])
     assert np.all(after[:3, :, 3] == 0)
+
+
+def test_output_keeps_the_input_format_and_counts_bytes():
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    clean = synth.photo_crops(2, 48, names=("coffee", "chelsea"), seed=0)
+    blobs = []
+    for c in clean:
+        damaged = np.rint(masks.apply_dead_pixels(c, 0.1, rng)[0] * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(damaged).save(buf, format="JPEG", quality=85)
+        blobs.append(buf.getvalue())
+    batch = {"id": np.array(["a", "b"], dtype=object), "image": np.array(blobs, dtype=object)}
+    for fmt, expected in (("keep", "JPEG"), ("png", "PNG"), ("webp", "WEBP")):
+        cfg = from_dict(RestoreConfig, {"fit": {"method": "median"}, "output": {"image_format": fmt}})
+        out = Restorer(None, None, cfg)(batch)
+        assert list(out["status"]) == ["ok", "ok"]
+        assert list(out["bytes_in"]) == [len(b) for b in blobs]
+        assert list(out["bytes_out"]) == [len(b) for b in out["image"]]
+        assert {Image.open(io.BytesIO(b)).format for b in out["image"]} == {expected}
+        if fmt == "keep":
+            assert all(codec.estimate_jpeg_quality(Image.open(io.BytesIO(b))) == 85 for b in out["image"])
