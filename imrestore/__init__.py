@@ -182,7 +182,9 @@ def restore(
         apply = sr.apply_fn(model, SRConfig(enabled=True))
     bit_depth = 16 if isinstance(image, Image.Image) and image.mode.startswith("I") else 8
     filled = restore_image(masks.colour_channels(img), dead, method, inpainter)
-    out = finish_image(filled, img, dead, method, bit_depth, apply)
+    keeps = method != "seed" and (fit is None or fit.keep_observed)
+    # a given mask: pixels outside it come back exactly, and fills may be black (no zero lift)
+    out = finish_image(filled, img, dead, method, bit_depth, apply, mask_given=mask is not None and keeps)
     if isinstance(image, Image.Image):
         return codec.to_pil(out, bit_depth)
     return out
@@ -201,10 +203,12 @@ def score(image: np.ndarray | Image.Image, cfg: QualityConfig | None = None) -> 
     Returns
     -------
     dict
-        ``dead_fraction``, ``saturated_fraction``, ``sharpness``, ``brightness``,
-        ``dark_fraction``, ``bright_fraction``, ``contrast``, ``entropy`` (floats; ranges in
-        :mod:`restore_core.quality`), ``sha256`` and ``dhash`` (pixel hashes), and ``flags``:
-        the names of the per-image flags the image raises (e.g. ``["dead_pixels"]``).
+        ``dead_fraction``, ``saturated_fraction``, ``sharpness``, ``blur_width``, ``brightness``,
+        ``luma_p05``, ``luma_p99``, ``dark_fraction``, ``bright_fraction``, ``contrast``,
+        ``relative_contrast``, ``entropy``, ``content_entropy``, ``color_fraction`` (floats; ranges
+        in :mod:`restore_core.quality`), ``sha256`` and ``dhash`` (pixel hashes), and ``flags``:
+        the names of the per-image flags the image raises (e.g. ``["dead_pixels"]``); flags judged
+        against the whole run (duplicates, odd size and aspect ratio) need the quality job.
     """
     qcfg = cfg or QualityConfig()
     row: dict[str, Any] = dict(QualityScorer(qcfg).score_image(to_array(image)))

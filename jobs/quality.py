@@ -1,6 +1,7 @@
 """Nightly data-quality run: per-image metrics with Ray Data, flags, drift, a static report.
 
 ``python -m jobs quality --config configs/quality.yaml [--run-date 2024-06-30] [--fail-on dead_pixels,blurry]``
+``python -m jobs quality --config configs/quality.yaml --calibrate <output>/run=2024-06-30`` (suggest thresholds)
 
 Reads the same inputs as restore, maps ``restore_core.quality.QualityScorer`` over them with an
 actor pool, writes the per-image shards into a staging folder, then (in the driver, over the
@@ -44,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated flags (e.g. dead_pixels,blurry); exit 1 when one's share passes its max_share",
     )
     parser.add_argument("--run-date", metavar="YYYY-MM-DD", help="the run's date (default: today, UTC)")
+    parser.add_argument(
+        "--calibrate",
+        metavar="RUN_FOLDER",
+        help="a finished run of known-good images (<output>/run=<date>): print suggested thresholds, score nothing",
+    )
 
 
 def apply_arguments(args: argparse.Namespace) -> list[str]:
@@ -53,6 +59,8 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
         extra.append(f"fail_on=[{', '.join(names)}]")
     if args.run_date:
         extra.append(f"run_date='{args.run_date}'")
+    if args.calibrate:
+        extra.append(f"calibrate={args.calibrate}")
     return extra
 
 
@@ -77,8 +85,33 @@ def _read_shards(fs: Any, folder: str) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default").sort_by("id")
 
 
+def calibrate(cfg: QualityConfig) -> Summary:
+    """Suggested thresholds from the per-image metrics of a finished run of known-good images."""
+    fs, folder = datasets.filesystem(cfg.calibrate, cfg.output_storage_options)
+    if not fs.exists(posixpath.join(folder, report.SUCCESS)):
+        raise UserError(
+            f"calibrate: {cfg.calibrate} is not a finished quality run (no {report.SUCCESS}); give <output>/run=<date>"
+        )
+    table = report.with_run_flags(_read_shards(fs, posixpath.join(folder, "data")), cfg)
+    suggestions = report.suggest_thresholds(table, cfg)
+    rows = [
+        [n, f"{s['metric']} {s['op']} {s['current']:.4g}", f"{100 * s['current_share']:.2f}%", f"{s['suggested']:.4g}"]
+        for n, s in suggestions.items()
+    ]
+    values: dict[str, Any] = {"run": cfg.calibrate, "images": table.num_rows}
+    for k, line in enumerate(report.calibration_lines(suggestions), 1):
+        values[f"suggest {k}"] = line
+    return Summary(
+        job="quality calibrate",
+        values=values,
+        table=format_table(["flag", "current rule", "flagged here", "suggested value"], rows),
+    )
+
+
 def run(cfg: QualityConfig) -> Summary:
     check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
+    if cfg.calibrate:
+        return calibrate(cfg)
     if not cfg.output:
         raise UserError("output is empty: set it to the folder that holds the quality runs (run=<date>/ go inside)")
     if is_process_local(cfg.output):

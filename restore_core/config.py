@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import math
 import re
 import types
@@ -421,20 +422,57 @@ class FlagRule:
     value: float = ranged(0.0)  # any finite number
     max_share: float = ranged(0.0, 0.0, 1.0)  # share of images in [0, 1] above which --fail-on fails the run
     enabled: bool = True
+    unless: list[str] = dataclasses.field(default_factory=list)  # not raised on images carrying these flags
+    also: FlagRule | None = None  # a second condition (metric/op/value): the flag is raised when either holds
+
+    def conditions(self) -> list[FlagRule]:
+        """This rule's condition and its ``also`` condition, if any (the flag is their OR)."""
+        return [self] if self.also is None else [self, *self.also.conditions()]
+
+    def describe(self) -> str:
+        """The rule as people read it, e.g. ``relative_contrast < 0.06 or content_entropy < 3``."""
+        return " or ".join(f"{c.metric} {c.op} {c.value:g}" for c in self.conditions())
 
 
-#: The built-in flags. A ``flags`` mapping in the config is merged over these key by key, so
-#: ``--set flags.blurry.value=0.001`` changes one threshold and keeps the rest.
+#: The built-in flags, named as cleanvision names its issue types where they match (dark, light,
+#: blurry, low_information, grayscale, odd_aspect_ratio, odd_size, exact_duplicates,
+#: near_duplicates), plus dead_pixels, saturated and decode_error. A ``flags`` mapping in the
+#: config is merged over these key by key, so ``--set flags.blurry.value=1.2`` changes one
+#: threshold and keeps the rest. Thresholds were chosen on the TUNE split of
+#: benchmarks/quality_detection.py; see docs/nightly.md for what each metric means.
 DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
     "decode_error": {"metric": "decode_error", "op": ">", "value": 0.0, "max_share": 0.0},
-    "dead_pixels": {"metric": "dead_fraction", "op": ">", "value": 0.01, "max_share": 0.01},
-    "blurry": {"metric": "sharpness", "op": "<", "value": 0.0003, "max_share": 0.05},
-    "saturated": {"metric": "saturated_fraction", "op": ">", "value": 0.05, "max_share": 0.05},
-    "underexposed": {"metric": "dark_fraction", "op": ">", "value": 0.5, "max_share": 0.05},
-    "overexposed": {"metric": "bright_fraction", "op": ">", "value": 0.5, "max_share": 0.05},
-    "low_contrast": {"metric": "contrast", "op": "<", "value": 0.02, "max_share": 0.05},
-    "exact_duplicate": {"metric": "exact_duplicates", "op": ">", "value": 0.0, "max_share": 0.01},
-    "near_duplicate": {"metric": "near_duplicates", "op": ">", "value": 0.0, "max_share": 0.05},
+    "dead_pixels": {"metric": "dead_fraction", "op": ">", "value": 0.0005, "max_share": 0.01},
+    # Exposure first: crushed or washed-out contrast leaves too few levels to judge edges by.
+    "blurry": {
+        "metric": "blur_width", "op": ">", "value": 1.0, "max_share": 0.05,
+        "also": {"metric": "detail_ratio", "op": "<", "value": 0.95},  # against a reference, when given
+        "unless": ["dark", "light", "low_information"],
+    },
+    "saturated": {"metric": "saturated_fraction", "op": ">", "value": 0.1, "max_share": 0.05},
+    # A frame with (almost) nothing in it is low_information; exposure, colour and likeness to other
+    # images are judged on images with content.
+    "dark": {"metric": "luma_p99", "op": "<", "value": 0.32, "max_share": 0.05, "unless": ["low_information"]},
+    "light": {"metric": "luma_p05", "op": ">", "value": 0.6, "max_share": 0.05, "unless": ["low_information"]},
+    "low_information": {"metric": "relative_contrast", "op": "<", "value": 0.06, "max_share": 0.05},
+    "grayscale": {
+        "metric": "color_fraction", "op": "<", "value": 0.01, "max_share": 0.05, "unless": ["low_information"]
+    },
+    "odd_size": {"metric": "size_deviation", "op": ">", "value": 3.0, "max_share": 0.05},
+    "odd_aspect_ratio": {"metric": "aspect_deviation", "op": ">", "value": 3.0, "max_share": 0.05},
+    "exact_duplicates": {"metric": "exact_duplicates", "op": ">", "value": 0.0, "max_share": 0.01},
+    "near_duplicates": {
+        "metric": "near_duplicates", "op": ">", "value": 0.0, "max_share": 0.05, "unless": ["low_information"]
+    },
+}
+
+#: Earlier flag names, still accepted in configs and --fail-on (a warning names the new one).
+FLAG_ALIASES: dict[str, str] = {
+    "underexposed": "dark",
+    "overexposed": "light",
+    "low_contrast": "low_information",
+    "exact_duplicate": "exact_duplicates",
+    "near_duplicate": "near_duplicates",
 }
 
 
@@ -452,20 +490,33 @@ class QualityConfig:
     output: str = ""  # root folder (fsspec URL); a run goes to <output>/run=<run_date>/
     output_storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # never logged
     run_date: str = ""  # YYYY-MM-DD; "" = today (UTC). A rerun for the same date replaces that run
-    masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead-pixel detection
+    masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead-pixel candidates
+    dead_rule: Literal["isolated", "all"] = "isolated"  # isolated: only candidates amid live neighbours are dead
+    dead_min_contrast: float = ranged(0.06, 0.0, 1.0)  # isolated: least gap to the live neighbours' median
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    working_size: int = ranged(128, 16)  # shorter side of the working copy the resolution-free scores use
     dark_level: float = ranged(0.05, 0.0, 1.0)  # exposure: luminance <= this counts as near black
     bright_level: float = ranged(0.95, 0.0, 1.0)  # exposure: luminance >= this counts as near white
     near_duplicate_distance: int = ranged(4, 0, 64)  # dHash Hamming distance (of 64 bits) for near duplicates
+    near_duplicate_min_bits: int = ranged(8, 0, 32)  # hashes with fewer ones (or zeros) are too plain to compare
+    odd_spread_floor: float = ranged(0.08, 0.0, low_open=True)  # odd size/aspect: least spread (log units)
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
     fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
+    calibrate: str = ""  # a known-good run folder: print suggested thresholds from it instead of scoring
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         # The loader hands the flags over as plain mappings: merge them over the defaults and
         # validate each rule, naming the key at fault.
-        given = dict(self.flags or {})
+        given: dict[str, Any] = {}
+        for name, entry in dict(self.flags or {}).items():
+            new = FLAG_ALIASES.get(name, name)
+            if new != name:
+                if new in (self.flags or {}):
+                    raise ConfigError(f"config key 'flags.{name}' is the old name of 'flags.{new}': give one of them")
+                _warn_alias(f"flags.{name}", new)
+            given[new] = entry
         merged: dict[str, FlagRule] = {}
         for name in [*DEFAULT_FLAGS, *(k for k in given if k not in DEFAULT_FLAGS)]:
             base = dict(DEFAULT_FLAGS.get(name, {}))
@@ -474,16 +525,34 @@ class QualityConfig:
                 value = dataclasses.asdict(value)
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key 'flags.{name}' must be a mapping, got {value!r}")
-            rule = from_dict(FlagRule, {**base, **value}, prefix=f"flags.{name}.")
-            if not rule.metric:
+            both = {**base, **value}
+            if isinstance(base.get("also"), Mapping) and isinstance(value.get("also"), Mapping):
+                both["also"] = {**base["also"], **value["also"]}  # merged key by key, like the rule
+            rule = from_dict(FlagRule, both, prefix=f"flags.{name}.")
+            if not all(c.metric for c in rule.conditions()):
                 raise ConfigError(f"config key 'flags.{name}.metric' is missing: name a metric column")
             if not 0.0 <= rule.max_share <= 1.0:
                 raise ConfigError(f"config key 'flags.{name}.max_share' must lie in [0, 1], got {rule.max_share}")
             merged[name] = rule
         object.__setattr__(self, "flags", merged)
+        for name, rule in merged.items():
+            bad = [u for u in rule.unless if u not in merged or u == name]
+            if bad:
+                raise ConfigError(f"config key 'flags.{name}.unless' names {bad[0]!r}, not another flag")
+        fail_on = []
+        for f in self.fail_on:
+            if f in FLAG_ALIASES and f not in merged:
+                _warn_alias(f"fail_on {f}", FLAG_ALIASES[f])
+                f = FLAG_ALIASES[f]
+            fail_on.append(f)
+        object.__setattr__(self, "fail_on", fail_on)
         unknown = [f for f in self.fail_on if f not in merged]
         if unknown:
             raise ConfigError(f"fail_on names unknown flag {unknown[0]!r} (flags: {', '.join(merged)})")
+
+
+def _warn_alias(key: str, new: str) -> None:
+    logging.getLogger("restore_core.config").warning("%s is a deprecated flag name: use %s", key, new)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -182,7 +182,7 @@ def fill_image(img: np.ndarray, dead: np.ndarray, iters: int = 200, tol: float =
     pixels unchanged), on the CPU."""
     a = np.asarray(img, dtype=np.float32)
     planes = a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]
-    x = torch.from_numpy(np.ascontiguousarray(planes))
+    x = torch.from_numpy(np.array(planes, dtype=np.float32))  # a copy: the input may be read-only
     d = torch.from_numpy(np.asarray(dead, dtype=bool))[None, None]
     out = harmonic_fill(x, d, iters=iters, tol=tol, order=order)[0].numpy()
     return out[0] if a.ndim == 2 else np.ascontiguousarray(out.transpose(1, 2, 0))

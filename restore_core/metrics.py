@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from skimage import feature
 from skimage.metrics import structural_similarity
 
 
@@ -190,6 +191,242 @@ def dhash(img: np.ndarray, size: int = 8) -> int:
     return value
 
 
+def hash_is_informative(value: int, min_bits: int = 8) -> bool:
+    """Whether a 64-bit :func:`dhash` carries enough structure to compare.
+
+    A flat image, a smooth gradient (a sky) or a small object on a plain background gives a hash of
+    (almost) all zeros or all ones, and every such image would look like a near duplicate of every
+    other. Informative hashes have at least ``min_bits`` ones and ``min_bits`` zeros.
+    """
+    ones = int(value).bit_count()
+    return min_bits <= ones <= 64 - min_bits
+
+
 def hamming(a: int, b: int) -> int:
     """Number of differing bits between two hashes from :func:`dhash`. Range [0, 64]; 0 = same."""
     return int(a ^ b).bit_count()
+
+
+# ----------------------------------------------------------------------------- the working copy
+# Issue scores that must mean the same at any resolution are computed on a normalised working copy:
+# the luminance, with the dead pixels filled from their live neighbours, area-downscaled so that its
+# shorter side is at most ``WORKING_SIZE`` pixels (smaller images are kept as they are: enlarging
+# would add blur of its own).
+
+#: Shorter side (pixels) of the working copy.
+WORKING_SIZE = 128
+
+
+def isolated_dead_pixels(
+    img: np.ndarray, candidates: np.ndarray, min_contrast: float = 0.06, max_group: int = 4
+) -> np.ndarray:
+    """The ``candidates`` (bool (H, W), e.g. every exactly-black pixel) that are isolated defects.
+
+    A dead pixel is a wrong value amid live neighbours: it lies in a 4-connected group of at most
+    ``max_group`` candidates, at least 3 of its 8 neighbours are not candidates, and the median
+    luminance of those live neighbours differs from its own by at least ``min_contrast`` (of
+    [0, 1]). Large black regions (a night sky, a black background,
+    text) have candidate neighbours, and dark content near black (a dim scene quantised to 0 in
+    places) has neighbours about as dark: neither is dead. Returns bool (H, W).
+    """
+    cand = np.asarray(candidates, dtype=bool)
+    if not cand.any() or min(cand.shape) < 3:
+        return np.zeros_like(cand)
+    ring = np.ones((3, 3), np.float64)
+    ring[1, 1] = 0.0
+    live = (~cand).astype(np.float64)
+    live_count = ndimage.convolve(live, ring, mode="mirror")
+    labels, _ = ndimage.label(cand)  # 4-connected groups of candidates
+    small = np.bincount(labels.ravel())[labels] <= max_group
+    gray = luminance(img).astype(np.float64)
+    # the median of the live neighbours, by filling the candidates with NaN
+    padded = np.pad(np.where(cand, np.nan, gray), 1, mode="reflect")
+    ys, xs = np.nonzero(cand & small & (live_count >= 3))
+    out = np.zeros_like(cand)
+    if ys.size == 0:
+        return out
+    offsets = [(dy, dx) for dy in (0, 1, 2) for dx in (0, 1, 2) if (dy, dx) != (1, 1)]
+    neigh = np.stack([padded[ys + dy, xs + dx] for dy, dx in offsets], axis=1)  # (n, 8)
+    med = np.nanmedian(neigh, axis=1)
+    out[ys, xs] = np.abs(med - gray[ys, xs]) >= min_contrast
+    return out
+
+
+def fill_from_neighbours(gray: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """``gray`` (H, W) with the ``holes`` (bool (H, W)) replaced by the mean of their live 3x3
+    neighbours (normalised convolution; repeated until every hole has a live neighbour)."""
+    out = np.asarray(gray, dtype=np.float64).copy()
+    holes = np.asarray(holes, dtype=bool).copy()
+    k = np.ones((3, 3), np.float64)
+    for _ in range(8):
+        if not holes.any():
+            break
+        live = (~holes).astype(np.float64)
+        num = ndimage.convolve(out * live, k, mode="mirror")
+        den = ndimage.convolve(live, k, mode="mirror")
+        fill = holes & (den > 0)
+        out[fill] = num[fill] / den[fill]
+        holes &= ~fill
+    return out
+
+
+def working_copy(img: np.ndarray, dead: np.ndarray | None = None, size: int = WORKING_SIZE) -> np.ndarray:
+    """The normalised copy the resolution-free scores use: float64 (h, w) luminance in [0, 1].
+
+    ``dead`` (bool (H, W)) pixels are filled from their live neighbours first (a dead pixel is a
+    spike that reads as detail). Images whose shorter side exceeds ``size`` are area-averaged
+    down to it, keeping the aspect ratio.
+    """
+    gray = luminance(img).astype(np.float64)
+    if dead is not None and dead.any():
+        gray = fill_from_neighbours(gray, dead)
+    h, w = gray.shape
+    short = min(h, w)
+    if short > size:
+        f = size / short
+        nw, nh = max(1, round(w * f)), max(1, round(h * f))
+        gray = np.asarray(
+            Image.fromarray(gray.astype(np.float32), mode="F").resize((nw, nh), Image.Resampling.BOX), np.float64
+        )
+    return gray
+
+
+def blur_width(gray: np.ndarray, reblur: float = 1.5, quantile: float = 0.1, min_gradient: float = 0.02) -> float:
+    """Blur of an image, estimated from its own edges: the Gaussian width (pixels) of its sharpest edges.
+
+    ``gray`` is a working copy (:func:`working_copy`). At each edge point (Canny, thresholds at the
+    image's own gradient quantiles) the gradient magnitude is compared with that of a copy
+    re-blurred by ``reblur`` pixels: a step edge blurred by sigma keeps the ratio
+    R = sqrt(sigma² + reblur²) / sigma, so sigma = reblur / sqrt(R² - 1) (Zhuo & Sim, "Defocus
+    map estimation from a single image", 2011). The image's value is the ``quantile`` of these
+    estimates over its edges: an image is blurred when even its sharpest edges are wide, whatever
+    its content (texture, a few edges, a shallow depth of field).
+
+    Range [0, inf) pixels of the working copy; about 0.3-0.9 for sharp photos, >= 1 for a visible
+    blur at the working size (a Gaussian blur of 1.5 pixels on a 128-pixel crop); higher is blurrier.
+    ``nan`` when the image has no edge to measure (flat, only soft content, or too small): a flat
+    image is low on information, not blurred.
+    ``min_gradient`` is the least gradient (luminance per working-copy pixel, after the re-blur)
+    an edge must have.
+    """
+    g = np.asarray(gray, dtype=np.float64)
+    if min(g.shape) < 8:
+        return float("nan")
+
+    def grad(a: np.ndarray) -> np.ndarray:
+        return np.hypot(ndimage.sobel(a, 1, mode="reflect"), ndimage.sobel(a, 0, mode="reflect")) / 8.0
+
+    m1 = grad(g)
+    m2 = grad(ndimage.gaussian_filter(g, reblur, mode="reflect"))
+    # Edges worth measuring: Canny's, at the image's own gradient quantiles, and strong in absolute
+    # terms (a 0.2 step spread over 10 pixels still counts) so that soft content - clouds, glows,
+    # a vignette, noise on a flat frame - is not taken for blurred edges.
+    strong = m2 >= min_gradient
+    if int(strong.sum()) < 8:
+        return float("nan")
+    edges = feature.canny(g, sigma=1.0, low_threshold=0.7, high_threshold=0.9, use_quantiles=True) & strong
+    if int(edges.sum()) < 8:
+        return float("nan")
+    ratio = np.maximum(m1[edges] / m2[edges], 1.0 + 1e-6)
+    sigma = reblur / np.sqrt(ratio**2 - 1.0)
+    return float(np.quantile(sigma, quantile))
+
+
+def detail_ratio(img: np.ndarray, reference: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """Fine detail kept against a clean reference: var(Laplacian(img)) / var(Laplacian(reference)).
+
+    Both (H, W[, C]) float32 in [0, 1], same shape; luminance, compared only where the 3x3
+    neighbourhood holds no ``ignore`` pixel (the dead ones: they are damage of another kind). Blur
+    removes fine detail, so a blurred copy scores well under 1 even when the blur is too mild to
+    see without the original (a soft texture shrunk and enlarged by 2). Range [0, inf): 1 = as
+    sharp as the reference, < 1 = detail lost, > 1 = detail (or noise) added; nan when nothing is
+    left to compare or the reference is flat.
+    """
+    a = luminance(img).astype(np.float64)
+    b = luminance(reference).astype(np.float64)
+    if a.shape != b.shape or min(a.shape) < 3:
+        return float("nan")
+    keep = np.ones(a.shape, dtype=bool)
+    if ignore is not None and ignore.any():
+        keep = ~ndimage.binary_dilation(ignore, structure=np.ones((3, 3), bool))
+    if int(keep.sum()) < 16:
+        return float("nan")
+    la = ndimage.laplace(a, mode="reflect")[keep]
+    lb = ndimage.laplace(b, mode="reflect")[keep]
+    ref_var = float(lb.var())
+    return float(la.var()) / ref_var if ref_var > 1e-12 else float("nan")
+
+
+def luminance_quantiles(gray: np.ndarray, qs: tuple[float, ...] = (0.05, 0.99)) -> tuple[float, ...]:
+    """Quantiles of the luminance (e.g. p05 and p99), each in [0, 1].
+
+    An image is dark when even its brightest 1% is dim (a night scene with lights is not), and
+    light (washed out) when even its darkest 5% is bright.
+    """
+    g = np.asarray(gray)
+    if g.size == 0:
+        return tuple(float("nan") for _ in qs)
+    return tuple(float(v) for v in np.quantile(g, qs))
+
+
+def relative_contrast(img: np.ndarray, min_headroom: float = 0.1) -> float:
+    """RMS contrast over the headroom: std of the luminance / min(mean, 1 - mean).
+
+    How much of the room it has the image's luminance uses: a dim photo (mean 0.04, std 0.03) or
+    a washed-out one keeps its relative contrast, a blank or contrast-squeezed frame does not. The
+    headroom is at least ``min_headroom``, so noise on a near-white or near-black frame stays
+    small. Range [0, 0.5 / min_headroom]; about 0.3-1.5 for photos; low (< 0.06) = little to see.
+    """
+    gray = luminance(img).astype(np.float64)
+    if gray.size == 0:
+        return float("nan")
+    mean = float(gray.mean())
+    return float(gray.std()) / max(min(mean, 1.0 - mean), min_headroom)
+
+
+def content_entropy(gray: np.ndarray, background_share: float = 0.3, bins: int = 256) -> float:
+    """Entropy (bits) of the luminance histogram, a plain background left out.
+
+    Like :func:`entropy`, but when one grey level (with its noise, +-2 levels) holds at least
+    ``background_share`` of the pixels (a genuinely black background, a white page margin) it is dropped and the
+    entropy of the rest is returned, so an object on a plain background counts for what the
+    object holds. A flat frame with a little noise, or a photo whose contrast is squeezed to a
+    few levels, still scores low. Range [0, log2(bins)]; low = little information.
+    """
+    g = np.asarray(gray)
+    if g.size == 0:
+        return float("nan")
+    levels = np.clip((g * bins).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(levels.ravel(), minlength=bins).astype(np.float64)
+    top = int(counts.argmax())
+    band = slice(max(top - 2, 0), top + 3)  # the background level and its noise, +-2 levels
+    back = counts[band].sum()
+    rest = counts.copy()
+    rest[band] = 0.0
+    used = np.flatnonzero(rest)
+    # drop the background only when what is left is something: >= 5% of the pixels spanning at
+    # least an eighth of the range (a dim or washed-out photo keeps all its few levels)
+    if (
+        back >= background_share * counts.sum()
+        and rest.sum() >= 0.05 * counts.sum()
+        and used.size
+        and used[-1] - used[0] >= bins // 8
+    ):
+        counts = rest
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def color_fraction(img: np.ndarray, tolerance: float = 1.5 / 255.0) -> float:
+    """Share of pixels whose colour channels differ by more than ``tolerance`` (max - min of RGB).
+
+    Range [0, 1]; 0 for a gray image, also when it is stored as RGB (or as a JPEG, whose chroma
+    rounding stays within a level or two); near 1 for a colour photo. Gray and gray-alpha images
+    give 0. Channel differences, unlike a saturation ratio, do not grow in the dark.
+    """
+    a = np.asarray(img, dtype=np.float32)
+    if a.ndim == 2 or a.shape[2] < 3:
+        return 0.0
+    rgb = a[:, :, :3]
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    return float((spread > tolerance).mean()) if spread.size else 0.0

@@ -442,21 +442,19 @@ def finish_image(
 
     ``filled`` is the fill of ``masks.colour_channels(img)``; ``dead`` its dead mask; ``method``
     the fill's name (``none`` fills nothing, so its dead pixels stay). ``mask_given``: ``dead``
-    came from a mask column (and the method keeps observed pixels): without SR every pixel
-    outside it is the input's exactly, and a fill may be black (black next to the mask is
+    came from the user's mask (and the method keeps observed pixels): without SR, every pixel
+    outside it is the input's exactly, and a filled pixel may be 0 (black next to the mask is
     content, not a dead pixel), so nothing is lifted.
     """
     restored = masks.join_alpha(filled, masks.split_alpha(img)[1])
     if sr_model is not None:
         restored = sr_model(restored)
     colour, alpha = masks.split_alpha(restored)
-    if sr_model is None and mask_given:
-        kept = masks.colour_channels(img)
-        if colour.shape == kept.shape:
-            colour = np.where(np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept)
+    kept = masks.colour_channels(img)
+    if mask_given and sr_model is None and colour.shape == kept.shape:
+        colour = np.where(np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept)
     else:
-        # dead pixels were found as zeros: a fill at 0 would read as dead again
-        colour = no_new_dead(colour, masks.colour_channels(img), dead if method != "none" else None, bit_depth)
+        colour = no_new_dead(colour, kept, dead if method != "none" else None, bit_depth)
     return masks.join_alpha(colour, alpha)
 
 

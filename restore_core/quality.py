@@ -32,14 +32,21 @@ NUMERIC_COLUMNS = (
     "height",
     "channels",
     "bytes",
-    "dead_fraction",  # [0, 1], lower is better
+    "dead_fraction",  # isolated dead pixels (or the mask column's), [0, 1], lower is better
     "saturated_fraction",  # [0, 1], lower is better
-    "sharpness",  # variance of the Laplacian, [0, inf), higher is sharper
+    "sharpness",  # variance of the Laplacian of the working copy, [0, inf), higher is sharper
+    "blur_width",  # pixels of the working copy: Gaussian width of the sharpest edges, higher is blurrier
+    "detail_ratio",  # fine detail kept against the reference column, when there is one; < 1 = detail lost
     "brightness",  # mean luminance, [0, 1]
+    "luma_p05",  # 5th percentile of the luminance, [0, 1]: high = washed out (light)
+    "luma_p99",  # 99th percentile of the luminance, [0, 1]: low = even the highlights are dim (dark)
     "dark_fraction",  # share near black, [0, 1]
     "bright_fraction",  # share near white, [0, 1]
     "contrast",  # RMS contrast, [0, 0.5]
+    "relative_contrast",  # RMS contrast / headroom to the nearer of black and white, [0, 5]; low = blank
     "entropy",  # bits, [0, 8]
+    "content_entropy",  # bits, [0, 8]: entropy with a plain background left out; low = low information
+    "color_fraction",  # share of pixels whose channels differ, [0, 1]: 0 = grayscale (stored as RGB too)
     "psnr",  # dB against the reference column, when there is one
     "ssim",  # [-1, 1] against the reference column, when there is one
     "decode_error",  # 1 when the row could not be read, else 0
@@ -49,20 +56,31 @@ NUMERIC_COLUMNS = (
 TEXT_COLUMNS = ("id", "status", "error", "mode", "format", "sha256", "dhash", "flags")
 #: Columns computed over the whole run (duplicates), added by :func:`duplicate_columns`.
 GROUP_COLUMNS = ("exact_duplicates", "near_duplicates", "duplicate_group")
+#: Columns computed over the whole run against its own distribution, added by :func:`shape_columns`.
+RUN_COLUMNS = ("size_deviation", "aspect_deviation")
 #: Metrics that flag rules may name.
-FLAG_METRICS = (*NUMERIC_COLUMNS, "exact_duplicates", "near_duplicates")
+FLAG_METRICS = (*NUMERIC_COLUMNS, "exact_duplicates", "near_duplicates", *RUN_COLUMNS)
 #: Metrics shown as histograms and quantiles in summaries.
 SUMMARY_METRICS = (
     "dead_fraction",
     "saturated_fraction",
+    "blur_width",
+    "detail_ratio",
     "sharpness",
     "brightness",
+    "luma_p05",
+    "luma_p99",
     "dark_fraction",
     "bright_fraction",
     "contrast",
+    "relative_contrast",
     "entropy",
+    "content_entropy",
+    "color_fraction",
     "width",
     "height",
+    "size_deviation",
+    "aspect_deviation",
     "psnr",
     "ssim",
 )
@@ -79,25 +97,40 @@ _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 def check_flag_metrics(flags: Mapping[str, FlagRule]) -> None:
     """A ConfigError naming the first flag whose metric is not a known column."""
     for name, rule in flags.items():
-        if rule.metric not in FLAG_METRICS:
-            raise ConfigError(
-                f"config key 'flags.{name}.metric' is {rule.metric!r}, not a metric column "
-                f"(one of: {', '.join(FLAG_METRICS)})"
-            )
+        for depth, cond in enumerate(rule.conditions()):
+            if cond.metric not in FLAG_METRICS:
+                key = f"flags.{name}.{'also.' * depth}metric"
+                raise ConfigError(
+                    f"config key '{key}' is {cond.metric!r}, not a metric column (one of: {', '.join(FLAG_METRICS)})"
+                )
 
 
 def evaluate_flags(columns: Mapping[str, np.ndarray], flags: Mapping[str, FlagRule]) -> dict[str, np.ndarray]:
     """Boolean (n,) arrays, one for each enabled flag whose metric is among ``columns``.
 
-    NaN metrics (undecodable rows, PSNR without a reference) never raise a flag.
+    NaN metrics (undecodable rows, PSNR without a reference) never raise a flag, nor does a rule
+    on an image that carries one of the rule's ``unless`` flags (judged before any ``unless``).
     """
-    out: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
     for name, rule in flags.items():
         if not rule.enabled or rule.metric not in columns:
             continue
-        values = np.asarray(columns[rule.metric], dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            out[name] = np.asarray(_OPS[rule.op](values, rule.value) & ~np.isnan(values))
+        hit = None
+        for cond in rule.conditions():  # OR of the rule's conditions whose metric is at hand
+            if cond.metric not in columns:
+                continue
+            values = np.asarray(columns[cond.metric], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                one = np.asarray(_OPS[cond.op](values, cond.value) & ~np.isnan(values))
+            hit = one if hit is None else hit | one
+        if hit is not None:
+            raw[name] = hit
+    out = {}
+    for name, hit in raw.items():
+        for other in flags[name].unless:  # e.g. a blank frame is low_information, not also dark
+            if other in raw:
+                hit = hit & ~raw[other]
+        out[name] = hit
     return out
 
 
@@ -143,23 +176,39 @@ class QualityScorer:
         """Metrics of one decoded image (float32 [0, 1], (H, W) or (H, W, C))."""
         cfg = self.cfg
         raw_mask = _cell_bytes(mask_cell) if mask_cell is not None else None
-        if raw_mask:
+        if raw_mask:  # a given mask wins over detection
             m, _ = codec.decode(raw_mask, cfg.decode.max_pixels)
             dead = masks.mask_from_png(m, img.shape[:2])
+            fill = dead
         else:
             mc = cfg.masks
-            dead = masks.detect(img, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than)
-        exp = metrics.exposure(img, cfg.dark_level, cfg.bright_level)
+            candidates = masks.detect(img, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than)
+            if cfg.dead_rule == "isolated":
+                dead = metrics.isolated_dead_pixels(img, candidates, cfg.dead_min_contrast)
+            else:
+                dead = candidates
+            # the working copy also fills candidates in small clumps (two dead pixels side by side)
+            fill = dead | masks.drop_large_regions(candidates, 16)
+        # Resolution-free scores come from the working copy, dead pixels filled: they are spikes
+        # that would make a blurred image look sharp.
+        work = metrics.working_copy(img, fill, cfg.working_size)
+        p05, p99 = metrics.luminance_quantiles(work, (0.05, 0.99))
+        exp = metrics.exposure(work, cfg.dark_level, cfg.bright_level)
         row: dict[str, float | str] = {
             "dead_fraction": metrics.dead_fraction(dead),
             "saturated_fraction": metrics.saturated_fraction(img, cfg.masks.saturated_level),
-            # dead pixels are spikes that would hide blur: leave them out of the sharpness
-            "sharpness": metrics.sharpness(img, ignore=dead),
+            "sharpness": metrics.sharpness(work),
+            "blur_width": metrics.blur_width(work),
             "brightness": exp.brightness,
+            "luma_p05": p05,
+            "luma_p99": p99,
             "dark_fraction": exp.dark_fraction,
             "bright_fraction": exp.bright_fraction,
-            "contrast": metrics.contrast(img),
-            "entropy": metrics.entropy(img),
+            "contrast": metrics.contrast(work),
+            "relative_contrast": metrics.relative_contrast(work),
+            "entropy": metrics.entropy(work),
+            "content_entropy": metrics.content_entropy(work),
+            "color_fraction": metrics.color_fraction(img),
             "sha256": metrics.pixel_hash(img),
             "dhash": f"{metrics.dhash(img):016x}",
         }
@@ -175,6 +224,7 @@ class QualityScorer:
         elif ref is not None:
             row["psnr"] = metrics.psnr(ref, img)
             row["ssim"] = metrics.ssim(ref, img)
+            row["detail_ratio"] = metrics.detail_ratio(img, ref, ignore=fill)
         return row
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -303,9 +353,14 @@ def near_duplicate_groups(hashes: Sequence[int] | np.ndarray, max_distance: int)
 
 
 def duplicate_columns(
-    sha256: Sequence[str | None], dhash_hex: Sequence[str | None], max_distance: int
+    sha256: Sequence[str | None], dhash_hex: Sequence[str | None], max_distance: int, min_bits: int = 0
 ) -> dict[str, np.ndarray]:
     """Duplicate columns over a whole run.
+
+    Near duplicates are looked for among informative hashes only (``min_bits`` ones and zeros at
+    least, :func:`restore_core.metrics.hash_is_informative`): flat images, smooth skies and small
+    objects on plain backgrounds all hash alike without being copies of one another. Exact
+    duplicates (the same pixels) are found among every row.
 
     Returns ``exact_duplicates`` (float64: how many *other* rows have the same pixels),
     ``near_duplicates`` (float64: how many other rows are perceptually close, exact copies of
@@ -323,13 +378,64 @@ def duplicate_columns(
     shas = np.array([str(sha256[int(i)]) for i in idx])
     _, sha_inv, sha_counts = np.unique(shas, return_inverse=True, return_counts=True)
     exact[idx] = sha_counts[sha_inv] - 1
-    hashes = np.array([int(str(dhash_hex[int(i)]), 16) for i in idx], dtype=np.uint64)
-    labels = near_duplicate_groups(hashes, max_distance)
+    values = [int(str(dhash_hex[int(i)]), 16) for i in idx]
+    informative = np.array([metrics.hash_is_informative(v, min_bits) for v in values], dtype=bool)
+    # An uninformative hash is grouped with its exact copies only: its own pixel hash stands in.
+    keys = [v if ok else f"sha:{shas[j]}" for j, (v, ok) in enumerate(zip(values, informative, strict=True))]
+    hashes = np.array([v if ok else 0 for v, ok in zip(values, informative, strict=True)], dtype=np.uint64)
+    labels = np.arange(idx.size, dtype=np.int64)
+    near_idx = np.flatnonzero(informative)
+    if near_idx.size:
+        labels[near_idx] = near_idx[near_duplicate_groups(hashes[near_idx], max_distance)]
+    first_by_key: dict[Any, int] = {}
+    for j in np.flatnonzero(~informative):
+        labels[j] = first_by_key.setdefault(keys[j], int(j))
     _, lab_inv, lab_counts = np.unique(labels, return_inverse=True, return_counts=True)
     near[idx] = lab_counts[lab_inv] - 1 - exact[idx]
     in_group = lab_counts[lab_inv] > 1
     group[idx[in_group]] = idx[labels[in_group]]
     return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
+
+
+def robust_deviation(values: np.ndarray, floor: float) -> np.ndarray:
+    """|x - median| / max(1.4826 * MAD, floor) of finite ``values`` (NaN stays NaN).
+
+    A robust z-score: the median and the median absolute deviation ignore the outliers they are
+    meant to find. ``floor`` keeps a dataset whose values are all alike (every image 128x128)
+    from calling the smallest difference odd.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    out = np.full(v.shape, np.nan)
+    if not ok.any():
+        return out
+    med = float(np.median(v[ok]))
+    mad = float(np.median(np.abs(v[ok] - med)))
+    out[ok] = np.abs(v[ok] - med) / max(1.4826 * mad, floor)
+    return out
+
+
+def shape_columns(width: np.ndarray, height: np.ndarray, floor: float) -> dict[str, np.ndarray]:
+    """Odd size and odd aspect ratio of each image against the run's own distribution.
+
+    In log units, an image's width and height deviate from the run's typical ones by ``dw`` and
+    ``dh``. Its aspect-ratio deviation is ``dw - dh`` (a 128x48 crop among squares); its size
+    deviation is the part both sides share (both smaller, or both larger: a 32x32 thumbnail), so
+    a change of shape alone is not also called a change of size. Both are robust z-scores
+    (:func:`robust_deviation`, ``floor`` in log units). Returns ``size_deviation`` and
+    ``aspect_deviation``, float64 (n,), NaN for unreadable rows.
+    """
+    w = np.asarray(width, dtype=np.float64)
+    h = np.asarray(height, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lw = np.where(w > 0, np.log(w), np.nan)
+        lh = np.where(h > 0, np.log(h), np.nan)
+    ok = np.isfinite(lw) & np.isfinite(lh)
+    dw = lw - (np.median(lw[ok]) if ok.any() else np.nan)
+    dh = lh - (np.median(lh[ok]) if ok.any() else np.nan)
+    common = np.where(np.sign(dw) == np.sign(dh), np.sign(dw) * np.minimum(np.abs(dw), np.abs(dh)), 0.0)
+    common[~ok] = np.nan
+    return {"size_deviation": robust_deviation(common, floor), "aspect_deviation": robust_deviation(lw - lh, floor)}
 
 
 # ----------------------------------------------------------------------------- only flagged

@@ -319,6 +319,33 @@ def training_loss(
     return (err[has] / count[has]).mean()
 
 
+@torch.no_grad()
+def self_supervised_gain(
+    model: nn.Module,
+    images: torch.Tensor,
+    observed: torch.Tensor,
+    generator: torch.Generator,
+    bases: Bases | None = None,
+) -> float:
+    """How much better than its cheap fill the refiner predicts hidden-but-observed pixels, in dB
+    (positive = better), on damaged images alone: a check a training job can run on rows kept
+    aside, before trusting a refiner over the fill. Same shapes as :func:`training_loss`."""
+    was_training = model.training
+    model.eval()
+    try:
+        observed = observed.to(torch.bool)
+        hide = random_training_mask(tuple(observed.shape), generator, images.device) & observed  # type: ignore[arg-type]
+        pred, filled = _predict(model, images, ~observed | hide, bases)
+    finally:
+        model.train(was_training)
+    weight = hide.to(images.dtype).expand_as(images)
+    err = float(((pred.clamp(0.0, 1.0) - images) ** 2 * weight).sum())
+    base = float(((filled - images) ** 2 * weight).sum())
+    if base <= 0.0 or err <= 0.0:
+        return 0.0 if base == err else (float("inf") if err <= 0.0 else float("-inf"))
+    return 10.0 * math.log10(base / err)
+
+
 def _to_nchw(images: np.ndarray) -> np.ndarray:
     a = np.asarray(images, dtype=np.float32)
     if a.ndim == 3:

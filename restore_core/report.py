@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from restore_core.config import FlagRule, QualityConfig
 from restore_core.errors import UserError
-from restore_core.quality import SUMMARY_METRICS, duplicate_columns, evaluate_flags
+from restore_core.quality import SUMMARY_METRICS, duplicate_columns, evaluate_flags, shape_columns
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 RUN_PREFIX = "run="
@@ -60,10 +60,15 @@ def run_date_or_today(value: str) -> str:
 
 
 def with_run_flags(table: pa.Table, cfg: QualityConfig) -> pa.Table:
-    """Add the duplicate columns and recompute ``flags`` over the whole run (duplicates included)."""
+    """Add the run-wide columns (duplicates, odd size and aspect ratio against the run's own
+    distribution) and recompute ``flags`` over the whole run."""
     dup = duplicate_columns(
-        table.column("sha256").to_pylist(), table.column("dhash").to_pylist(), cfg.near_duplicate_distance
+        table.column("sha256").to_pylist(),
+        table.column("dhash").to_pylist(),
+        cfg.near_duplicate_distance,
+        cfg.near_duplicate_min_bits,
     )
+    dup.update(shape_columns(_floats(table, "width"), _floats(table, "height"), cfg.odd_spread_floor))
     for name, values in dup.items():
         if name in table.column_names:
             table = table.drop_columns([name])
@@ -74,7 +79,12 @@ def with_run_flags(table: pa.Table, cfg: QualityConfig) -> pa.Table:
 
 
 def _flag_arrays(table: pa.Table, flags: Mapping[str, FlagRule]) -> dict[str, np.ndarray]:
-    cols = {r.metric: _floats(table, r.metric) for r in flags.values() if r.metric in table.column_names}
+    cols = {
+        c.metric: _floats(table, c.metric)
+        for r in flags.values()
+        for c in r.conditions()
+        if c.metric in table.column_names
+    }
     return evaluate_flags(cols, flags)
 
 
@@ -106,7 +116,7 @@ def summarize(table: pa.Table, cfg: QualityConfig, run_date: str) -> dict[str, A
         flags[name] = {
             "count": count,
             "share": count / n if n else 0.0,
-            "rule": f"{rule.metric} {rule.op} {rule.value:g}",
+            "rule": rule.describe(),
             "max_share": rule.max_share,
         }
     groups = duplicate_groups(table, cfg.report.max_duplicate_groups)
@@ -386,6 +396,53 @@ def worst_rows(table: pa.Table, cfg: QualityConfig) -> dict[str, list[dict[str, 
     return out
 
 
+def suggest_thresholds(table: pa.Table, cfg: QualityConfig, target_share: float = 0.005) -> dict[str, dict[str, Any]]:
+    """Thresholds for the per-image flags, suggested from a run known to be good.
+
+    For each enabled flag on a numeric metric, the value past which only ``target_share`` of this
+    run's images would be flagged (the metric's quantile on the flag's side), next to the current
+    threshold and the share that one flags here. On a good run nearly nothing should be flagged,
+    so a current share far above ``target_share`` says the threshold is too tight for this data;
+    count-like flags (duplicates, decode errors) are left out.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    raised = _flag_arrays(table, cfg.flags)
+    for name, rule in cfg.flags.items():
+        if not rule.enabled or rule.metric not in table.column_names or rule.metric in _COUNT_METRICS:
+            continue
+        v = _floats(table, rule.metric)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            continue
+        upper = rule.op in (">", ">=")
+        q = float(np.quantile(v, 1.0 - target_share if upper else target_share))
+        share = float(raised[name].mean()) if name in raised and raised[name].size else 0.0
+        out[name] = {
+            "metric": rule.metric,
+            "op": rule.op,
+            "current": rule.value,
+            "current_share": share,
+            "suggested": q,
+            "target_share": target_share,
+        }
+    return out
+
+
+_COUNT_METRICS = ("decode_error", "exact_duplicates", "near_duplicates")
+
+
+def calibration_lines(suggestions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per flag: current rule and share, the suggested threshold and a --set to apply it."""
+    lines = []
+    for name, sgg in suggestions.items():
+        lines.append(
+            f"{name}: {sgg['metric']} {sgg['op']} {sgg['current']:.4g} flags {100 * sgg['current_share']:.2f}% here; "
+            f"{sgg['suggested']:.4g} would flag {100 * sgg['target_share']:.2f}%  "
+            f"(--set flags.{name}.value={sgg['suggested']:.4g})"
+        )
+    return lines
+
+
 def write_report(
     fs: fsspec.AbstractFileSystem,
     folder: str,
@@ -401,7 +458,9 @@ def write_report(
     """
     plots: list[tuple[str, str]] = []
     for m in summary["quantiles"]:
-        thresholds = [(n, r.value) for n, r in cfg.flags.items() if r.enabled and r.metric == m]
+        thresholds = [
+            (n, c.value) for n, r in cfg.flags.items() if r.enabled for c in r.conditions() if c.metric == m
+        ]
         rel = f"plots/hist_{m}.png"
         put(fs, posixpath.join(folder, rel), histogram_png(_floats(table, m), m, thresholds))
         plots.append((m, rel))

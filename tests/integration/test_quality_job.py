@@ -50,7 +50,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], data: Path, out: Path, date: str
     argv = [
         "quality", "--config", str(ROOT / "configs" / "quality.yaml"),
         "--set", f"input.path={data}", "--set", f"output={out}",
-        "--set", "flags.blurry.value=0.0005", "--set", "ray.batch_size=8", "--run-date", date, *extra,
+        "--set", "flags.blurry.value=1.0", "--set", "flags.grayscale.enabled=false",
+        "--set", "ray.batch_size=8", "--run-date", date, *extra,
     ]  # fmt: skip
     capsys.readouterr()
     code = main(argv)
@@ -70,6 +71,12 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys):
     assert (run1 / "_SUCCESS").exists() and (run1 / "report.html").exists()
     flags1 = pq.read_table(run1 / "flags.parquet").to_pydict()
     assert len(flags1["id"]) == N_IMAGES and not any(flags1["flags"])
+
+    # the clean first night as a known-good run: suggested thresholds, nothing scored or written
+    code, text = run_cli(capsys, tmp_path / "day1", out, "2024-03-05", "--calibrate", str(run1))
+    assert code == 0, text[-3000:]
+    assert "quality calibrate" in text and "--set flags.blurry.value=" in text and "--set flags.dark.value=" in text
+    assert not (out / "run=2024-03-05").exists()
 
     code, text = run_cli(capsys, tmp_path / "day2", out, "2024-03-02", "--fail-on", "dead_pixels")
     assert code == 1, text[-3000:]

@@ -30,7 +30,7 @@ def test_scorer_rows_in_rows_out(photos, rng):
         "image": np.array([enc(photos[0]), enc(dead), enc(blurred), b"junk", enc(photos[0])], dtype=object),
         "label": np.array([1, 2, 3, 4, 5]),
     }
-    cfg = from_dict(QualityConfig, {"flags": {"blurry": {"value": 0.0005}}})
+    cfg = from_dict(QualityConfig, {"flags": {"blurry": {"value": 1.0}, "grayscale": {"enabled": False}}})
     out = quality.QualityScorer(cfg)(batch)
     assert list(out["id"]) == ["a", "b", "c", "d", "e"]
     assert list(out["status"]) == ["ok", "ok", "ok", "error", "ok"]
@@ -124,6 +124,109 @@ def test_read_flagged_ids(tmp_path):
     assert quality.read_flagged_ids(str(run), ["blurry"]) == {"a", "c"}
     with pytest.raises(UserError, match="only_flagged"):
         quality.read_flagged_ids(str(tmp_path))
+
+
+def test_shape_columns_are_relative_to_the_run():
+    w = np.array([128] * 20 + [32, 128, 256, 128], dtype=float)
+    h = np.array([128] * 20 + [32, 48, 256, np.nan], dtype=float)
+    cols = quality.shape_columns(w, h, floor=0.08)
+    size, aspect = cols["size_deviation"], cols["aspect_deviation"]
+    assert (size[:20] == 0).all() and (aspect[:20] == 0).all()
+    assert size[20] > 3 and size[22] > 3 and aspect[20] == 0 and aspect[22] == 0  # odd size, square
+    assert aspect[21] > 3 and size[21] == 0  # a 128x48 strip: odd shape, not odd size
+    assert np.isnan(size[23]) and np.isnan(aspect[23])
+    # a run of mixed sizes spreads the scale: the same 32x32 is no longer far out
+    mixed = quality.shape_columns(np.geomspace(32, 512, 40), np.geomspace(32, 512, 40), floor=0.08)
+    assert mixed["size_deviation"].max() < 3
+
+
+def test_plain_images_are_not_near_duplicates_of_one_another():
+    flat = f"{0:016x}"
+    sky = f"{0xFFFF_FFFF_FFFF_FFFF:016x}"
+    photo = f"{0x0F0F_F0F0_1234_ABCD:016x}"
+    sha = ["a", "b", "c", "d", "d", "e", "f"]
+    dh = [flat, flat, sky, photo, photo, f"{0x0F0F_F0F0_1234_ABCF:016x}", sky]
+    cols = quality.duplicate_columns(sha, dh, 4, min_bits=8)
+    assert cols["near_duplicates"].tolist() == [0, 0, 0, 1, 1, 2, 0]
+    assert cols["exact_duplicates"].tolist() == [0, 0, 0, 1, 1, 0, 0]
+
+
+def test_flag_rule_also_and_unless():
+    cfg = QualityConfig()
+    nan = float("nan")
+    cols = {
+        "blur_width": np.array([0.5, 1.5, 0.5, nan, 1.5]),
+        "detail_ratio": np.array([1.0, nan, 0.5, nan, nan]),
+        "relative_contrast": np.array([0.5, 0.5, 0.5, 0.5, 0.01]),
+        "luma_p99": np.array([0.9, 0.9, 0.9, 0.1, 0.1]),
+    }
+    raised = quality.evaluate_flags(cols, cfg.flags)
+    assert raised["blurry"].tolist() == [False, True, True, False, False]  # either condition; not on a blank frame
+    assert raised["dark"].tolist() == [False, False, False, True, False]  # a blank dark frame is low_information
+    assert raised["low_information"].tolist() == [False, False, False, False, True]
+    assert cfg.flags["blurry"].describe() == "blur_width > 1 or detail_ratio < 0.95"
+    with pytest.raises(ConfigError, match=r"flags\.dark\.unless"):
+        from_dict(QualityConfig, {"flags": {"dark": {"unless": ["nope"]}}})
+    with pytest.raises(ConfigError, match=r"flags\.blurry\.also\.metric"):
+        quality.QualityScorer(from_dict(QualityConfig, {"flags": {"blurry": {"also": {"metric": "sharp"}}}}))
+
+
+def test_old_flag_names_are_aliases():
+    cfg = from_dict(QualityConfig, {"flags": {"underexposed": {"value": 0.2}}, "fail_on": ["near_duplicate"]})
+    assert cfg.flags["dark"].value == 0.2 and "underexposed" not in cfg.flags
+    assert cfg.fail_on == ["near_duplicates"]
+    with pytest.raises(ConfigError, match="old name"):
+        from_dict(QualityConfig, {"flags": {"underexposed": {}, "dark": {}}})
+
+
+def test_every_issue_kind_on_small_images(rng):
+    """One image per kind through the scorer: each raises its own flag and no other."""
+    from restore_core import report
+
+    base = synth.photo_crops(12, 64, rgb=True, names=("astronaut", "coffee", "chelsea"), seed=3)
+    odd = synth.photo_crops(2, 96, rgb=True, names=("coffee",), seed=4)
+    gray = np.repeat(synth.photo_crops(1, 64, names=("astronaut",), seed=5)[0][..., None], 3, axis=2)
+    dead, _ = masks.apply_dead_pixels(base[2], 0.01, rng)
+    imgs = {
+        "clean0": base[0], "clean1": base[1], "clean5": base[5], "clean6": base[6], "clean7": base[7],
+        "dead": dead,
+        "blurry": ndimage.gaussian_filter(base[3], (2.5, 2.5, 0)),
+        "dark": base[4] * 0.15,
+        "light": 1 - (1 - base[8]) * 0.2,
+        "blank": np.full((64, 64, 3), [0.3, 0.5, 0.7], np.float32) + rng.normal(0, 0.003, (64, 64, 3)),
+        "gray": gray,
+        "small": base[9][::2, ::2],
+        "strip": odd[0][:24, :],
+        "copy_a": base[10], "copy_b": base[10],
+    }  # fmt: skip
+    ids = list(imgs)
+    batch = {"id": np.array(ids, dtype=object), "image": np.array([enc(imgs[i]) for i in ids], dtype=object)}
+    cfg = QualityConfig()
+    table = report.with_run_flags(quality.table_from_columns(quality.QualityScorer(cfg)(batch)), cfg)
+    got = dict(zip(table.column("id").to_pylist(), table.column("flags").to_pylist(), strict=True))
+    want = {
+        "dead": "dead_pixels", "blurry": "blurry", "dark": "dark", "light": "light", "blank": "low_information",
+        "gray": "grayscale", "small": "odd_size", "strip": "odd_aspect_ratio",
+        "copy_a": "exact_duplicates", "copy_b": "exact_duplicates",
+    }  # fmt: skip
+    assert got == {i: want.get(i, "") for i in ids}
+
+
+def test_demo_blurred_images_are_flagged_blurry_and_its_clean_ones_are_not(tmp_path):
+    """The demo's own data (python -m jobs demo): its 32 test images are blurred (shrunk and
+    enlarged by 2, 64 px) then given 15% dead pixels; its training images are clean."""
+    from jobs import demo
+    from restore_core.config import DemoConfig
+
+    demo.make_data(DemoConfig(), str(tmp_path))
+    scorer = quality.QualityScorer(QualityConfig())
+    flagged = {}
+    for part in ("train", "test"):
+        t = pq.read_table(tmp_path / part).to_pydict()
+        batch = {k: np.array(t[k], dtype=object) for k in ("id", "image", "reference") if k in t}
+        flagged[part] = ["blurry" in f.split(",") for f in scorer(batch)["flags"]]
+    assert len(flagged["test"]) == 32 and all(flagged["test"])
+    assert len(flagged["train"]) == 192 and not any(flagged["train"])
 
 
 def test_null_id_is_an_error_row_not_the_id_none(photos):

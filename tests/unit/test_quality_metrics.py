@@ -114,3 +114,84 @@ def test_near_duplicate_hash(rng):
     others = synth.photo_crops(5, 96, names=("brick", "coins", "text", "grass"), seed=1)
     assert min(metrics.hamming(h, metrics.dhash(o)) for o in others) > 12
     assert metrics.hamming(0, 2**64 - 1) == 64
+
+
+# ----------------------------------------------------------------------------- issue kinds (#14)
+
+
+def _scene(size: int) -> np.ndarray:
+    """The same photo scene at any size: a 1024 px crop area-averaged down to ``size``."""
+    from PIL import Image
+
+    big = synth.photo_crops(1, 1024, rgb=True, names=("astronaut",), seed=0, scale_range=(1.0, 1.0))[0]
+    small = Image.fromarray(np.rint(big * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BOX)
+    return np.asarray(small, np.float32) / 255.0
+
+
+@pytest.mark.parametrize("blur_of_width", [0.0, 0.03])
+def test_blur_verdict_is_the_same_at_64_256_and_1024(blur_of_width):
+    """Blur measured on the working copy: a scene blurred by 3% of its width reads blurry at every
+    size, the sharp scene at none (the variance of the Laplacian differs 100-fold across sizes)."""
+    verdicts = []
+    for size in (64, 256, 1024):
+        img = _scene(size)
+        if blur_of_width:
+            img = ndimage.gaussian_filter(img, (blur_of_width * size, blur_of_width * size, 0))
+        verdicts.append(metrics.blur_width(metrics.working_copy(img)) > 1.0)
+    assert verdicts == [bool(blur_of_width)] * 3
+
+
+def test_blur_width_ignores_dead_pixels_and_flat_images(photo, rng):
+    work = metrics.working_copy(photo)
+    sharp = metrics.blur_width(work)
+    blurred = ndimage.gaussian_filter(photo, 2.5)
+    damaged, _ = masks.apply_dead_pixels(blurred, 0.15, rng)
+    fill = masks.drop_large_regions(masks.zero_pixels(damaged), 16)  # as the quality scorer fills
+    assert metrics.blur_width(metrics.working_copy(damaged)) < 1.0  # dead spikes read as sharp edges
+    assert sharp < 1.0 < metrics.blur_width(metrics.working_copy(damaged, fill))
+    assert np.isnan(metrics.blur_width(np.full((64, 64), 0.4)))  # nothing to measure: not blurry
+
+
+def test_black_content_is_not_dead_pixels(rng):
+    img = np.full((64, 64, 3), 0.6, np.float32)
+    img[10:40, 5:50] = 0.0  # a genuinely black object
+    img[50:, :] = rng.integers(0, 2, (14, 64, 1)) / 255.0  # a dim area quantised to 0 in places
+    isolated = metrics.isolated_dead_pixels(img, masks.zero_pixels(img))
+    assert not isolated[10:40, 5:50].any() and not isolated[50:].any()
+    damaged, dead = masks.apply_dead_pixels(img, 0.03, rng)
+    found = metrics.isolated_dead_pixels(damaged, masks.zero_pixels(damaged))
+    away = ndimage.binary_erosion(img[..., 0] > 0.5, iterations=2)  # live, not touching black content
+    assert (found == dead)[away].all() and dead[away].sum() > 20
+
+
+def test_grayscale_stored_as_rgb_is_grayscale(photo):
+    rgb = np.repeat(photo[..., None], 3, axis=2)
+    assert metrics.color_fraction(photo) == 0.0 and metrics.color_fraction(rgb) == 0.0
+    colour = synth.photo_crops(1, 64, rgb=True, names=("coffee",), seed=0)[0]
+    assert metrics.color_fraction(colour) > 0.5
+
+
+def test_dark_and_light_quantiles():
+    night = np.full((64, 64), 0.04, np.float32)
+    night[5:15, 5:15] = 0.95  # lamps: a dark scene that is fine
+    assert metrics.luminance_quantiles(night, (0.99,))[0] > 0.3
+    dim = synth.photo_crops(1, 64, names=("camera",), seed=0)[0] * 0.15
+    assert metrics.luminance_quantiles(dim, (0.99,))[0] < 0.3
+    washed = 1 - (1 - synth.photo_crops(1, 64, names=("camera",), seed=0)[0]) * 0.2
+    assert metrics.luminance_quantiles(washed, (0.05,))[0] > 0.6
+
+
+def test_content_entropy_leaves_a_plain_background_out(photo, rng):
+    on_black = photo.copy()
+    on_black[:, :40] = 0.0
+    assert metrics.entropy(on_black) < 4.0 < metrics.content_entropy(on_black)
+    flat = np.clip(0.5 + rng.normal(0, 0.004, (64, 64)), 0, 1)
+    assert metrics.content_entropy(flat) < 3.0
+    assert metrics.content_entropy(photo * 0.1) > 3.0  # dim, not empty
+
+
+def test_plain_hashes_are_not_informative():
+    sky = np.tile(np.linspace(0.3, 0.7, 64, dtype=np.float32)[:, None], (1, 64))
+    assert not metrics.hash_is_informative(metrics.dhash(sky))
+    assert not metrics.hash_is_informative(metrics.dhash(np.full((32, 32), 0.5, np.float32)))
+    assert metrics.hash_is_informative(metrics.dhash(synth.photo_crops(1, 64, names=("camera",), seed=0)[0]))

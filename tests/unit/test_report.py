@@ -26,7 +26,8 @@ def enc(img: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def cfg() -> QualityConfig:
-    return from_dict(QualityConfig, {"flags": {"blurry": {"value": 0.001}}, "fail_on": ["dead_pixels"]})
+    flags = {"blurry": {"value": 1.0}, "grayscale": {"enabled": False}}  # the photos are gray
+    return from_dict(QualityConfig, {"flags": flags, "fail_on": ["dead_pixels"]})
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_summary_drift_and_failures(cfg, images):
     s1 = report.summarize(after, cfg, "2024-01-02")
     flags = dict(zip(after.column("id").to_pylist(), after.column("flags").to_pylist(), strict=True))
     assert set(flags["img03"].split(",")) == {"dead_pixels", "blurry"}
-    assert flags["img00"] == flags["copy_of_img00"] == "exact_duplicate"
+    assert flags["img00"] == flags["copy_of_img00"] == "exact_duplicates"
     assert s1["flags"]["dead_pixels"]["share"] == pytest.approx(0.05)
     assert s1["duplicate_groups"]["groups"][0]["ids"] == ["img00", "copy_of_img00"]
     fails = report.failures(s1, cfg.fail_on)
@@ -158,3 +159,15 @@ def test_html_renders_in_headless_chromium(tmp_path, cfg, images):
     dom = render_dom(path, str(tmp_path / "profile2"))
     assert 'data-failed="1"' in dom
     json.dumps(summary, allow_nan=False)
+
+
+def test_suggested_thresholds_from_a_good_run(cfg, images):
+    table = scored(cfg, images, [f"img{i:02d}" for i in range(20)])
+    sug = report.suggest_thresholds(table, cfg, target_share=0.05)
+    assert "blurry" in sug and "dark" in sug and "exact_duplicates" not in sug
+    bw = table.column("blur_width").to_numpy()
+    assert sug["blurry"]["suggested"] == pytest.approx(np.nanquantile(bw, 0.95))
+    p99 = table.column("luma_p99").to_numpy()
+    assert sug["dark"]["suggested"] == pytest.approx(np.quantile(p99, 0.05))
+    lines = report.calibration_lines(sug)
+    assert any(line.startswith("blurry: blur_width > 1 flags 0.00% here") for line in lines)
