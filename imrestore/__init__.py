@@ -182,7 +182,9 @@ def restore(
         apply = sr.apply_fn(model, SRConfig(enabled=True))
     bit_depth = 16 if isinstance(image, Image.Image) and image.mode.startswith("I") else 8
     filled = restore_image(masks.colour_channels(img), dead, method, inpainter)
-    out = finish_image(filled, img, dead, method, bit_depth, apply)
+    keeps = method != "seed" and (fit is None or fit.keep_observed)
+    # a given mask: pixels outside it come back exactly, and fills may be black (no zero lift)
+    out = finish_image(filled, img, dead, method, bit_depth, apply, mask_given=mask is not None and keeps)
     if isinstance(image, Image.Image):
         return codec.to_pil(out, bit_depth)
     return out

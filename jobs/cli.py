@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "benchmark": Command("benchmark", "damage clean images, restore with each method, compare"),
     "restore": Command("restore", "restore a dataset on Ray: fill dead pixels (and SR), write shards + manifest"),
     "train-sr": Command("train_sr", "train the super-resolution CNN with Ray Train"),
+    "train-inpaint": Command("train_inpaint", "train the inpainting refiner on your (damaged) dataset with Ray Train"),
     "demo": Command("demo", "generate a small dataset and run every job on it, locally, in minutes"),
     "quality": Command("quality", "nightly data-quality run: per-image metrics, flags, drift, HTML report"),
 }

@@ -2,9 +2,12 @@
 
 ``python -m jobs demo [--out DIR] [--small]`` makes, under ``DIR`` (default ``demo_out``):
 
-- ``data/train/`` clean images and ``data/test/`` damaged ones (blur, then dead pixels; the
-  clean image in the ``reference`` column), Parquet shards of faces, textures, digits, shapes;
-- ``bases/`` (learn-bases), ``sr_model/`` (train-sr, a few epochs);
+- ``data/train/`` clean images, ``data/train_damaged/`` the same images damaged, and
+  ``data/test/`` other damaged ones (blur, then dead pixels; the clean image in the
+  ``reference`` column), Parquet shards of faces, textures, digits, shapes;
+- ``bases/`` (learn-bases), ``sr_model/`` (train-sr, a few epochs), ``refiner/``
+  (train-inpaint, a few epochs, self-supervised on ``train_damaged``: it never sees a clean
+  image, as on a user's own damaged dataset, and never sees the test images);
 - ``restored/<method>/`` (the restore job once per method, and once with NMF then SR);
 - ``quality/`` (the nightly quality run over the damaged test set);
 - ``report/``: ``results.csv``, ``summary.json`` and ``before_after.png`` (the image grid).
@@ -42,6 +45,7 @@ from restore_core.config import (
     OutputConfig,
     RestoreConfig,
     SRConfig,
+    TrainInpaintConfig,
     from_dict,
 )
 from restore_core.errors import UserError
@@ -58,6 +62,8 @@ SMALL = [
     "nmf.max_iter=30",
     "sr.epochs=1",
     "sr.patches_per_image=4",
+    "inpaint.epochs=2",
+    "inpaint.crops_per_image=2",
 ]
 
 #: Restore output folder names (a method name may not be a safe folder name: nmf+sr).
@@ -178,9 +184,15 @@ def make_data(cfg: DemoConfig, root: str) -> None:
     rng = np.random.default_rng(d.seed + 20_000)
     blur = _blur(cfg)
     damaged = [demo_data.damage(img, d.dead_rate, rng, blur)[0] for img in test_clean]
+    train_damaged = [demo_data.damage(img, d.dead_rate, rng, blur)[0] for img in train]
     demo_data.write_shards(
         demo_data.to_table([f"train-{i:05d}" for i in range(d.n_train)], train, train_kinds),
         os.path.join(root, "train"),
+        d.shards,
+    )
+    demo_data.write_shards(
+        demo_data.to_table([f"train-{i:05d}" for i in range(d.n_train)], train_damaged, train_kinds),
+        os.path.join(root, "train_damaged"),
         d.shards,
     )
     demo_data.write_shards(
@@ -224,6 +236,28 @@ def train_sr_cfg(cfg: DemoConfig, train: str, out: str) -> Any:
     )
 
 
+def train_inpaint_cfg(cfg: DemoConfig, train_damaged: str, out: str) -> TrainInpaintConfig:
+    """train-inpaint's config: the damaged training images, a few epochs on the local Ray."""
+    p = cfg.inpaint
+    return from_dict(
+        TrainInpaintConfig,
+        {
+            "input": {"path": train_damaged},
+            "output": out,
+            "channels": "gray",
+            "net": {"width": p.width, "levels": p.levels},
+            "train": {
+                "epochs": p.epochs,
+                "patch_size": min(p.patch_size, cfg.data.size),
+                "crops_per_image": p.crops_per_image,
+            },
+            "workers": {"num_workers": p.num_workers},
+            "checkpoints": {"resume": False},  # the demo's step cache decides what is reused
+            "ray": dataclasses.asdict(cfg.ray),
+        },
+    )
+
+
 def _train_sr_config_class() -> type:
     from restore_core import config
 
@@ -233,13 +267,16 @@ def _train_sr_config_class() -> type:
     return cls
 
 
-def restore_cfg(cfg: DemoConfig, test: str, out: str, method: str, bases: str, sr_model: str) -> RestoreConfig:
+def restore_cfg(
+    cfg: DemoConfig, test: str, out: str, method: str, bases: str, sr_model: str, refiner: str = ""
+) -> RestoreConfig:
     fit = dataclasses.replace(RestoreConfig().fit, method=method)  # type: ignore[arg-type]
     sr = SRConfig(enabled=bool(sr_model), model=sr_model)
     return RestoreConfig(
         input=InputConfig(path=test),
         output=OutputConfig(path=out, overwrite=True),
         bases=bases if method in ("nmf", "seed") else "",
+        refiner=refiner if method == "learned" else "",
         fit=fit,
         sr=sr,
         device=cfg.device,
@@ -423,9 +460,10 @@ def plot_grid(test_table: Any, outputs: dict[str, Any], path: str, per_kind: int
 def run(cfg: DemoConfig) -> Summary:
     if not cfg.output:
         raise UserError("output is empty: set it (or --out) to the folder where the demo writes its files")
-    unknown = [m for m in cfg.methods if m not in ("nmf", "seed", "biharmonic", "median", "none")]
+    known = ("learned", "nmf", "seed", "fill", "biharmonic", "median", "none")
+    unknown = [m for m in cfg.methods if m not in known]
     if unknown:
-        raise UserError(f"methods: unknown method {unknown[0]!r} (choose from nmf, seed, biharmonic, median, none)")
+        raise UserError(f"methods: unknown method {unknown[0]!r} (choose from {', '.join(known)})")
     if cfg.data.n_test < 1 or cfg.data.n_train < 1:
         raise UserError("data.n_train and data.n_test must be >= 1")
     t_start = time.perf_counter()
@@ -435,6 +473,7 @@ def run(cfg: DemoConfig) -> Summary:
     data_dir = os.path.join(root, "data")
     train, test = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
     bases_dir, model_dir = os.path.join(root, "bases"), os.path.join(root, "sr_model")
+    refiner_dir = os.path.join(root, "refiner")
     report_dir = os.path.join(root, "report")
     os.makedirs(report_dir, exist_ok=True)
 
@@ -448,7 +487,7 @@ def run(cfg: DemoConfig) -> Summary:
 
         def restore_step(name: str, method: str, model: str) -> None:
             folder = os.path.join(root, "restored", name.replace("+", "_"))
-            rcfg = restore_cfg(cfg, test, folder, method, bases_dir, model)
+            rcfg = restore_cfg(cfg, test, folder, method, bases_dir, model, refiner_dir)
 
             def restore(rcfg: RestoreConfig = rcfg) -> None:
                 _summary_line(_job("restore").run(rcfg))
@@ -459,6 +498,7 @@ def run(cfg: DemoConfig) -> Summary:
                 data_fp,
                 steps.fingerprint("learn-bases") if method in ("nmf", "seed") else "",
                 steps.fingerprint("train-sr") if model else "",
+                steps.fingerprint("train-inpaint") if method == "learned" else "",
                 settings,
             ]
             if steps.run(f"restore {name}", fp, os.path.join(folder, "_manifest.json"), restore):
@@ -479,6 +519,8 @@ def run(cfg: DemoConfig) -> Summary:
                 lambda: _summary_line(_job("learn_bases").run(lb_cfg)),
             )
             for method in cfg.methods:
+                if method == "learned":
+                    continue  # after train-inpaint, below
                 if method in ("nmf", "seed") and not have_bases:
                     steps.report[f"restore {method}"] = "skipped: no bases"
                     continue
@@ -501,7 +543,21 @@ def run(cfg: DemoConfig) -> Summary:
                 have_model = steps.run(
                     "train-sr", [data_fp, dataclasses.asdict(cfg.sr)], os.path.join(model_dir, "meta.json"), train_sr
                 )
+            have_refiner = False
+            if "learned" in cfg.methods and cfg.inpaint.enabled:
+                ti_cfg = train_inpaint_cfg(cfg, os.path.join(data_dir, "train_damaged"), refiner_dir)
+                have_refiner = steps.run(
+                    "train-inpaint",
+                    [data_fp, dataclasses.asdict(cfg.inpaint)],
+                    os.path.join(refiner_dir, "meta.json"),
+                    lambda: _summary_line(_job("train_inpaint").run(ti_cfg)),
+                )
             have_bases = others.result()
+        if "learned" in cfg.methods:
+            if have_refiner:
+                restore_step("learned", "learned", "")
+            else:
+                steps.report["restore learned"] = "skipped: no refiner (inpaint.enabled is false)"
         if cfg.sr.enabled:
             if not have_bases:
                 steps.report[f"restore {SR_ROW}"] = "skipped: no bases"
@@ -538,6 +594,7 @@ def run(cfg: DemoConfig) -> Summary:
         ("bases", bases_dir),
         ("SR model", model_dir),
         ("SR training plot", os.path.join(model_dir, "training.png")),
+        ("refiner", refiner_dir),
     ):
         if os.path.exists(path):
             report_outputs[label] = path

@@ -32,11 +32,13 @@ from jobs import ray_utils
 from jobs.common import Summary
 from restore_core import checks
 from restore_core.config import RestoreConfig, check_ranges, to_dict
+from restore_core.device import resolve_device
 from restore_core.errors import UserError
 from restore_core.io import datasets, lease, locations
 from restore_core.io import shards as shard_io
 from restore_core.io.artifacts import Bases, load_bases
-from restore_core.pipeline import Restorer
+from restore_core.io.refiners import RefinerArtifact, build_from_artifact, load_refiner
+from restore_core.pipeline import Restorer, resolve_method
 from restore_core.quality import read_flagged_ids
 
 CONFIG = RestoreConfig
@@ -82,6 +84,8 @@ def check_config(cfg: RestoreConfig) -> None:
         raise UserError("output.format images needs input.format images (a folder tree to mirror); use parquet")
     if cfg.fit.method in ("nmf", "seed") and not cfg.bases:
         raise UserError(f"fit.method {cfg.fit.method} needs bases: set 'bases' to a learn-bases artifact folder")
+    if cfg.fit.method == "learned" and not cfg.refiner:
+        raise UserError("fit.method learned needs a refiner: set 'refiner' to a train-inpaint artifact folder")
     if cfg.sr.enabled and not cfg.sr.model:
         raise UserError("sr.enabled is true but sr.model is empty: set it to a train-sr artifact folder")
     # Never write into what the job reads, however either is spelled (and no credentials in URLs).
@@ -91,7 +95,13 @@ def check_config(cfg: RestoreConfig) -> None:
 
 
 def resume_settings(
-    cfg: RestoreConfig, bases: Bases | None, sr_artifact: Any, flagged: frozenset[str] | None, *, redacted: bool = False
+    cfg: RestoreConfig,
+    bases: Bases | None,
+    sr_artifact: Any,
+    flagged: frozenset[str] | None,
+    refiner: RefinerArtifact | None = None,
+    *,
+    redacted: bool = False,
 ) -> dict[str, Any]:
     """Everything a restored row depends on, for the resume fingerprint (see ``shard_io.settings_document``).
 
@@ -106,6 +116,8 @@ def resume_settings(
         artifacts["bases"] = f"{bases.fingerprint()} {bases.meta.describe()}"
     if sr_artifact is not None:
         artifacts["sr_model"] = sr_artifact.fingerprint()
+    if refiner is not None:  # other weights make other output: never mixed in one folder
+        artifacts["refiner"] = refiner.fingerprint()
     if flagged is not None:
         artifacts["only_flagged_ids"] = hashlib.sha256("\n".join(sorted(flagged)).encode()).hexdigest()[:16]
     config = to_dict(cfg) if redacted else dataclasses.asdict(cfg)
@@ -119,6 +131,33 @@ def load_sr_artifact(cfg: RestoreConfig) -> Any:
     from restore_core.io.artifacts import load_sr_model  # the SR artifact format (safetensors)
 
     return load_sr_model(cfg.sr.model, cfg.sr.storage_options)
+
+
+def load_refiner_artifact(cfg: RestoreConfig) -> RefinerArtifact | None:
+    """The validated refiner artifact when the method uses it (``auto`` or ``learned`` with
+    ``refiner`` set), else None."""
+    if not cfg.refiner or cfg.fit.method not in ("auto", "learned"):
+        if cfg.refiner:
+            log.info("fit.method %s does not use the refiner %s", cfg.fit.method, cfg.refiner)
+        return None
+    return load_refiner(cfg.refiner, cfg.input.storage_options)
+
+
+def check_refiner_bases(cfg: RestoreConfig, refiner: RefinerArtifact | None, bases: Bases | None) -> None:
+    """A refiner that takes NMF bases as an input needs the very bases it was trained with."""
+    wanted = refiner.bases_fingerprint if refiner is not None else ""
+    if not wanted:
+        return
+    if bases is None:
+        raise UserError(
+            f"the refiner {cfg.refiner} takes NMF bases as an input: set 'bases' to the learn-bases artifact it was "
+            "trained with"
+        )
+    if bases.fingerprint() != wanted:
+        raise UserError(
+            f"the refiner {cfg.refiner} was trained with other bases (fingerprint {wanted}) than {cfg.bases} "
+            f"({bases.fingerprint()}): set 'bases' to the ones it was trained with"
+        )
 
 
 def sr_apply_from_artifact(artifact: Any, cfg: RestoreConfig) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -152,12 +191,15 @@ def read_shards(
 class RestoreActor:
     """Ray Data actor: wraps :class:`restore_core.pipeline.Restorer`, built once per actor.
 
-    ``bases`` and ``sr_artifact`` arrive as ObjectRefs (put once by the driver) or already
-    resolved; both are handled. Each output row is tagged with the node and actor that made
+    ``bases``, ``sr_artifact`` and ``refiner`` (a refiner artifact: weights + spec) arrive as
+    ObjectRefs (put once by the driver) or already resolved; both are handled. The refiner
+    network is built here, once per actor. Each output row is tagged with the node and actor that made
     it, and the bases object it used, so the summary can show where the work ran.
     """
 
-    def __init__(self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int, flagged: Any = None) -> None:
+    def __init__(
+        self, bases: Any, sr_artifact: Any, cfg: RestoreConfig, threads: int, flagged: Any = None, refiner: Any = None
+    ) -> None:
         import ray
         import torch
 
@@ -172,7 +214,12 @@ class RestoreActor:
             sr_artifact = ray.get(sr_artifact)
         if isinstance(flagged, ray.ObjectRef):
             flagged = ray.get(flagged)
-        self.restorer = Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg, flagged_ids=flagged)
+        if isinstance(refiner, ray.ObjectRef):
+            refiner = ray.get(refiner)
+        model = build_from_artifact(refiner, resolve_device(cfg.device)) if refiner is not None else None
+        self.restorer = Restorer(
+            bases, sr_apply_from_artifact(sr_artifact, cfg), cfg, flagged_ids=flagged, refiner=model
+        )
         ctx = ray.get_runtime_context()
         self.node = ctx.get_node_id()
         self.actor = ctx.get_actor_id() or ""
@@ -250,8 +297,14 @@ def run(cfg: RestoreConfig) -> Summary:
     if not plan:
         raise UserError(f"no rows in {cfg.input.path} (every Parquet file is empty?)")
     schema = shard_io.input_schema(cfg.input)  # files whose column types differ: read as one schema
-    needs_bases = cfg.fit.method in ("nmf", "seed")
-    bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases else None
+    refiner = load_refiner_artifact(cfg)
+    if refiner is not None:  # the learned method: bases only when the refiner takes them
+        needs_bases = bool(refiner.bases_fingerprint)
+    else:
+        needs_bases = cfg.fit.method in ("nmf", "seed") or (cfg.fit.method == "auto" and bool(cfg.bases))
+    # (bases "" with a refiner that takes bases: check_refiner_bases says so in its words)
+    bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases and cfg.bases else None
+    check_refiner_bases(cfg, refiner, bases)
     sr_artifact = load_sr_artifact(cfg)
     # restore.only_flagged: restore the rows a quality run flagged, pass the others through.
     flagged = (
@@ -259,7 +312,13 @@ def run(cfg: RestoreConfig) -> Summary:
         if cfg.only_flagged
         else None
     )
-    Restorer(bases, sr_apply_from_artifact(sr_artifact, cfg), cfg)  # refuses corrupt bases now
+    # Refuses corrupt bases, or a refiner that needs bases, now rather than in every actor.
+    Restorer(
+        bases,
+        sr_apply_from_artifact(sr_artifact, cfg),
+        cfg,
+        refiner=build_from_artifact(refiner) if refiner is not None else None,
+    )
     if bases is not None:
         # Bases made for another image size or channel count would fail every row: say so once.
         icfg = cfg.input
@@ -271,12 +330,12 @@ def run(cfg: RestoreConfig) -> Summary:
             checks.check_bases_fit(bases.meta, shape, where=icfg.path, bases_url=cfg.bases)
     out = shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options)
     out.check_writable()
-    settings = resume_settings(cfg, bases, sr_artifact, flagged)
+    settings = resume_settings(cfg, bases, sr_artifact, flagged, refiner)
     fingerprint = shard_io.settings_fingerprint(settings)
     with lease.held(out.fs, out.root, out.url, "restore"):
-        shown = resume_settings(cfg, bases, sr_artifact, flagged, redacted=True)
+        shown = resume_settings(cfg, bases, sr_artifact, flagged, refiner, redacted=True)
         plan = _resume_plan(cfg, out, plan, fingerprint, shown)
-        return _restore(cfg, out, plan, fingerprint, bases, sr_artifact, flagged, schema, t_start)
+        return _restore(cfg, out, plan, fingerprint, bases, sr_artifact, flagged, schema, t_start, refiner)
 
 
 def _resume_plan(
@@ -342,6 +401,7 @@ def _restore(
     flagged: frozenset[str] | None,
     schema: pa.Schema | None,
     t_start: float,
+    refiner: RefinerArtifact | None = None,
 ) -> Summary:
     done_before = out.committed()
     pending = [s for s in plan if s.index not in done_before]
@@ -354,7 +414,7 @@ def _restore(
     if pending:
         out.clear_tmp()
         t0 = time.perf_counter()
-        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress, flagged, schema)
+        n_actors, bases_ref_hex = _run_pipeline(cfg, pending, bases, sr_artifact, progress, flagged, schema, refiner)
         t_pipeline = time.perf_counter() - t0
     else:
         log.info("all %d shards of %s are committed; nothing to do", len(plan), cfg.output.path)
@@ -381,11 +441,15 @@ def _restore(
     }
     manifest_needed = bool(pending) or out.read_json(shard_io.MANIFEST_FILE) is None
     if manifest_needed:
-        doc = manifest(cfg, bases, sr_artifact, fingerprint, plan, total, dead_in, dead_out, rows_now, timings, rate)
+        doc = manifest(
+            cfg, bases, sr_artifact, fingerprint, plan, total, dead_in, dead_out, rows_now, timings, rate, refiner
+        )
         doc["image_bytes_ok_rows"] = {"in": size["in"], "out": size["out"], "format": cfg.output.image_format}
         out.write_json(shard_io.MANIFEST_FILE, doc)
     busy = progress.restore_s / (t_pipeline * n_actors) if t_pipeline and n_actors else 0.0
     values: dict[str, Any] = {
+        "method": resolve_method(cfg.fit.method, bases is not None, refiner is not None),
+        "refiner": f"{cfg.refiner} ({refiner.fingerprint()})" if refiner is not None else "none",
         "rows": total["rows"],
         "rows ok": total["ok"],
         "rows error": total["error"],
@@ -436,6 +500,7 @@ def _run_pipeline(
     progress: _Progress,
     flagged: frozenset[str] | None = None,
     schema: pa.Schema | None = None,
+    refiner: RefinerArtifact | None = None,
 ) -> tuple[int, str]:
     """Run the Ray stream over the pending shards and commit each as soon as it is complete."""
     import ray
@@ -448,6 +513,7 @@ def _run_pipeline(
     bases_ref = ray.put(bases) if bases is not None else None
     sr_ref = ray.put(sr_artifact) if sr_artifact is not None else None
     flagged_ref = ray.put(flagged) if flagged is not None else None
+    refiner_ref = ray.put(refiner) if refiner is not None else None
     log.info("restoring %d shards (%d rows) with %d actors", len(pending), sum(s.n_rows for s in pending), n_actors)
 
     by_index = {s.index: s for s in pending}
@@ -483,6 +549,7 @@ def _run_pipeline(
             "cfg": cfg,
             "threads": max(1, round(pool["num_cpus"])),
             "flagged": flagged_ref,
+            "refiner": refiner_ref,
         },
         batch_size=cfg.ray.batch_size,
         batch_format="numpy",
@@ -536,6 +603,7 @@ def manifest(
     rows_now: int,
     timings: dict[str, float],
     rate: float,
+    refiner: RefinerArtifact | None = None,
 ) -> dict[str, Any]:
     """What the output was made from and with (no secrets: storage options are redacted)."""
     import pyarrow
@@ -552,6 +620,9 @@ def manifest(
             else None,
             "sr_model": {"path": cfg.sr.model, "fingerprint": sr_artifact.fingerprint()}
             if sr_artifact is not None
+            else None,
+            "refiner": {"path": cfg.refiner, "fingerprint": refiner.fingerprint(), "spec": refiner.meta.get("spec")}
+            if refiner is not None
             else None,
         },
         "plan": {"fingerprint": plan_fp, "shards": len(plan)},

@@ -5,8 +5,10 @@ fsspec URL), cut into luminance patches; or, when ``input.path`` is empty, gener
 images (``restore_core.digits``), which with ``configs/sr_seed.yaml`` reproduces the write-up
 (28x28 gray via 10x10, MSE, Adam, batch 64, 10 epochs). Every epoch each worker trains on its
 shard, the validation PSNR (model, degraded input, bicubic) is summed across workers, rank 0
-logs one line and reports a checkpoint (safetensors + meta.json). At the end the last
-checkpoint is copied to ``output`` with ``history.json`` and ``training.png`` (loss/PSNR plot).
+logs one line and reports a checkpoint (safetensors + meta.json + optimiser state) to
+``checkpoints.path`` (default ``<output>/checkpoints``, any fsspec URL); a killed run resumes from
+its latest checkpoint when rerun (``jobs.training``). At the end the last checkpoint's model is
+copied to ``output`` with ``history.json`` and ``training.png`` (loss/PSNR plot).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import json
 import logging
 import os
 import posixpath
-import shutil
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
+from jobs import training
 from jobs.common import Summary, format_table
 from restore_core.config import SRDegradeConfig, TrainSRConfig, from_dict, to_dict
 from restore_core.errors import UserError
@@ -52,12 +54,6 @@ class _MakeDigits:
         return {"data": out}
 
 
-def _is_val(image_id: str, fraction: float) -> bool:
-    """Deterministic train/validation split by a hash of the id (stable across runs and shards)."""
-    h = int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:4], "big")
-    return h / 2**32 < fraction
-
-
 class _MakePatches:
     """Ray Data batch function: encoded images -> luminance patches (``data`` (n, p, p))."""
 
@@ -73,7 +69,7 @@ class _MakePatches:
         ids = [str(i) for i in batch[c.input.id_column]]
         images = []
         for image_id, cell in zip(ids, batch[c.input.image_column], strict=True):
-            if _is_val(image_id, t.val_fraction) != self.val:
+            if training.is_validation_id(image_id, t.val_fraction) != self.val:
                 continue
             try:
                 img, _ = codec.decode(cell_bytes(cell), c.decode.max_pixels)
@@ -133,11 +129,12 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from restore_core import sr
+    from restore_core.io.artifacts import load_sr_model
 
     cfg = from_dict(TrainSRConfig, config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    world = ctx.get_world_size()
     torch.manual_seed(t.seed)  # same initial weights on every worker (DDP also broadcasts them)
     device = ray.train.torch.get_device()
     base = sr.SRNet(cfg.net.channels, cfg.net.residual)
@@ -145,7 +142,11 @@ def train_loop(config: dict[str, Any]) -> None:
     state = sr.make_train_state(net, cfg.degrade, device, lr=t.lr, amp=t.amp)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    history: list[dict[str, float]] = []
+
+    def load_weights(folder: str) -> None:
+        base.load_state_dict(sr.model_from_artifact(load_sr_model(folder)).net.state_dict())
+
+    start, history, _ = training.resume_train_state(config, "train-sr", state.optimizer, state.scaler, load_weights)
 
     def all_sum(values: list[float]) -> list[float]:
         x = torch.tensor(values, dtype=torch.float64, device=device)
@@ -153,7 +154,7 @@ def train_loop(config: dict[str, Any]) -> None:
             dist.all_reduce(x)
         return x.tolist()
 
-    for epoch in range(1, t.epochs + 1):
+    for epoch in range(start + 1, t.epochs + 1):
         t0 = time.perf_counter()
         loss_sum, n_train = 0.0, 0
         for batch in train_shard.iter_torch_batches(
@@ -184,30 +185,27 @@ def train_loop(config: dict[str, Any]) -> None:
             "train_seconds": train_seconds,
         }
         history.append(metrics)
-        if rank == 0:
-            # print, not logging: Ray forwards worker stdout to the driver's console as it happens.
-            print(
-                f"[train-sr] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.5f}  "
-                f"val loss {metrics['val_loss']:.5f}  val PSNR {metrics['val_psnr']:.2f} dB "
-                f"(bicubic {metrics['val_psnr_bicubic']:.2f}, input {metrics['val_psnr_input']:.2f})  "
-                f"{metrics['epoch_seconds']:.1f} s",
-                flush=True,
+        line = (
+            f"[train-sr] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.5f}  "
+            f"val loss {metrics['val_loss']:.5f}  val PSNR {metrics['val_psnr']:.2f} dB "
+            f"(bicubic {metrics['val_psnr_bicubic']:.2f}, input {metrics['val_psnr_input']:.2f})  "
+            f"{metrics['epoch_seconds']:.1f} s"
+        )
+
+        def write_model(folder: str, epoch: int = epoch, metrics: dict[str, Any] = metrics) -> None:
+            sr.save_model(
+                base,
+                cfg.degrade,
+                folder,
+                epoch=epoch,
+                val_psnr=metrics["val_psnr"],
+                val_psnr_bicubic=metrics["val_psnr_bicubic"],
+                val_psnr_input=metrics["val_psnr_input"],
+                history=history,
+                train_config=config["cfg_public"],
             )
-            with tempfile.TemporaryDirectory() as tmp:
-                sr.save_model(
-                    base,
-                    cfg.degrade,
-                    tmp,
-                    epoch=epoch,
-                    val_psnr=metrics["val_psnr"],
-                    val_psnr_bicubic=metrics["val_psnr_bicubic"],
-                    val_psnr_input=metrics["val_psnr_input"],
-                    history=history,
-                    train_config=config["cfg_public"],
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+
+        training.report_epoch(config, line, metrics, write_model, state.optimizer, state.scaler, history)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -258,48 +256,33 @@ def _check(cfg: TrainSRConfig) -> None:
 def run(cfg: TrainSRConfig) -> Summary:
     _check(cfg)
     import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from jobs import ray_utils
     from restore_core.io.artifacts import load_sr_model, save_sr_model
 
     t0 = time.perf_counter()
+    place = training.checkpoint_place(
+        "train-sr", cfg.checkpoints, cfg.output, cfg.input.storage_options, training.run_identity(to_dict(cfg))
+    )
     ray_utils.init_ray(cfg.ray)
     # Per-operator bars flood logs; the per-epoch lines from rank 0 show progress instead.
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
     train_ds, val_ds = build_datasets(cfg)
     w = cfg.workers
-    resources: dict[str, float] = {"CPU": w.cpus_per_worker}
-    if w.use_gpu:
-        resources["GPU"] = w.gpus_per_worker
     raw = to_dict(cfg)
     raw["input"]["storage_options"] = dict(cfg.input.storage_options)
-    storage = tempfile.mkdtemp(prefix="train-sr-")
-    try:
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"cfg": raw, "cfg_public": to_dict(cfg)},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=w.num_workers, use_gpu=w.use_gpu, resources_per_worker=resources
-            ),
-            datasets={"train": train_ds, "val": val_ds},
-            run_config=ray.train.RunConfig(
-                name="train-sr",
-                storage_path=storage,
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            ),
-        )
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        if result.checkpoint is None:
-            raise UserError("training produced no checkpoint (no training data? check input.path)")
-        with result.checkpoint.as_directory() as ckpt_dir:
-            artifact = load_sr_model(ckpt_dir)
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
+    checkpoint, checkpoint_url = training.fit(
+        train_loop,
+        {"cfg": raw, "cfg_public": to_dict(cfg)},
+        {"train": train_ds, "val": val_ds},
+        w,
+        place,
+        cfg.checkpoints.keep,
+    )
+    with checkpoint.as_directory() as ckpt_dir:
+        artifact = load_sr_model(ckpt_dir)
     meta = save_sr_model(artifact, cfg.output, cfg.input.storage_options)
+    log.info("SR model written to %s (from the checkpoint %s)", cfg.output, checkpoint_url)
     history = meta.get("history", [])
     fs, root = datasets.filesystem(cfg.output, cfg.input.storage_options)
     with fs.open(posixpath.join(root, "history.json"), "w") as f:
@@ -321,13 +304,17 @@ def run(cfg: TrainSRConfig) -> Summary:
             "model": f"channels {list(cfg.net.channels)}, residual {cfg.net.residual}, "
             f"{meta.get('param_count')} parameters",
             "degrade": _describe_degrade(cfg.degrade),
-            "workers": f"{w.num_workers} x {resources}",
+            "workers": training.describe_workers(w),
             "val PSNR (dB)": last.get("val_psnr", float("nan")),
             "bicubic PSNR (dB)": last.get("val_psnr_bicubic", float("nan")),
             "gain over bicubic (dB)": last.get("val_psnr", float("nan")) - last.get("val_psnr_bicubic", float("nan")),
             "seconds": time.perf_counter() - t0,
         },
-        outputs={"model": cfg.output, "plot": posixpath.join(cfg.output, "training.png")},
+        outputs={
+            "model": cfg.output,
+            "plot": posixpath.join(cfg.output, "training.png"),
+            "checkpoint": checkpoint_url,
+        },
         table=table,
     )
 

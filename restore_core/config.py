@@ -145,7 +145,8 @@ class NMFLearnConfig:
 class FitConfig:
     """How weights are fitted with the bases frozen, and how the image is filled."""
 
-    method: Literal["nmf", "seed", "biharmonic", "median", "none"] = "nmf"
+    # auto = learned when a refiner is given, else nmf when bases are given, else fill
+    method: Literal["auto", "learned", "nmf", "seed", "fill", "biharmonic", "median", "none"] = "auto"
     stride: int = ranged(2, 1)  # patch mode: distance between overlapping patches
     l1: float = ranged(0.0, 0.0)
     max_iter: int = ranged(300, 1)
@@ -199,6 +200,7 @@ class RestoreConfig:
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     bases: str = ""  # bases artifact folder
+    refiner: str = ""  # train-inpaint artifact folder (storage options: the input's); "" = none
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
@@ -253,11 +255,24 @@ class SRTrainLoopConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SRWorkersConfig:
+class TrainWorkersConfig:
+    """Ray Train's worker group (data-parallel: each worker trains on its shard of the data)."""
+
     num_workers: int = ranged(2, 1)
     use_gpu: bool = False
     cpus_per_worker: float = ranged(0.5, 0.0, low_open=True)  # < 1 leaves CPUs for Ray Data's tasks on small machines
     gpus_per_worker: float = ranged(1.0, 0.0)  # with use_gpu
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCheckpointConfig:
+    """Where Ray Train keeps the run's checkpoints (``RunConfig.storage_path``); a killed run
+    resumes from the latest one when rerun with the same settings."""
+
+    path: str = ""  # fsspec URL (s3://..., a shared folder on a cluster); "" = <output>/checkpoints
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # {} = the input's; never logged
+    keep: int = ranged(2, 1)  # checkpoints kept (the latest); older ones are deleted
+    resume: bool = True  # false = delete earlier checkpoints at path and start afresh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +283,38 @@ class TrainSRConfig:
     net: SRNetConfig = dataclasses.field(default_factory=SRNetConfig)
     degrade: SRDegradeConfig = dataclasses.field(default_factory=SRDegradeConfig)
     train: SRTrainLoopConfig = dataclasses.field(default_factory=SRTrainLoopConfig)
-    workers: SRWorkersConfig = dataclasses.field(default_factory=SRWorkersConfig)
+    workers: TrainWorkersConfig = dataclasses.field(default_factory=TrainWorkersConfig)
+    checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class InpaintTrainLoopConfig:
+    """The refiner's self-supervised training: random crops of the (damaged) images, extra pixels
+    hidden by random masks, loss on the hidden pixels that were observed."""
+
+    epochs: int = ranged(20, 1)
+    batch_size: int = ranged(32, 1)  # crops per step, per worker
+    lr: float = ranged(1e-3, 0.0, 1.0, low_open=True)  # Adam step size
+    patch_size: int = ranged(64, 8, 1024)  # crop side; smaller images are padded (the padding is unobserved)
+    crops_per_image: int = ranged(8, 1)  # crops cut once from each image; the hidden pixels differ every step
+    val_fraction: float = ranged(0.1, 0.0, 1.0, high_open=True)  # share of images (by id hash) held out; 0 = none
+    ema_decay: float = ranged(0.995, 0.0, 1.0, high_open=True)  # the refiner: this moving average of the weights
+    seed: int = ranged(0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainInpaintConfig:
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)  # the damaged dataset itself
+    output: str = ""  # refiner artifact folder (fsspec URL): model.safetensors + meta.json
+    bases: str = ""  # learn-bases artifact whose NMF reconstruction the refiner takes as an input; "" = none
+    channels: Literal["gray", "rgb"] = "gray"  # gray: one net for every channel; rgb: colour images as such
+    net: dict[str, Any] = dataclasses.field(default_factory=dict)  # RefinerSpec fields but channels; {} = defaults
+    masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead pixels when no mask column
+    train: InpaintTrainLoopConfig = dataclasses.field(default_factory=InpaintTrainLoopConfig)
+    workers: TrainWorkersConfig = dataclasses.field(default_factory=TrainWorkersConfig)
+    checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
@@ -296,7 +342,7 @@ class BenchmarkConfig:
 class DemoDataConfig:
     """The demo's generated dataset: faces, textures, digits and shapes."""
 
-    n_train: int = ranged(192, 1)  # clean images (bases and SR training)
+    n_train: int = ranged(192, 1)  # clean images (bases and SR training; a damaged copy trains the refiner)
     n_test: int = ranged(32, 1)  # damaged images to restore (ground truth in the 'reference' column)
     size: int = ranged(64, 4, 4096)  # side of the square images
     rgb: bool = True  # RGB images; false = gray
@@ -333,12 +379,28 @@ class DemoSRConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoInpaintConfig:
+    """The demo's brief refiner training (train-inpaint's settings, smaller)."""
+
+    enabled: bool = True  # false = no refiner, no learned row
+    epochs: int = ranged(6, 1)
+    width: int = ranged(16, 4)  # refiner width (features at full resolution)
+    levels: int = ranged(2, 0, 5)  # refiner U-Net levels
+    patch_size: int = ranged(32, 8, 1024)  # training crop side
+    crops_per_image: int = ranged(4, 1)  # crops per image plane
+    num_workers: int = ranged(1, 1)  # Ray Train workers
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoConfig:
     output: str = "demo_out"  # everything the demo makes: data/, bases/, sr_model/, restored/, quality/, report/
     data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)
     nmf: DemoNMFConfig = dataclasses.field(default_factory=DemoNMFConfig)
     sr: DemoSRConfig = dataclasses.field(default_factory=DemoSRConfig)
-    methods: list[str] = dataclasses.field(default_factory=lambda: ["nmf", "biharmonic", "median"])  # fit.method
+    inpaint: DemoInpaintConfig = dataclasses.field(default_factory=DemoInpaintConfig)
+    methods: list[str] = dataclasses.field(
+        default_factory=lambda: ["learned", "nmf", "biharmonic", "median"]  # fit.method
+    )
     force: bool = False  # true = redo every step; false = reuse what a previous run made
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)

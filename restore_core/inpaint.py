@@ -24,6 +24,7 @@ from restore_core import baselines, nmf
 from restore_core.config import FitConfig
 from restore_core.device import resolve_device
 from restore_core.errors import UserError
+from restore_core.fill import fill_image
 from restore_core.io.artifacts import Bases
 
 
@@ -235,7 +236,9 @@ class NMFInpainter:
         if not d.any():
             return plane
         if self.fit.prior_fill == "biharmonic":
-            return baselines.biharmonic(plane, d)
+            # the batched torch solve: scikit-image's result (docs/restore.md) without a sparse
+            # factorisation per image
+            return fill_image(plane, d, order=2)
         return baselines.smooth_fill(plane, d)
 
     def _restore_patches(self, planes: list[np.ndarray], dead: list[np.ndarray]) -> list[np.ndarray]:
@@ -327,8 +330,8 @@ class NMFInpainter:
 
 
 def restore_image(img: np.ndarray, dead: np.ndarray, method: str, inpainter: NMFInpainter | None = None) -> np.ndarray:
-    """One image by any method name: ``nmf``/``seed`` (need ``inpainter``), ``biharmonic``,
-    ``median``, ``none``."""
+    """One image by any method name: ``nmf``/``seed`` (need ``inpainter``), ``fill`` (the
+    torch biharmonic fill, one image), ``biharmonic``, ``median``, ``none``."""
     if method in ("nmf", "seed"):
         if inpainter is None:
             raise ValueError(f"method {method!r} needs bases")
@@ -337,6 +340,8 @@ def restore_image(img: np.ndarray, dead: np.ndarray, method: str, inpainter: NMF
         return baselines.biharmonic(img, dead)
     if method == "median":
         return baselines.median_fill(img, dead)
+    if method == "fill":
+        return fill_image(img, dead, order=2)
     if method == "none":
         return img.astype(np.float32, copy=True)
     raise ValueError(f"unknown method {method!r}")

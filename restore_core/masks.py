@@ -104,3 +104,37 @@ def apply_dead_pixels(img: np.ndarray, rate: float, rng: np.random.Generator) ->
     out = img.copy()
     out[mask] = 0
     return out, mask
+
+
+#: Kinds of synthetic damage that :func:`damage_mask` draws.
+DAMAGE_KINDS = ("scattered", "lines", "blocks")
+
+
+def damage_mask(shape: tuple[int, int], kind: str, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """A random dead mask (H, W) bool of one ``kind`` covering about ``rate`` of the pixels.
+
+    ``scattered``: independent pixels. ``lines``: whole rows and columns, 1 pixel thick (rows and
+    columns equally likely, their union covers ``rate``). ``blocks``: squares of side 2-8 at
+    random places, added until ``rate`` is covered.
+    """
+    h, w = shape
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    if kind == "scattered":
+        return rng.random((h, w)) < rate
+    if kind == "lines":
+        p = 1.0 - np.sqrt(1.0 - rate)  # rows and columns each p: union 1 - (1 - p)^2 = rate
+        rows = rng.random(h) < p
+        cols = rng.random(w) < p
+        return rows[:, None] | cols[None, :]
+    if kind == "blocks":
+        mask = np.zeros((h, w), bool)
+        target = rate * h * w
+        covered = 0
+        while covered < target:
+            s = int(rng.integers(2, 9))
+            y, x = int(rng.integers(0, max(1, h - s + 1))), int(rng.integers(0, max(1, w - s + 1)))
+            covered += int((~mask[y : y + s, x : x + s]).sum())
+            mask[y : y + s, x : x + s] = True
+        return mask
+    raise ValueError(f"unknown damage kind {kind!r} (choose from {', '.join(DAMAGE_KINDS)})")

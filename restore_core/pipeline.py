@@ -27,12 +27,16 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
+import torch
 
 from restore_core import codec, masks, metrics
 from restore_core.config import RestoreConfig
+from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
+from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.io.artifacts import Bases, validate_bases
+from restore_core.refiner import RefinerSpec, refine
 
 #: Metric columns written for every row (NaN where not applicable).
 METRIC_COLUMNS = (
@@ -64,6 +68,69 @@ MASK_FROM_COLUMN = "column"
 MASK_DETECTED = "detected"
 
 SRApply = Callable[[np.ndarray], np.ndarray]
+#: Pixels (times channels) per batched fill or refiner call: bounds memory, amortises the calls.
+PIXEL_BUDGET = 4 * 2**20
+
+
+def resolve_method(method: str, have_bases: bool, have_refiner: bool) -> str:
+    """The method ``fit.method`` names: ``auto`` is ``learned`` with a refiner, else ``nmf``
+    with bases, else ``fill`` (the batched biharmonic fill in torch); other names are themselves."""
+    if method != "auto":
+        return method
+    if have_refiner:
+        return "learned"
+    return "nmf" if have_bases else "fill"
+
+
+def _biharmonic_fill(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return harmonic_fill(x, d, order=2)
+
+
+def _planes_nchw(img: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (C, H, W), contiguous float32."""
+    a = img[:, :, None] if img.ndim == 2 else img
+    return np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _from_nchw(planes: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return planes[0] if like.ndim == 2 else np.ascontiguousarray(planes.transpose(1, 2, 0))
+
+
+def batched_fill(
+    images: list[np.ndarray],
+    dead: list[np.ndarray],
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    pixel_budget: int = PIXEL_BUDGET,
+) -> list[np.ndarray | Exception]:
+    """Run ``fn(images (B, C, H, W), dead (B, 1, H, W)) -> (B, C, H, W)`` over images grouped by
+    shape, in chunks of at most ``pixel_budget`` values; an error in one chunk is retried image
+    by image, so one bad image does not fail the others."""
+    results: list[np.ndarray | Exception | None] = [None] * len(images)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.shape, []).append(i)
+
+    def run(idx: list[int]) -> None:
+        x = torch.from_numpy(np.stack([_planes_nchw(images[i]) for i in idx])).to(device)
+        d = torch.from_numpy(np.stack([dead[i] for i in idx]))[:, None].to(device)
+        out = fn(x, d).cpu().numpy()
+        for j, i in enumerate(idx):
+            results[i] = _from_nchw(out[j], images[i])
+
+    for shape, idx in groups.items():
+        step = max(1, pixel_budget // max(1, int(np.prod(shape))))
+        for s in range(0, len(idx), step):
+            chunk = idx[s : s + step]
+            try:
+                run(chunk)
+            except Exception:
+                for i in chunk:
+                    try:
+                        run([i])
+                    except Exception as exc:
+                        results[i] = exc
+    return [r if r is not None else RuntimeError("not restored") for r in results]
 
 
 def cell_bytes(value: Any) -> bytes | None:
@@ -98,11 +165,15 @@ class Restorer:
     Parameters
     ----------
     bases : Bases or None
-        Needed for methods ``nmf`` and ``seed``.
+        Needed for methods ``nmf`` and ``seed`` (and ``learned`` when the refiner uses bases).
     sr_model : callable or None
         Applied to each restored image when ``cfg.sr.enabled`` (float32 (H, W[, C]) in [0, 1]
         in, same layout out, possibly larger when ``sr.scale > 1``).
     cfg : RestoreConfig
+    flagged_ids : ids to restore (the others pass through), or None for all
+    refiner : torch.nn.Module or None
+        A refiner from :func:`restore_core.refiner.build_refiner` with its weights loaded;
+        ``fit.method`` ``auto`` (the default) then means ``learned``.
     """
 
     def __init__(
@@ -111,9 +182,24 @@ class Restorer:
         sr_model: SRApply | None,
         cfg: RestoreConfig,
         flagged_ids: Collection[str] | None = None,
+        refiner: torch.nn.Module | None = None,
     ) -> None:
         self.cfg = cfg
-        self.method = cfg.fit.method
+        self.method = resolve_method(cfg.fit.method, bases is not None, refiner is not None)
+        self.device = resolve_device(cfg.device)
+        self.bases = bases
+        self.refiner: torch.nn.Module | None = None
+        if self.method == "learned":
+            if refiner is None:
+                raise UserError("fit.method learned needs a refiner: set 'refiner' to a train-inpaint artifact folder")
+            spec = getattr(refiner, "spec", None)
+            if not isinstance(spec, RefinerSpec):
+                raise UserError("the refiner is not a model built by restore_core.refiner.build_refiner")
+            if spec.use_bases and bases is None:
+                raise UserError("this refiner takes the NMF bases as an input: set 'bases' to its learn-bases artifact")
+            self.refiner = refiner.to(self.device).eval()
+        # the write-up's method (and keep_observed false) reconstruct every pixel on purpose
+        self.keeps_observed = cfg.fit.keep_observed and self.method != "seed"
         if self.method in ("nmf", "seed"):
             if bases is None:
                 raise UserError(f"fit.method {self.method} needs bases: set 'bases' to a learn-bases artifact")
@@ -166,8 +252,23 @@ class Restorer:
             )
         return None
 
+    def _refine(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        assert self.refiner is not None
+        spec: RefinerSpec = self.refiner.spec  # type: ignore[assignment]
+        c = x.shape[1]
+        if spec.channels == 1 or c == 3:
+            return refine(self.refiner, x, d, self.bases)
+        if c == 4:  # RGBA with an RGB refiner: colour by the refiner, alpha by the fill
+            rgb = refine(self.refiner, x[:, :3], d, self.bases)
+            return torch.cat([rgb, harmonic_fill(x[:, 3:], d)], dim=1)
+        raise UserError(f"the refiner is for RGB images, this image has {c} channel(s): use a gray refiner")
+
     def _fill(self, images: list[np.ndarray], dead: list[np.ndarray]) -> list[np.ndarray | Exception]:
         """Fill many images; an error in one image does not fail the others."""
+        if self.method == "learned":
+            return batched_fill(images, dead, self._refine, self.device)
+        if self.method == "fill":
+            return batched_fill(images, dead, _biharmonic_fill, self.device)
         if self.inpainter is None:
             results: list[np.ndarray | Exception] = []
             for img, d in zip(images, dead, strict=True):
@@ -252,7 +353,15 @@ class Restorer:
             try:
                 if isinstance(result, Exception):
                     raise result
-                restored = finish_image(result, img, dead, self.method, info.bit_depth, self.sr_model)
+                restored = finish_image(
+                    result,
+                    img,
+                    dead,
+                    self.method,
+                    info.bit_depth,
+                    self.sr_model,
+                    mask_given=source == MASK_FROM_COLUMN and self.keeps_observed,
+                )
                 self._metrics(out, i, img, restored, dead, source, ref_col[i] if ref_col is not None else None)
                 ocfg = self.cfg.output
                 out["image"][i] = codec.encode_like(restored, info, ocfg.image_format, ocfg.quality)
@@ -320,19 +429,32 @@ def _shape(a: np.ndarray) -> str:
 
 
 def finish_image(
-    filled: np.ndarray, img: np.ndarray, dead: np.ndarray, method: str, bit_depth: int, sr_model: SRApply | None = None
+    filled: np.ndarray,
+    img: np.ndarray,
+    dead: np.ndarray,
+    method: str,
+    bit_depth: int,
+    sr_model: SRApply | None = None,
+    mask_given: bool = False,
 ) -> np.ndarray:
     """From the filled colour channels to the image to write: the input's alpha back as it was,
     the SR model applied, and no new dead pixel (:func:`no_new_dead`).
 
     ``filled`` is the fill of ``masks.colour_channels(img)``; ``dead`` its dead mask; ``method``
-    the fill's name (``none`` fills nothing, so its dead pixels stay).
+    the fill's name (``none`` fills nothing, so its dead pixels stay). ``mask_given``: ``dead``
+    came from the user's mask (and the method keeps observed pixels): without SR, every pixel
+    outside it is the input's exactly, and a filled pixel may be 0 (black next to the mask is
+    content, not a dead pixel), so nothing is lifted.
     """
     restored = masks.join_alpha(filled, masks.split_alpha(img)[1])
     if sr_model is not None:
         restored = sr_model(restored)
     colour, alpha = masks.split_alpha(restored)
-    colour = no_new_dead(colour, masks.colour_channels(img), dead if method != "none" else None, bit_depth)
+    kept = masks.colour_channels(img)
+    if mask_given and sr_model is None and colour.shape == kept.shape:
+        colour = np.where(np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept)
+    else:
+        colour = no_new_dead(colour, kept, dead if method != "none" else None, bit_depth)
     return masks.join_alpha(colour, alpha)
 
 

@@ -5,7 +5,8 @@ loaded with ``allow_pickle=False``) and ``meta.json``.
 
 An SR model artifact is a folder with ``model.safetensors`` (the network's state dict as plain
 arrays) and ``meta.json`` (architecture, degrade settings, validation PSNR, a fingerprint of the
-weights). This module stays torch-free: ``restore_core.sr`` turns the arrays into a network.
+weights). ``restore_core.sr`` turns the arrays into a network.
+A refiner artifact (``train-inpaint``) has the same two files: see ``restore_core.io.refiners``.
 """
 
 from __future__ import annotations
@@ -233,39 +234,41 @@ def save_sr_model(artifact: SRArtifact, url: str, storage_options: dict[str, Any
 
     Returns the meta as written (with ``fingerprint``).
     """
-    from safetensors.numpy import save as st_save
-
     meta = dict(artifact.meta)
     meta.setdefault("format", SR_FORMAT)
     meta["fingerprint"] = artifact.fingerprint()
     tensors = {k: np.ascontiguousarray(v) for k, v in artifact.tensors.items()}
     validate_sr(tensors, meta)
-    fs, root = _fs(url, storage_options)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(posixpath.join(root, SR_WEIGHTS_FILE), "wb") as f:
-        f.write(st_save(tensors, metadata={"format": SR_FORMAT}))
-    with fs.open(posixpath.join(root, SR_META_FILE), "w") as f:
-        json.dump(meta, f, indent=2, allow_nan=True)
+    write_safetensors_artifact(tensors, meta, url, storage_options)
     return meta
 
 
-def load_sr_model(url: str, storage_options: dict[str, Any] | None = None) -> SRArtifact:
-    """Load and validate an SR model artifact (safetensors: no code runs on load).
+def write_safetensors_artifact(
+    tensors: dict[str, np.ndarray], meta: dict[str, Any], url: str, storage_options: dict[str, Any] | None
+) -> None:
+    """Write a model folder: ``model.safetensors``, then ``meta.json`` (its presence marks completion)."""
+    from safetensors.numpy import save as st_save
 
-    Every failure is one :class:`ArtifactError` line naming the artifact.
-    """
+    fs, root = _fs(url, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(posixpath.join(root, SR_WEIGHTS_FILE), "wb") as f:
+        f.write(st_save(tensors, metadata={"format": str(meta["format"])}))
+    with fs.open(posixpath.join(root, SR_META_FILE), "w") as f:
+        json.dump(meta, f, indent=2, allow_nan=True)
+
+
+def read_safetensors_artifact(
+    url: str, storage_options: dict[str, Any] | None, what: str, missing_hint: str
+) -> tuple[dict[str, np.ndarray], Any]:
+    """(tensors, meta.json's content) of a model folder; one ArtifactError line on any failure."""
     from safetensors import SafetensorError
     from safetensors.numpy import load as st_load
 
-    if not url:
-        raise ArtifactError("no SR model given: set 'sr.model' to a folder made by `train-sr`")
     try:
         fs, root = _fs(url, storage_options)
         meta_path = posixpath.join(root, SR_META_FILE)
         if not fs.exists(meta_path):
-            raise ArtifactError(
-                f"no SR model at {url} (meta.json missing): run `python -m jobs train-sr` first or fix 'sr.model'"
-            )
+            raise ArtifactError(f"no {what} at {url} (meta.json missing): {missing_hint}")
         with fs.open(meta_path, "r") as f:
             meta = json.load(f)
         with fs.open(posixpath.join(root, SR_WEIGHTS_FILE), "rb") as f:
@@ -273,6 +276,19 @@ def load_sr_model(url: str, storage_options: dict[str, Any] | None = None) -> SR
     except ArtifactError:
         raise
     except (ValueError, OSError, json.JSONDecodeError, EOFError, SafetensorError) as exc:
-        raise ArtifactError(f"SR model at {url} cannot be read ({type(exc).__name__}: {exc}); retrain it") from None
+        raise ArtifactError(f"{what} at {url} cannot be read ({type(exc).__name__}: {exc}); retrain it") from None
+    return tensors, meta
+
+
+def load_sr_model(url: str, storage_options: dict[str, Any] | None = None) -> SRArtifact:
+    """Load and validate an SR model artifact (safetensors: no code runs on load).
+
+    Every failure is one :class:`ArtifactError` line naming the artifact.
+    """
+    if not url:
+        raise ArtifactError("no SR model given: set 'sr.model' to a folder made by `train-sr`")
+    tensors, meta = read_safetensors_artifact(
+        url, storage_options, "SR model", "run `python -m jobs train-sr` first or fix 'sr.model'"
+    )
     validate_sr(tensors, meta, where=f"SR model at {url}")
     return SRArtifact(tensors=tensors, meta=meta)

@@ -202,6 +202,7 @@ NOT_RESULT_KEYS = (
     "input.path",
     "bases",
     "sr.model",
+    "refiner",
     "only_flagged",
 )
 

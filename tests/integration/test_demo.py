@@ -42,7 +42,16 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     steps = {k[5:]: v for k, v in summary["values"].items() if k.startswith("step ")}
-    assert set(steps) >= {"data", "learn-bases", "train-sr", "restore nmf", "restore nmf+sr", "quality"}
+    assert set(steps) >= {
+        "data",
+        "learn-bases",
+        "train-sr",
+        "train-inpaint",
+        "restore learned",
+        "restore nmf",
+        "restore nmf+sr",
+        "quality",
+    }
     assert all(v.startswith("done") for v in steps.values()), steps
 
     # The dataset: Parquet shards, the test set keeping the clean image in `reference`.
@@ -52,10 +61,10 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path: Path) -> None:
 
     # The table: restoration beats the damaged input by a wide margin, for every method.
     table = summary["table"]
-    assert "damaged input" in table and "nmf+sr" in table
+    assert "damaged input" in table and "nmf+sr" in table and "learned" in table
     rows = json.loads((out / "report" / "summary.json").read_text())["results"]
     by = {r["method"]: r for r in rows}
-    for method in ("nmf", "biharmonic", "median", "nmf+sr"):
+    for method in ("learned", "nmf", "biharmonic", "median", "nmf+sr"):
         assert by[method]["ok"] == by[method]["rows"] == test.num_rows
         assert by[method]["psnr"] > by["damaged input"]["psnr"] + 8.0, rows
         assert by[method]["dead_after"] == 0.0
@@ -64,6 +73,7 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path: Path) -> None:
     grid = np.asarray(Image.open(out / "report" / "before_after.png").convert("L"), np.float32)
     assert grid.shape[0] > 300 and grid.shape[1] > 600 and grid.std() > 20
     assert (out / "sr_model" / "training.png").stat().st_size > 0
+    assert (out / "refiner" / "model.safetensors").stat().st_size > 0
     assert summary["outputs"]["quality report"].endswith(".html")
 
     # Second run: everything reused, same numbers.

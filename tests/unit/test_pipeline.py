@@ -91,6 +91,108 @@ def test_null_id_is_an_error_row_not_the_id_none(bases):
     assert "no id" in out["error"][1] and "'id'" in out["error"][1]
 
 
+def _trained_looking_refiner(channels: int = 1):
+    """A refiner whose weights are random (so it changes the fill): enough to test plumbing."""
+    import torch
+
+    from restore_core.refiner import RefinerSpec, build_refiner
+
+    torch.manual_seed(0)
+    model = build_refiner(RefinerSpec(channels=channels, width=8, levels=1))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_auto_method_resolves_to_learned_with_a_refiner_else_nmf_else_fill(bases):
+    from restore_core.pipeline import resolve_method
+
+    assert RestoreConfig().fit.method == "auto"
+    assert resolve_method("auto", True, True) == "learned"
+    assert resolve_method("auto", True, False) == "nmf"
+    assert resolve_method("auto", False, False) == "fill"
+    assert resolve_method("biharmonic", True, True) == "biharmonic"
+    assert Restorer(bases, None, RestoreConfig(), refiner=_trained_looking_refiner()).method == "learned"
+    assert Restorer(bases, None, RestoreConfig()).method == "nmf"
+    assert Restorer(None, None, RestoreConfig()).method == "fill"
+
+
+def test_learned_method_restores_rows_of_any_size_and_channels(rng):
+    sizes = [(20, 20), (13, 29), (20, 20, 3), (16, 16, 4), (20, 20)]
+    rows, clean = [], []
+    for shape in sizes:
+        c = np.clip(synth.shapes(1, max(shape[:2]), rgb=True, seed=len(rows))[0][: shape[0], : shape[1]], 0.02, 1)
+        if len(shape) == 2:
+            c = c[..., 0]
+        elif shape[2] == 4:
+            c = np.concatenate([c, np.full((*shape[:2], 1), 0.8)], axis=2)
+        u8 = np.rint(c * 255).astype(np.uint8)
+        dead = rng.random(shape[:2]) < 0.3
+        dam = u8.copy()
+        dam[dead] = 0
+        rows.append(png_bytes(dam))
+        clean.append(u8)
+    batch = {"id": np.array([str(i) for i in range(len(rows))], dtype=object), "image": np.array(rows, dtype=object)}
+    cfg = from_dict(RestoreConfig, {"fit": {"method": "learned"}, "device": "cpu"})
+    out = Restorer(None, None, cfg, refiner=_trained_looking_refiner())(batch)
+    assert list(out["status"]) == ["ok"] * len(rows), out["error"]
+    assert set(out["method"]) == {"learned"}
+    for i, shape in enumerate(sizes):
+        img, _ = codec.decode(out["image"][i])
+        assert img.shape == shape
+        assert out["dead_fraction_out"][i] == 0.0
+    # an RGB refiner refuses a gray row (error row), restores the RGB ones
+    out3 = Restorer(None, None, cfg, refiner=_trained_looking_refiner(3))(batch)
+    assert list(out3["status"]) == ["error", "error", "ok", "ok", "error"]
+    assert "gray refiner" in out3["error"][0]
+
+
+def test_learned_method_needs_a_refiner():
+    from restore_core.errors import UserError
+
+    with pytest.raises(UserError, match="refiner"):
+        Restorer(None, None, from_dict(RestoreConfig, {"fit": {"method": "learned"}}))
+
+
+@pytest.mark.parametrize("method", ["auto", "learned", "nmf", "fill", "biharmonic"])
+def test_with_a_mask_column_kept_pixels_are_byte_identical_and_fills_may_be_black(method, bases):
+    # Zero-lift fix: black content next to the mask stays black, filled pixels may be 0, and every
+    # pixel outside the mask is the input's, byte for byte.
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[:, 12:] = (np.arange(4 * 16 * 3).reshape(16, 4, 3) % 251).astype(np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[2:6, 1:5] = 255  # dead pixels inside a black region: the right fill is 0
+    mask[10, 13] = 255
+    batch = {
+        "id": np.array(["x"], dtype=object),
+        "image": np.array([png_bytes(img)], dtype=object),
+        "mask": np.array([png_bytes(mask)], dtype=object),
+    }
+    refiner = _trained_looking_refiner() if method in ("auto", "learned") else None
+    cfg = from_dict(RestoreConfig, {"fit": {"method": method}, "device": "cpu"})
+    out = Restorer(bases if method == "nmf" else None, None, cfg, refiner=refiner)(batch)
+    assert out["status"][0] == "ok", out["error"][0]
+    restored, _ = codec.decode(out["image"][0])
+    u8 = np.rint(restored * 255).astype(np.uint8)
+    keep = mask == 0
+    assert np.array_equal(u8[keep], img[keep])
+    if method in ("nmf", "fill", "biharmonic"):
+        assert (u8[2:6, 1:5] == 0).all()  # a black surround fills black, not 1/255
+
+
+def test_without_a_mask_column_filled_zeros_are_still_lifted(bases):
+    # Dead pixels found as zeros: a fill at 0 would be found dead again, so it is lifted.
+    img = np.zeros((12, 12), np.uint8)
+    img[:, 6:] = 200
+    img[3, 8] = 0  # a dead pixel in the bright half
+    batch = {"id": np.array(["x"], dtype=object), "image": np.array([png_bytes(img)], dtype=object)}
+    cfg = from_dict(RestoreConfig, {"fit": {"method": "fill"}})
+    out = Restorer(None, None, cfg)(batch)
+    restored, _ = codec.decode(out["image"][0])
+    assert restored[3, 8] > 0.5
+    assert (restored[:, :5] > 0).all()  # the zero region was taken as dead and filled, never left at 0
+
+
 # ----------------------------------------------------------------------------- issue 16
 
 

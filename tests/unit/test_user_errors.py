@@ -234,6 +234,41 @@ def test_check_gpus_and_explain_exception() -> None:
     assert explain_exception(ValueError("a bug")) is None
 
 
+def test_no_refiner_yet_or_one_without_its_bases(tmp_path: Path, gray_dataset: Path) -> None:
+    from restore_core.io.refiners import refiner_artifact, save_refiner
+    from restore_core.refiner import RefinerSpec, build_refiner
+
+    proc = _cli(
+        "restore",
+        "--set", f"input.path={gray_dataset}",
+        "--set", f"output.path={tmp_path / 'out'}",
+        "--set", f"refiner={tmp_path / 'refiner'}",
+    )  # fmt: skip
+    line = _one_error_line(proc)
+    assert "no refiner at" in line and "train-inpaint" in line
+    spec = RefinerSpec(width=4, levels=1, use_bases=True)
+    save_refiner(refiner_artifact(build_refiner(spec), spec, bases_fingerprint="0123"), str(tmp_path / "refiner"))
+    proc = _cli(
+        "restore",
+        "--set", f"input.path={gray_dataset}",
+        "--set", f"output.path={tmp_path / 'out'}",
+        "--set", f"refiner={tmp_path / 'refiner'}",
+        "--set", "bases=",
+    )  # fmt: skip
+    line = _one_error_line(proc)
+    assert "takes NMF bases as an input" in line and "'bases'" in line
+
+
+def test_train_inpaint_input_path_that_does_not_exist(tmp_path: Path) -> None:
+    proc = _cli(
+        "train-inpaint",
+        "--set", f"input.path={tmp_path / 'no-such-folder'}",
+        "--set", f"output={tmp_path / 'refiner'}",
+    )  # fmt: skip
+    line = _one_error_line(proc)
+    assert "input path does not exist" in line and "input.path" in line
+
+
 # ----------------------------------------------------------------------------- issue 16
 
 
