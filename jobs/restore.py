@@ -140,7 +140,19 @@ def load_refiner_artifact(cfg: RestoreConfig) -> RefinerArtifact | None:
         if cfg.refiner:
             log.info("fit.method %s does not use the refiner %s", cfg.fit.method, cfg.refiner)
         return None
-    return load_refiner(cfg.refiner, cfg.input.storage_options)
+    artifact = load_refiner(cfg.refiner, cfg.input.storage_options)
+    gain = artifact.held_out_gain_db
+    if cfg.fit.method == "auto" and gain is not None and gain <= 0:
+        # A refiner that did not beat its own fill on held-out damaged rows would make the output
+        # worse than the fill it starts from: the default never uses it (learned forces it).
+        log.warning(
+            "the refiner %s gained %+.2f dB over its fill on held-out pixels in training: fit.method auto "
+            "restores without it (set fit.method: learned to use it anyway)",
+            cfg.refiner,
+            gain,
+        )
+        return None
+    return artifact
 
 
 def check_refiner_bases(cfg: RestoreConfig, refiner: RefinerArtifact | None, bases: Bases | None) -> None:

@@ -46,6 +46,18 @@ class RefinerArtifact:
     def bases_fingerprint(self) -> str:
         return str(self.meta.get("bases_fingerprint") or "")
 
+    @property
+    def held_out_gain_db(self) -> float | None:
+        """dB the refiner gained over its own fill on hidden pixels of held-out damaged rows, in
+        its last training epoch (train-inpaint's validation); None when training measured none."""
+        history = (self.meta.get("training") or {}).get("history") or []
+        last = history[-1] if history and isinstance(history[-1], dict) else {}
+        try:
+            gain = float(last["val_psnr_hidden"]) - float(last["val_psnr_hidden_fill"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return gain if np.isfinite(gain) else None
+
     def spec(self, where: str = "refiner") -> RefinerSpec:
         """The :class:`RefinerSpec` in meta.json; one ArtifactError line when it is not one."""
         raw = self.meta.get("spec")

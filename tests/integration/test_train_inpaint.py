@@ -69,6 +69,7 @@ def restore_cfg(data: Path, out: Path, refiner: Path, **extra) -> RestoreConfig:
             "input": {"path": str(data)},
             "output": {"path": str(out), **extra},
             "refiner": str(refiner),
+            "fit": {"method": "learned"},  # auto would skip a refiner one epoch did not make better than its fill
             "device": "cpu",
             "ray": {"batch_size": 8, "num_cpus": 2},
         },
