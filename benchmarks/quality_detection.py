@@ -228,8 +228,11 @@ def night_scene(src: Source, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     for _ in range(int(rng.integers(4, 8))):  # lamps and windows: bright discs and rectangles
         cy, cx, r = rng.integers(8, SIZE - 8), rng.integers(8, SIZE - 8), rng.uniform(4, 8)
-        lit = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2) if rng.random() < 0.5 else (
-            (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r * 0.7))
+        lit = (
+            ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2)
+            if rng.random() < 0.5
+            else ((np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r * 0.7))
+        )
         img = np.where(lit[..., None], rng.uniform(0.75, 1.0, 3), img)
     return img
 

@@ -445,7 +445,10 @@ DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
     "dead_pixels": {"metric": "dead_fraction", "op": ">", "value": 0.0005, "max_share": 0.01},
     # Exposure first: crushed or washed-out contrast leaves too few levels to judge edges by.
     "blurry": {
-        "metric": "blur_width", "op": ">", "value": 1.0, "max_share": 0.05,
+        "metric": "blur_width",
+        "op": ">",
+        "value": 1.0,
+        "max_share": 0.05,
         "also": {"metric": "detail_ratio", "op": "<", "value": 0.95},  # against a reference, when given
         "unless": ["dark", "light", "low_information"],
     },
@@ -456,13 +459,21 @@ DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
     "light": {"metric": "luma_p05", "op": ">", "value": 0.6, "max_share": 0.05, "unless": ["low_information"]},
     "low_information": {"metric": "relative_contrast", "op": "<", "value": 0.06, "max_share": 0.05},
     "grayscale": {
-        "metric": "color_fraction", "op": "<", "value": 0.01, "max_share": 0.05, "unless": ["low_information"]
+        "metric": "color_fraction",
+        "op": "<",
+        "value": 0.01,
+        "max_share": 0.05,
+        "unless": ["low_information"],
     },
     "odd_size": {"metric": "size_deviation", "op": ">", "value": 3.0, "max_share": 0.05},
     "odd_aspect_ratio": {"metric": "aspect_deviation", "op": ">", "value": 3.0, "max_share": 0.05},
     "exact_duplicates": {"metric": "exact_duplicates", "op": ">", "value": 0.0, "max_share": 0.01},
     "near_duplicates": {
-        "metric": "near_duplicates", "op": ">", "value": 0.0, "max_share": 0.05, "unless": ["low_information"]
+        "metric": "near_duplicates",
+        "op": ">",
+        "value": 0.0,
+        "max_share": 0.05,
+        "unless": ["low_information"],
     },
 }
 
