@@ -66,6 +66,10 @@ SPLITS = {
              "black": "hubble_deep_field", "seed": 1000},
     "test": {"photos": ("chelsea", "rocket", "motorcycle_right"), "texture": ("gravel", "coins"),
              "black": "hubble_deep_field", "seed": 2000},
+    # A third set from yet other photos (gray ones tinted into colour) for checking that a change
+    # made looking at TUNE carries over, before TEST is looked at.
+    "validation": {"photos": ("camera", "clock", "retina"), "texture": ("text", "page"),
+                   "black": "hubble_deep_field", "seed": 3000},
 }  # fmt: skip
 PER_KIND = 16
 PAIRS = 8
@@ -85,6 +89,14 @@ def is_plainly_clean(img: np.ndarray) -> bool:
     return bool(g.std() > 0.05 and p99 > 0.4 and p05 < 0.6 and chroma.mean() > 0.2)
 
 
+def colour(photo: np.ndarray, k: int) -> np.ndarray:
+    """A gray photo tinted into colour (warm, cool or green split-toning by ``k``); colour photos as they are."""
+    if photo.ndim == 3:
+        return photo
+    gammas = ((0.8, 1.0, 1.3), (1.25, 1.05, 0.8), (1.1, 0.85, 1.2))[k % 3]
+    return np.stack([photo**g for g in gammas], axis=2).astype(np.float32)
+
+
 class Source:
     """Random colour crops of a split's photos, at random scales, rejecting issue-like crops and,
     while there is room, crops overlapping an earlier one by more than a quarter (two views of the
@@ -94,7 +106,7 @@ class Source:
     precision for both tools."""
 
     def __init__(self, names: tuple[str, ...], rng: np.random.Generator) -> None:
-        self.photos = [synth.load_photo(n) for n in names]
+        self.photos = [colour(synth.load_photo(n), k) for k, n in enumerate(names)]
         self.rng = rng
         self.taken: list[tuple[int, float, float, float, float]] = []  # photo, y0, x0, y1, x1 (photo pixels)
         self.reused = 0  # crops that had to overlap an earlier one (the photos ran out of room)
@@ -445,7 +457,7 @@ def write_docs(text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--split", choices=["tune", "test", "both"], default="both")
+    ap.add_argument("--split", choices=["tune", "test", "validation", "both"], default="both")
     ap.add_argument("--keep", metavar="DIR", help="build the sets here and keep them (default: a temporary folder)")
     ap.add_argument("--write-docs", action="store_true", help="put the tables into docs/nightly.md")
     ap.add_argument("--no-cleanvision", action="store_true", help="score the quality job only")
