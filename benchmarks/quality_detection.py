@@ -105,8 +105,9 @@ class Source:
     from a few photos, it holds unlabelled near duplicates, which count against near_duplicates
     precision for both tools."""
 
-    def __init__(self, names: tuple[str, ...], rng: np.random.Generator) -> None:
+    def __init__(self, names: tuple[str, ...], rng: np.random.Generator, first: int = 0) -> None:
         self.photos = [colour(synth.load_photo(n), k) for k, n in enumerate(names)]
+        self.first = first  # number of the first photo in the regions (keeps sources apart)
         self.rng = rng
         self.taken: list[tuple[int, float, float, float, float]] = []  # photo, y0, x0, y1, x1 (photo pixels)
         self.reused = 0  # crops that had to overlap an earlier one (the photos ran out of room)
@@ -140,7 +141,7 @@ class Source:
             c = np.clip(q[yi : yi + h, xi : xi + w], 0, 1)
             if not clean or is_plainly_clean(c):
                 self.taken.append((k, *box))
-                self.last = (k, *box)
+                self.last = (self.first + k, *box)
                 self.reused += attempt >= 40
                 return c
         raise RuntimeError("no clean crop found")
@@ -269,9 +270,10 @@ def black_background(src: Source, rng: np.random.Generator) -> np.ndarray:
     return np.where(blob[..., None], np.clip(img, 8 / 255, 1), 0.0).astype(np.float32)
 
 
-def sharp_texture(names: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
-    """A sharp, busy texture (grass, brick...) in a colour tint."""
-    tex = synth.photo_crops(1, SIZE, names=names, seed=int(rng.integers(2**31)))[0]
+def sharp_texture(src: Source, rng: np.random.Generator) -> np.ndarray:
+    """A sharp, busy texture (grass, brick...) in a colour tint. Two crops of much the same part
+    of a texture photo are near duplicates whatever their tints (the region is kept for that)."""
+    tex = luma(src.crop(clean=False))
     tint = rng.uniform(0.4, 1.0, 3).astype(np.float32)
     return tex[..., None] * tint
 
@@ -300,14 +302,16 @@ def build(split: str, folder: Path) -> tuple[dict[str, str], set[str]]:
     spec = SPLITS[split]
     rng = np.random.default_rng(int(spec["seed"]))  # type: ignore[call-overload]
     src = Source(spec["photos"], rng)  # type: ignore[arg-type]
-    black_src = Source((str(spec["black"]),), rng)
+    black_src = Source((str(spec["black"]),), rng, first=100)
+    texture_src = Source(spec["texture"], rng, first=200)  # type: ignore[arg-type]
     folder.mkdir(parents=True, exist_ok=True)
     items: list[tuple[str, np.ndarray, tuple[int, float, float, float, float] | None]] = []
 
-    def add(label: str, make: Callable[[], np.ndarray], region: bool = True) -> np.ndarray:
-        src.last = None
+    def add(label: str, make: Callable[[], np.ndarray], region: Source | None = src) -> np.ndarray:
+        if region is not None:
+            region.last = None
         img = make()
-        items.append((label, img, src.last if region else None))
+        items.append((label, img, region.last if region is not None else None))
         return img
 
     for kind in KINDS[:8]:
@@ -322,10 +326,10 @@ def build(split: str, folder: Path) -> tuple[dict[str, str], set[str]]:
         lambda: night_scene(black_src if rng.random() < 0.3 else src, rng),
         lambda: smooth_sky(rng),
         lambda: black_background(src, rng),
-        lambda: sharp_texture(spec["texture"], rng),  # type: ignore[arg-type]
+        lambda: sharp_texture(texture_src, rng),
     ]
-    for k in range(HARD):  # altered beyond a near duplicate of their source crop
-        add("clean", makers[k % len(makers)], region=False)
+    for k in range(HARD):  # altered beyond a near duplicate of their source crop, textures aside
+        add("clean", makers[k % len(makers)], region=texture_src if k % len(makers) == 3 else None)
     for _ in range(CLEAN - HARD):
         add("clean", src.crop)
     order = rng.permutation(len(items))

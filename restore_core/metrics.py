@@ -202,15 +202,15 @@ def phash(img: np.ndarray, size: int = 32, flat: float = 16.0 / 255.0) -> int:
 
     The luminance is box-averaged to ``size`` x ``size`` (any aspect ratio), transformed by an
     orthonormal 2-D DCT, and each of its 64 lowest-frequency AC terms gives one bit: whether it is
-    above their median (so 32 bits are set; brightness, which is the DC term, does not count).
+    above their median (so about 32 bits are set; brightness, which is the DC term, does not count).
     This is the classic pHash (Zauner, "Implementation and benchmarking of perceptual image hash
     functions", 2010) less the DC term. Resizing, recompression, noise, brightness and a trim of a
     few pixels move a few bits (<= 4 of 64 is a near duplicate); other photos, and other crops
     of the same photo, differ in about half. Unlike a difference hash, which reads the sign of
     every neighbour step and so gives flat regions the same bits, the median split depends on the
     whole image's low-frequency pattern. An image whose AC terms all stay under ``flat`` (about
-    one 8-bit level of amplitude: a flat frame, noise only) has no pattern to hash and gets 0,
-    which :func:`hash_is_informative` rejects.
+    one 8-bit level of amplitude: a flat frame, noise only) has no pattern to hash and gets 0, and
+    a smooth gradient (a clear sky) sets only a few bits: :func:`hash_is_informative` rejects both.
     """
     gray = luminance(img)
     if gray.size == 0:
@@ -222,7 +222,9 @@ def phash(img: np.ndarray, size: int = 32, flat: float = 16.0 / 255.0) -> int:
     ac = coeffs[_PHASH_U, _PHASH_V]
     if float(np.abs(ac).max()) < flat:
         return 0
-    bits = ac > np.median(ac)
+    # a term counts as above the median only by a quarter of ``flat``: terms at rounding-noise
+    # level (all but a few in a smooth gradient) read 0, so such a hash has few ones
+    bits = ac > np.median(ac) + flat / 4
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
