@@ -1,12 +1,13 @@
 """Labelled detection benchmark: the quality job against cleanvision, issue kind by issue kind.
 
-Builds two labelled sets of PNG files from scikit-image's bundled colour photos (never
-``lfw_subset``) and generated images, a TUNE split and a TEST split from *different* source
-photos and seeds. Each set holds, like the sets in issue #14, 128x128 photo crops: 16 images of
+Builds three labelled sets of PNG files from scikit-image's bundled photos (never
+``lfw_subset``) and generated images, a TUNE, a VALIDATION and a TEST split from *different*
+source photos and seeds (VALIDATION's gray photos tinted into colour). Each set holds, like the sets in issue #14, 128x128 photo crops: 16 images of
 each injected issue kind (each at several strengths), 8 exact and 8 near-duplicate pairs and 120
 clean images, 24 of them hard negatives (dark-but-fine night scenes with lights, smooth skies,
 objects on a genuinely black background, sharp textures). The thresholds in
-``restore_core.config.DEFAULT_FLAGS`` were chosen looking at TUNE only; TEST is the score.
+``restore_core.config.DEFAULT_FLAGS`` were chosen looking at TUNE only, checked on VALIDATION
+(do they carry over to other photos?); TEST is the score, looked at last.
 
 Both tools read the same files: the project's quality job through its CLI
 (``python -m jobs quality``, input.format=images, a local Ray) and cleanvision's
@@ -17,7 +18,7 @@ machine, and with ``--write-docs`` puts the table into docs/nightly.md.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/quality_detection.py                   # both splits
+    PYTHONPATH=. python benchmarks/quality_detection.py                   # TUNE, VALIDATION, TEST
     PYTHONPATH=. python benchmarks/quality_detection.py --split test --write-docs
 """
 
@@ -461,13 +462,13 @@ def write_docs(text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--split", choices=["tune", "test", "validation", "both"], default="both")
+    ap.add_argument("--split", choices=["tune", "validation", "test", "both", "all"], default="all")
     ap.add_argument("--keep", metavar="DIR", help="build the sets here and keep them (default: a temporary folder)")
     ap.add_argument("--write-docs", action="store_true", help="put the tables into docs/nightly.md")
     ap.add_argument("--no-cleanvision", action="store_true", help="score the quality job only")
     ap.add_argument("--show-misses", action="store_true", help="list the files each tool got wrong")
     args = ap.parse_args()
-    splits = ["tune", "test"] if args.split == "both" else [args.split]
+    splits = {"both": ["tune", "test"], "all": ["tune", "validation", "test"]}.get(args.split, [args.split])
     tables = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(args.keep) if args.keep else Path(tmp)

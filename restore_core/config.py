@@ -508,7 +508,7 @@ class QualityConfig:
     working_size: int = ranged(128, 16)  # shorter side of the working copy the resolution-free scores use
     dark_level: float = ranged(0.05, 0.0, 1.0)  # exposure: luminance <= this counts as near black
     bright_level: float = ranged(0.95, 0.0, 1.0)  # exposure: luminance >= this counts as near white
-    near_duplicate_distance: int = ranged(4, 0, 64)  # perceptual-hash (pHash) Hamming distance (of 64 bits) for near duplicates
+    near_duplicate_distance: int = ranged(4, 0, 64)  # pHash Hamming distance (of 64 bits) for near duplicates
     near_duplicate_min_bits: int = ranged(8, 0, 32)  # hashes with fewer ones (or zeros) are too plain to compare
     odd_spread_floor: float = ranged(0.08, 0.0, low_open=True)  # odd size/aspect: least spread (log units)
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
