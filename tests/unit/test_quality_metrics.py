@@ -195,6 +195,16 @@ def test_dark_and_light_quantiles():
     assert metrics.luminance_quantiles(washed, (0.05,))[0] > 0.6
 
 
+def test_a_dim_photo_is_dark_not_blank(photo, rng):
+    """Under-exposed to a couple of dozen 8-bit levels, a photo keeps its contrast against its
+    own headroom (dark, not low_information); a flat mid-gray frame with noise does not."""
+    dim = np.rint(photo * 0.08 * 255) / 255  # stored in 8 bits
+    assert metrics.relative_contrast(dim) > 0.1
+    flat = np.clip(0.5 + rng.normal(0, 0.003, (64, 64)), 0, 1)
+    assert metrics.relative_contrast(flat) < 0.06
+    assert metrics.relative_contrast(np.zeros((8, 8))) == 0.0
+
+
 def test_content_entropy_leaves_a_plain_background_out(photo, rng):
     on_black = photo.copy()
     on_black[:, :40] = 0.0
