@@ -7,8 +7,12 @@ Reads the same inputs as restore, maps ``restore_core.quality.QualityScorer`` ov
 actor pool, writes the per-image shards into a staging folder, then (in the driver, over the
 metric columns only) finds duplicate groups, evaluates flags, compares with the previous finished
 run, writes ``flags.parquet``, ``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes
-the folder as ``<output>/run=<date>/``, replacing an earlier run of the same date. Exit code 1
-when a ``fail_on`` flag's share is over its ``max_share`` (for cron and Airflow alerting).
+the folder as ``<output>/run=<date>/``, replacing an earlier run of the same date.
+
+The verdict (``jobs.verdict``) is the exit code (0 pass, 1 a ``fail_on`` flag's share is over its
+``max_share``, 3 a ``warn_on`` one is, 2 the job failed), ``status.json`` (in the run folder and in
+``<output>/_status/run=<date>.json``, the latter also when the job fails) and the last line printed,
+``QUALITY PASS|WARN|FAIL|ERROR <reason>``, for cron, Airflow and ``ray job submit`` wrappers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import logs, verdict
 from jobs.common import Summary, format_table
 from jobs.ray_utils import actor_pool_args, arrow_filesystem, init_ray, is_process_local, pool_size, read_dataset
 from restore_core import report
@@ -35,8 +40,15 @@ from restore_core.quality import QualityScorer, check_flag_metrics, table_from_c
 CONFIG = QualityConfig
 log = logging.getLogger("jobs.quality")
 
-#: Exit code when a --fail-on limit is passed (2 stays "you made a mistake").
-EXIT_LIMIT_PASSED = 1
+#: Exit code when a --fail-on limit is passed (2 stays "the job failed", 3 is a --warn-on limit).
+EXIT_LIMIT_PASSED = verdict.EXIT_CODES[verdict.FAIL]
+#: Exit code when the job crashes (the CLI's default is 1, which here means a failed limit).
+EXIT_CRASH = verdict.EXIT_CODES[verdict.ERROR]
+
+
+def error_line(message: str) -> str:
+    """The last line the CLI prints when the job failed: ``QUALITY ERROR the job failed: ...``."""
+    return verdict.crashed(message).line()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fail-on",
         metavar="FLAGS",
         help="comma-separated flags (e.g. dead_pixels,blurry); exit 1 when one's share passes its max_share",
+    )
+    parser.add_argument(
+        "--warn-on",
+        metavar="FLAGS",
+        help="comma-separated flags; exit 3 (warn) when one's share passes its max_share and no --fail-on flag's does",
     )
     parser.add_argument("--run-date", metavar="YYYY-MM-DD", help="the run's date (default: today, UTC)")
     parser.add_argument(
@@ -58,6 +75,9 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
     if args.fail_on is not None:
         names = [n.strip() for n in args.fail_on.split(",") if n.strip()]
         extra.append(f"fail_on=[{', '.join(names)}]")
+    if args.warn_on is not None:
+        names = [n.strip() for n in args.warn_on.split(",") if n.strip()]
+        extra.append(f"warn_on=[{', '.join(names)}]")
     if args.run_date:
         extra.append(f"run_date='{args.run_date}'")
     if args.calibrate:
@@ -123,23 +143,44 @@ def run(cfg: QualityConfig) -> Summary:
     date = report.run_date_or_today(cfg.run_date)
     # The runs must never land inside what the job reads: the next night would score them too.
     locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)])
-    datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # exists, has images
     probe_writable(cfg.output, cfg.output_storage_options, key="output")
     fs, root = datasets.filesystem(cfg.output, cfg.output_storage_options)
-    earlier_run = posixpath.join(root, f"{report.RUN_PREFIX}{date}")
-    if fs.exists(earlier_run) and not any(
-        fs.exists(posixpath.join(earlier_run, n)) for n in (report.SUCCESS, "summary.json")
-    ):
-        # A rerun replaces the run of its date; a folder of that name quality did not write stays.
-        raise UserError(
-            f"{cfg.output}/{report.RUN_PREFIX}{date} exists but is not a quality run (no {report.SUCCESS} or "
-            "summary.json): move it away or choose another output"
-        )
-    with lease.held(fs, root.rstrip("/"), cfg.output, "quality"):
-        return _run(cfg, date, fs, root)
+    started = verdict.now()
+    try:
+        datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # exists, has images
+        earlier_run = posixpath.join(root, f"{report.RUN_PREFIX}{date}")
+        if fs.exists(earlier_run) and not any(
+            fs.exists(posixpath.join(earlier_run, n)) for n in (report.SUCCESS, "summary.json")
+        ):
+            # A rerun replaces the run of its date; a folder of that name quality did not write stays.
+            raise UserError(
+                f"{cfg.output}/{report.RUN_PREFIX}{date} exists but is not a quality run (no {report.SUCCESS} or "
+                "summary.json): move it away or choose another output"
+            )
+        with lease.held(fs, root.rstrip("/"), cfg.output, "quality"):
+            return _run(cfg, date, fs, root, started)
+    except BaseException as exc:
+        # The output is known and writable: leave the verdict where a scheduler looks for it.
+        _write_error_status(cfg, fs, root, date, started, exc)
+        raise
 
 
-def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
+def _write_error_status(cfg: QualityConfig, fs: Any, root: str, date: str, started: str, exc: BaseException) -> None:
+    rec = verdict.record(
+        verdict.crashed(logs.redact(verdict.describe_error(exc))),
+        run_date=date,
+        started=started,
+        finished=verdict.now(),
+        fail_on=cfg.fail_on,
+        warn_on=cfg.warn_on,
+    )
+    try:
+        report.write_json(fs, verdict.status_path(root, date), rec)
+    except Exception as write_exc:  # never hide the job's own error behind this one
+        log.warning("could not write %s: %s", verdict.status_path(root, date), write_exc)
+
+
+def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Summary:
     t0 = time.perf_counter()
     init_ray(cfg.ray)
     ds = read_dataset(cfg.input)
@@ -166,9 +207,13 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
         previous_ids = report.read_ids(fs, root, earlier[-1]) if earlier else None
         ids = table.column("id").to_pylist()
         summary["drift"] = report.compare(summary, previous, ids, previous_ids)
-        fails = report.failures(summary, cfg.fail_on)
+        decision = verdict.decide(summary, cfg.fail_on, cfg.warn_on)
+        fails = decision.failed
         summary["failures"] = fails
+        summary["warnings"] = decision.warned
         summary["fail_on"] = list(cfg.fail_on)
+        summary["warn_on"] = list(cfg.warn_on)
+        summary["verdict"] = decision.verdict
         summary["seconds"] = {"score_and_write": t_score}
         summary["images_per_second"] = table.num_rows / t_score if t_score > 0 else 0.0
         summary["config"] = to_dict(cfg)
@@ -180,8 +225,21 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
         report.write_report(fs, staging, table, summary, history, cfg)
         summary["seconds"]["total"] = time.perf_counter() - t0
         report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
+        url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"
+        status = verdict.record(
+            decision,
+            run_date=date,
+            started=started,
+            finished=verdict.now(),
+            summary=summary,
+            run=url,
+            fail_on=cfg.fail_on,
+            warn_on=cfg.warn_on,
+        )
+        report.write_json(fs, posixpath.join(staging, verdict.STATUS_FILE), status)
         report.put(fs, posixpath.join(staging, report.SUCCESS), f"{date}\n".encode())
         final = report.publish_run(fs, staging, root, date)
+        report.write_json(fs, verdict.status_path(root, date), status)
     except BaseException:
         if fs.exists(staging):  # leave no half-built staging folder behind
             fs.rm(staging, recursive=True)
@@ -204,12 +262,19 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
         values[f"change {k}"] = sentence
     for k, line in enumerate(fails, 1):
         values[f"FAILED {k}"] = line
-    url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"
+    for k, line in enumerate(decision.warned, 1):
+        values[f"WARNING {k}"] = line
     log.info("quality run published at %s", final)
     return Summary(
         job="quality",
         values=values,
-        outputs={"run": url, "report": url + "/report.html", "summary": url + "/summary.json"},
+        outputs={
+            "run": url,
+            "report": url + "/report.html",
+            "summary": url + "/summary.json",
+            "status": url + "/" + verdict.STATUS_FILE,
+        },
         table=format_table(["flag", "rule", "images", "share", "limit"], rows),
-        exit_code=EXIT_LIMIT_PASSED if fails else 0,
+        exit_code=decision.exit_code,
+        final_line=decision.line(),
     )
