@@ -29,7 +29,17 @@ import pyarrow.parquet as pq
 
 from jobs import logs, verdict
 from jobs.common import Summary, format_table
-from jobs.ray_utils import actor_pool_args, arrow_filesystem, init_ray, is_process_local, pool_size, read_dataset
+from jobs.ray_utils import (
+    actor_pool_args,
+    arrow_filesystem,
+    init_ray,
+    input_rows,
+    is_process_local,
+    pool_size,
+    read_dataset,
+    remote_progress,
+    report_progress,
+)
 from restore_core import report
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
@@ -88,11 +98,14 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
 class ScoreActor:
     """The actor Ray Data runs: a QualityScorer whose output is an Arrow table of fixed schema."""
 
-    def __init__(self, cfg: QualityConfig) -> None:
+    def __init__(self, cfg: QualityConfig, progress: Any = None) -> None:
         self.scorer = QualityScorer(cfg)
+        self.progress = progress  # a ray_utils.remote_progress counter, or None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return table_from_columns(self.scorer(batch))
+        table = table_from_columns(self.scorer(batch))
+        report_progress(self.progress, table.num_rows)
+        return table
 
 
 def _read_shards(fs: Any, folder: str) -> pa.Table:
@@ -187,14 +200,16 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
     pool = actor_pool_args(cfg.ray)
     staging = report.staging_path(root, date)
     out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
-    scored = ds.map_batches(
-        ScoreActor,
-        fn_constructor_kwargs={"cfg": cfg},
-        batch_size=cfg.ray.batch_size,
-        batch_format="numpy",
-        **pool,
-    )
-    scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
+    # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
+    with remote_progress(input_rows(cfg.input), "scoring") as counter:
+        scored = ds.map_batches(
+            ScoreActor,
+            fn_constructor_kwargs={"cfg": cfg, "progress": counter},
+            batch_size=cfg.ray.batch_size,
+            batch_format="numpy",
+            **pool,
+        )
+        scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
     t_score = time.perf_counter() - t0
 
     try:
