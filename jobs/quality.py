@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from jobs import logs, verdict
 from jobs.common import Summary, format_table
@@ -40,12 +41,13 @@ from jobs.ray_utils import (
     remote_progress,
     report_progress,
 )
-from restore_core import report
+from restore_core import codec, report
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets, lease, locations
+from restore_core.io import datasets, lease, locations, lookup
 from restore_core.io.shards import probe_writable
-from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns
+from restore_core.pipeline import cell_bytes
+from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_png
 
 CONFIG = QualityConfig
 log = logging.getLogger("jobs.quality")
@@ -117,6 +119,38 @@ def _read_shards(fs: Any, folder: str) -> pa.Table:
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f))
     return pa.concat_tables(tables, promote_options="default").sort_by("id")
+
+
+def _thumbnail(cell: Any, cfg: QualityConfig) -> bytes | None:
+    try:
+        raw = cell_bytes(cell)
+        return thumbnail_png(codec.decode(raw, cfg.decode.max_pixels)[0], cfg.report.thumbnail_size) if raw else None
+    except Exception:  # an image that cannot be shown gets no thumbnail; the run goes on
+        return None
+
+
+def _thumbnails_in_file(path: str, cfg: QualityConfig, wanted: list[str]) -> dict[str, bytes]:
+    found = lookup.images_in_parquet(path, cfg.input, wanted)
+    return {i: t for i, t in ((i, _thumbnail(c, cfg)) for i, c in found.items()) if t}
+
+
+def group_thumbnails(cfg: QualityConfig, table: pa.Table, summary: dict[str, Any]) -> dict[str, bytes]:
+    """Thumbnails of the duplicate-group members the report shows whose rows kept none (only
+    flagged rows keep one): read back from the input by id, one Ray task per Parquet file."""
+    shown = report.group_members_shown(summary)
+    missing = sorted(set(shown) - set(report.table_thumbnails(table, shown)))
+    if not missing or cfg.report.thumbnail_size <= 0:
+        return {}
+    if cfg.input.format == "images":
+        files = lookup.images_in_folder(cfg.input, missing)
+        return {i: t for i, t in ((i, _thumbnail(b, cfg)) for i, b in files.items()) if t}
+    paths = datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)
+    if is_process_local(cfg.input.path):
+        parts = [_thumbnails_in_file(p, cfg, missing) for p in paths]
+    else:
+        task = ray.remote(num_cpus=0.25)(_thumbnails_in_file)
+        parts = ray.get([task.remote(p, cfg, missing) for p in paths])
+    return {i: t for part in parts for i, t in part.items()}
 
 
 def calibrate(cfg: QualityConfig) -> Summary:
@@ -237,7 +271,7 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
         pq.write_table(table.select(keep), buf)
         report.put(fs, posixpath.join(staging, "flags.parquet"), buf.getvalue().to_pybytes())
         history = [report.read_summary(fs, root, d) for d in earlier[-max(cfg.report.history_runs - 1, 0) :]]
-        report.write_report(fs, staging, table, summary, history, cfg)
+        report.write_report(fs, staging, table, summary, history, cfg, group_thumbnails(cfg, table, summary))
         summary["seconds"]["total"] = time.perf_counter() - t0
         report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
         url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"

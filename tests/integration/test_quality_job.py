@@ -1,6 +1,8 @@
 """Two nightly quality runs through the real CLI and a real local Ray: the second run has 5% of
 its images given dead pixels and blur; it must flag exactly those, say so in its drift section,
-exit non-zero with --fail-on dead_pixels, and its HTML report must render with every image."""
+exit non-zero with --fail-on dead_pixels, and its HTML report must render with every image. Each
+run's verdict is its exit code, its status.json and its last line; with stderr not a terminal the
+log has progress lines."""
 
 from __future__ import annotations
 
@@ -60,14 +62,19 @@ def run_cli(capsys: pytest.CaptureFixture[str], data: Path, out: Path, date: str
 
 
 @pytest.mark.timeout(600)
-def test_two_nightly_runs(tmp_path, local_ray, capsys):
+def test_two_nightly_runs(tmp_path, local_ray, capsys, monkeypatch):
     out = tmp_path / "quality"
     write_images(tmp_path / "day1", damage=False)
     write_images(tmp_path / "day2", damage=True)
+    monkeypatch.setenv("IMRESTORE_PROGRESS_SECONDS", "0")  # a progress line at every update
 
     code, text = run_cli(capsys, tmp_path / "day1", out, "2024-03-01", "--fail-on", "dead_pixels")
     assert code == 0, text[-3000:]
+    assert "scoring: 0/40 images (0%)" in text and "scoring: 40/40 images (100%)" in text, text[-3000:]
+    assert text.rstrip().splitlines()[-1].startswith("QUALITY PASS 40 images, 0 unreadable: no limit passed")
     run1 = out / "run=2024-03-01"
+    status1 = json.loads((run1 / "status.json").read_text())
+    assert (status1["verdict"], status1["exit_code"], status1["failed"]) == ("PASS", 0, [])
     assert (run1 / "_SUCCESS").exists() and (run1 / "report.html").exists()
     flags1 = pq.read_table(run1 / "flags.parquet").to_pydict()
     assert len(flags1["id"]) == N_IMAGES and not any(flags1["flags"])
@@ -78,9 +85,16 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys):
     assert "quality calibrate" in text and "--set flags.blurry.value=" in text and "--set flags.dark.value=" in text
     assert not (out / "run=2024-03-05").exists()
 
-    code, text = run_cli(capsys, tmp_path / "day2", out, "2024-03-02", "--fail-on", "dead_pixels")
-    assert code == 1, text[-3000:]
+    code, text = run_cli(
+        capsys, tmp_path / "day2", out, "2024-03-02", "--fail-on", "dead_pixels", "--warn-on", "blurry",
+        "--set", "flags.blurry.max_share=0.01",
+    )  # fmt: skip
+    assert code == 1, text[-3000:]  # a failed limit wins over a warning
     assert "dead_pixels: 2 of 40 images (5.00%)" in text and "over by 4.00 points" in text
+    assert text.rstrip().splitlines()[-1] == "QUALITY FAIL 40 images: dead_pixels 5.00% > 1.00%"
+    status2 = json.loads((out / "_status" / "run=2024-03-02.json").read_text())
+    assert (status2["verdict"], status2["exit_code"], status2["counts"]["flagged"]["dead_pixels"]) == ("FAIL", 1, 2)
+    assert len(status2["failed"]) == 1 and status2["warned"][0].startswith("blurry: 2 of 40 images")
 
     run2 = out / "run=2024-03-02"
     flags2 = pq.read_table(run2 / "flags.parquet").to_pydict()
