@@ -124,10 +124,10 @@ def test_a_crash_says_where_its_traceback_went(tmp_path, monkeypatch, capsys):
     assert quality_job.EXIT_CRASH == 2
 
 
-def test_progress_lines_in_a_log(caplog):
+def test_progress_lines_in_a_log(caplog, capsys):
     caplog.set_level(logging.INFO, logger="jobs.progress")
     bar = logs.progress_bar(4, "scoring", interval=0)
-    assert not bar.disable  # stderr is not a terminal under pytest
+    assert not bar.disable  # stderr is not a terminal under capsys
     for _ in range(4):
         bar.update(1)
     bar.close()
