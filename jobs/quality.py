@@ -141,15 +141,20 @@ def group_thumbnails(cfg: QualityConfig, table: pa.Table, summary: dict[str, Any
     missing = sorted(set(shown) - set(report.table_thumbnails(table, shown)))
     if not missing or cfg.report.thumbnail_size <= 0:
         return {}
-    if cfg.input.format == "images":
-        files = lookup.images_in_folder(cfg.input, missing)
-        return {i: t for i, t in ((i, _thumbnail(b, cfg)) for i, b in files.items()) if t}
-    paths = datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)
-    if is_process_local(cfg.input.path):
-        parts = [_thumbnails_in_file(p, cfg, missing) for p in paths]
-    else:
-        task = ray.remote(num_cpus=0.25)(_thumbnails_in_file)
-        parts = ray.get([task.remote(p, cfg, missing) for p in paths])
+    try:
+        if cfg.input.format == "images":
+            files = lookup.images_in_folder(cfg.input, missing)
+            return {i: t for i, t in ((i, _thumbnail(b, cfg)) for i, b in files.items()) if t}
+        paths = datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)
+        if is_process_local(cfg.input.path):
+            parts = [_thumbnails_in_file(p, cfg, missing) for p in paths]
+        else:
+            task = ray.remote(num_cpus=0.25)(_thumbnails_in_file)
+            cfg_ref = ray.put(cfg)
+            parts = ray.get([task.remote(p, cfg_ref, missing) for p in paths])
+    except Exception as exc:  # pictures are a courtesy: the report lists the groups' ids anyway
+        log.warning("duplicate groups shown without thumbnails: %s", exc)
+        return {}
     return {i: t for part in parts for i, t in part.items()}
 
 

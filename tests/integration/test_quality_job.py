@@ -121,3 +121,31 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys, monkeypatch):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it as root: apt-get install -y chromium)")
     dom = render_dom(str(run2 / "report.html"), str(tmp_path / "profile"))
     assert 'data-failed="0"' in dom and f'data-loaded="{page.count("<img ")}"' in dom
+
+
+def test_duplicate_group_thumbnails_read_back_with_ray_tasks(tmp_path, local_ray):
+    """Members of a duplicate group that kept no thumbnail (no per-image flag) are read back from
+    the Parquet input by id, one Ray task per file, for the report's side-by-side pictures."""
+    from jobs import quality as quality_job
+    from restore_core import codec, quality, report
+    from restore_core.config import QualityConfig, from_dict
+
+    imgs = synth.photo_crops(4, 40, names=("grass", "gravel"), seed=5)
+    blobs = [png_bytes(np.rint(i * 255).astype(np.uint8)) for i in imgs]
+    ids, blobs = ["a", "b", "c", "d", "copy-of-b"], [*blobs, blobs[1]]
+    (tmp_path / "in").mkdir()
+    for k in range(2):  # the copy in the other file than its original
+        part = slice(0, 3) if k == 0 else slice(3, 5)
+        pq.write_table(
+            pa.table({"id": ids[part], "image": pa.array(blobs[part], pa.binary())}), tmp_path / "in" / f"p{k}.parquet"
+        )
+    cfg = from_dict(
+        QualityConfig, {"input": {"path": str(tmp_path / "in")}, "flags": {"grayscale": {"enabled": False}}}
+    )
+    batch = {"id": np.array(ids, dtype=object), "image": np.array(blobs, dtype=object)}
+    table = report.with_run_flags(quality.table_from_columns(quality.QualityScorer(cfg)(batch)), cfg)
+    summary = report.summarize(table, cfg, "2024-01-03")
+    assert summary["duplicate_groups"]["groups"][0]["ids"] == ["b", "copy-of-b"]
+    thumbs = quality_job.group_thumbnails(cfg, table, summary)
+    assert sorted(thumbs) == ["b", "copy-of-b"] and thumbs["b"] == thumbs["copy-of-b"]
+    assert codec.decode(thumbs["b"], 10**6)[0].shape[:2] == (40, 40)
