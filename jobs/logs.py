@@ -184,7 +184,7 @@ class _LogLines:
 
     def write(self, text: str) -> None:
         for part in re.split(r"[\r\n]+", text):
-            part = part.strip()
+            part = " ".join(part.split())  # tqdm pads its rate ("  0.82 images/s")
             counts = part.split(",", 1)[0]  # "scoring: 40/100 images (40%)"
             now = time.monotonic()
             # tqdm redraws the final state when it closes: the same counts within a second are one line
@@ -205,9 +205,12 @@ def progress_bar(total: int | None, what: str, unit: str = "images", interval: f
 
     seconds = progress_seconds(os.environ.get("IMRESTORE_PROGRESS_SECONDS")) if interval is None else interval
     if total:
-        fmt = "{desc}: {n_fmt}/{total_fmt}{unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}, ETA {remaining}"
+        fmt = (
+            "{desc}: {n_fmt}/{total_fmt}{unit} ({percentage:.0f}%), {rate_noinv_fmt}, "
+            "elapsed {elapsed}, ETA {remaining}"
+        )
     else:
-        fmt = "{desc}: {n_fmt}{unit}, {rate_fmt}, elapsed {elapsed}"
+        fmt = "{desc}: {n_fmt}{unit}, {rate_noinv_fmt}, elapsed {elapsed}"
     return tqdm(
         total=total or None,
         desc=what,
