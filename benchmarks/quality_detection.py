@@ -373,7 +373,7 @@ def run_project(folder: Path, work: Path) -> tuple[dict[str, set[str]], float]:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     seconds = time.perf_counter() - t0
     flags_file = out / "run=2000-01-01" / "flags.parquet"
-    if proc.returncode not in (0, 1) or not flags_file.exists():  # 1: a --fail-on flag past its share
+    if proc.returncode not in (0, 1, 3) or not flags_file.exists():  # 1 fail_on, 3 warn_on: judged, written
         raise RuntimeError(f"quality job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     table = pq.read_table(flags_file).to_pydict()
     pairs = zip(table["id"], table["flags"], strict=True)
