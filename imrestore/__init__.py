@@ -206,8 +206,8 @@ def score(image: np.ndarray | Image.Image, cfg: QualityConfig | None = None) -> 
         ``dead_fraction``, ``saturated_fraction``, ``sharpness``, ``blur_width``, ``brightness``,
         ``luma_p05``, ``luma_p99``, ``dark_fraction``, ``bright_fraction``, ``contrast``,
         ``relative_contrast``, ``entropy``, ``content_entropy``, ``color_fraction`` (floats; ranges
-        in :mod:`restore_core.quality`), ``sha256`` and ``dhash`` (pixel hash; 64-bit perceptual hash, hex), and ``flags``:
-        the names of the per-image flags the image raises (e.g. ``["dead_pixels"]``); flags judged
+        in :mod:`restore_core.quality`), ``sha256`` (pixel hash) and ``dhash`` (64-bit perceptual
+        hash, hex), and ``flags``: the names of the per-image flags the image raises (e.g. ``["dead_pixels"]``); flags judged
         against the whole run (duplicates, odd size and aspect ratio) need the quality job.
     """
     qcfg = cfg or QualityConfig()
