@@ -424,14 +424,26 @@ class FlagRule:
     enabled: bool = True
     unless: list[str] = dataclasses.field(default_factory=list)  # not raised on images carrying these flags
     also: FlagRule | None = None  # a second condition (metric/op/value): the flag is raised when either holds
+    require: FlagRule | None = None  # a condition (metric/op/value) that must hold too: the flag needs both
 
     def conditions(self) -> list[FlagRule]:
         """This rule's condition and its ``also`` condition, if any (the flag is their OR)."""
         return [self] if self.also is None else [self, *self.also.conditions()]
 
+    def requirements(self) -> list[FlagRule]:
+        """The conditions ANDed with this one: its ``require`` chain (not its ``also``)."""
+        return [] if self.require is None else [self.require, *self.require.requirements()]
+
+    def all_conditions(self) -> list[FlagRule]:
+        """Every condition the rule reads, ``also`` and ``require`` ones included."""
+        return [c for one in self.conditions() for c in (one, *one.requirements())]
+
     def describe(self) -> str:
-        """The rule as people read it, e.g. ``relative_contrast < 0.06 or content_entropy < 3``."""
-        return " or ".join(f"{c.metric} {c.op} {c.value:g}" for c in self.conditions())
+        """The rule as people read it, e.g. ``blur_width > 1 and blur_deviation > 3 or detail_ratio < 0.95``."""
+        return " or ".join(
+            " and ".join(f"{c.metric} {c.op} {c.value:g}" for c in (one, *one.requirements()))
+            for one in self.conditions()
+        )
 
 
 #: The built-in flags, named as cleanvision names its issue types where they match (dark, light,
@@ -444,12 +456,22 @@ DEFAULT_FLAGS: dict[str, dict[str, Any]] = {
     "decode_error": {"metric": "decode_error", "op": ">", "value": 0.0, "max_share": 0.0},
     "dead_pixels": {"metric": "dead_fraction", "op": ">", "value": 0.0005, "max_share": 0.01},
     # Exposure first: crushed or washed-out contrast leaves too few levels to judge edges by.
+    # Wide edges alone are not enough: photos soft by nature (fundus, a shallow depth of field)
+    # have them too. Wide edges count when they are also far wider than the run's typical ones, or
+    # when the pixel noise is gone as well (a blur removes it; a soft photo keeps its grain).
     "blurry": {
         "metric": "blur_width",
         "op": ">",
         "value": 1.0,
         "max_share": 0.05,
-        "also": {"metric": "detail_ratio", "op": "<", "value": 0.95},  # against a reference, when given
+        "require": {"metric": "blur_deviation", "op": ">", "value": 2.0},
+        "also": {
+            "metric": "blur_width",
+            "op": ">",
+            "value": 1.0,
+            "require": {"metric": "noise_level", "op": "<", "value": 0.22},
+            "also": {"metric": "detail_ratio", "op": "<", "value": 0.95},  # against a reference, when given
+        },
         "unless": ["dark", "light", "low_information"],
     },
     "saturated": {"metric": "saturated_fraction", "op": ">", "value": 0.1, "max_share": 0.05},
@@ -511,6 +533,7 @@ class QualityConfig:
     near_duplicate_distance: int = ranged(4, 0, 64)  # pHash Hamming distance (of 64 bits) for near duplicates
     near_duplicate_min_bits: int = ranged(8, 0, 32)  # hashes with fewer ones (or zeros) are too plain to compare
     odd_spread_floor: float = ranged(0.08, 0.0, low_open=True)  # odd size/aspect: least spread (log units)
+    blur_spread_floor: float = ranged(0.15, 0.0, low_open=True)  # blur_deviation: least spread (log units)
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
     fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
     warn_on: list[str] = dataclasses.field(default_factory=list)  # flags that only warn (exit 3) past max_share
@@ -538,10 +561,11 @@ class QualityConfig:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key 'flags.{name}' must be a mapping, got {value!r}")
             both = {**base, **value}
-            if isinstance(base.get("also"), Mapping) and isinstance(value.get("also"), Mapping):
-                both["also"] = {**base["also"], **value["also"]}  # merged key by key, like the rule
+            for sub in ("also", "require"):
+                if isinstance(base.get(sub), Mapping) and isinstance(value.get(sub), Mapping):
+                    both[sub] = {**base[sub], **value[sub]}  # merged key by key, like the rule
             rule = from_dict(FlagRule, both, prefix=f"flags.{name}.")
-            if not all(c.metric for c in rule.conditions()):
+            if not all(c.metric for c in rule.all_conditions()):
                 raise ConfigError(f"config key 'flags.{name}.metric' is missing: name a metric column")
             if not 0.0 <= rule.max_share <= 1.0:
                 raise ConfigError(f"config key 'flags.{name}.max_share' must lie in [0, 1], got {rule.max_share}")

@@ -36,6 +36,7 @@ NUMERIC_COLUMNS = (
     "saturated_fraction",  # [0, 1], lower is better
     "sharpness",  # variance of the Laplacian of the working copy, [0, inf), higher is sharper
     "blur_width",  # pixels of the working copy: Gaussian width of the sharpest edges, higher is blurrier
+    "noise_level",  # 8-bit levels: pixel noise (wavelet estimate, native pixels); ~0.1-0.25 after a blur
     "detail_ratio",  # fine detail kept against the reference column, when there is one; < 1 = detail lost
     "brightness",  # mean luminance, [0, 1]
     "luma_p05",  # 5th percentile of the luminance, [0, 1]: high = washed out (light)
@@ -56,8 +57,9 @@ NUMERIC_COLUMNS = (
 TEXT_COLUMNS = ("id", "status", "error", "mode", "format", "sha256", "dhash", "flags")
 #: Columns computed over the whole run (duplicates), added by :func:`duplicate_columns`.
 GROUP_COLUMNS = ("exact_duplicates", "near_duplicates", "duplicate_group")
-#: Columns computed over the whole run against its own distribution, added by :func:`shape_columns`.
-RUN_COLUMNS = ("size_deviation", "aspect_deviation")
+#: Columns computed over the whole run against its own distribution, added by :func:`shape_columns`
+#: and :func:`blur_columns`.
+RUN_COLUMNS = ("size_deviation", "aspect_deviation", "blur_deviation")
 #: Metrics that flag rules may name.
 FLAG_METRICS = (*NUMERIC_COLUMNS, "exact_duplicates", "near_duplicates", *RUN_COLUMNS)
 #: Metrics shown as histograms and quantiles in summaries.
@@ -65,6 +67,7 @@ SUMMARY_METRICS = (
     "dead_fraction",
     "saturated_fraction",
     "blur_width",
+    "noise_level",
     "detail_ratio",
     "sharpness",
     "brightness",
@@ -81,6 +84,7 @@ SUMMARY_METRICS = (
     "height",
     "size_deviation",
     "aspect_deviation",
+    "blur_deviation",
     "psnr",
     "ssim",
 )
@@ -97,9 +101,11 @@ _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 def check_flag_metrics(flags: Mapping[str, FlagRule]) -> None:
     """A ConfigError naming the first flag whose metric is not a known column."""
     for name, rule in flags.items():
-        for depth, cond in enumerate(rule.conditions()):
-            if cond.metric not in FLAG_METRICS:
-                key = f"flags.{name}.{'also.' * depth}metric"
+        for depth, one in enumerate(rule.conditions()):
+            for req, cond in enumerate((one, *one.requirements())):
+                if cond.metric in FLAG_METRICS:
+                    continue
+                key = f"flags.{name}.{'also.' * depth}{'require.' * req}metric"
                 raise ConfigError(
                     f"config key '{key}' is {cond.metric!r}, not a metric column (one of: {', '.join(FLAG_METRICS)})"
                 )
@@ -110,7 +116,15 @@ def evaluate_flags(columns: Mapping[str, np.ndarray], flags: Mapping[str, FlagRu
 
     NaN metrics (undecodable rows, PSNR without a reference) never raise a flag, nor does a rule
     on an image that carries one of the rule's ``unless`` flags (judged before any ``unless``).
+    A ``require`` condition whose metric is not among ``columns`` (a run-wide column, while one
+    batch is scored) is left out: the batch's flags are then a superset of the run's.
     """
+
+    def holds(cond: FlagRule) -> np.ndarray:
+        values = np.asarray(columns[cond.metric], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return np.asarray(_OPS[cond.op](values, cond.value) & ~np.isnan(values))
+
     raw: dict[str, np.ndarray] = {}
     for name, rule in flags.items():
         if not rule.enabled or rule.metric not in columns:
@@ -119,9 +133,10 @@ def evaluate_flags(columns: Mapping[str, np.ndarray], flags: Mapping[str, FlagRu
         for cond in rule.conditions():  # OR of the rule's conditions whose metric is at hand
             if cond.metric not in columns:
                 continue
-            values = np.asarray(columns[cond.metric], dtype=np.float64)
-            with np.errstate(invalid="ignore"):
-                one = np.asarray(_OPS[cond.op](values, cond.value) & ~np.isnan(values))
+            one = holds(cond)
+            for req in cond.requirements():  # each ANDed with its required conditions
+                if req.metric in columns:
+                    one = one & holds(req)
             hit = one if hit is None else hit | one
         if hit is not None:
             raw[name] = hit
@@ -199,6 +214,7 @@ class QualityScorer:
             "saturated_fraction": metrics.saturated_fraction(img, cfg.masks.saturated_level),
             "sharpness": metrics.sharpness(work),
             "blur_width": metrics.blur_width(work),
+            "noise_level": metrics.noise_level(img, fill),
             "brightness": exp.brightness,
             "luma_p05": p05,
             "luma_p99": p99,
@@ -437,6 +453,38 @@ def shape_columns(width: np.ndarray, height: np.ndarray, floor: float) -> dict[s
     common = np.where(np.sign(dw) == np.sign(dh), np.sign(dw) * np.minimum(np.abs(dw), np.abs(dh)), 0.0)
     common[~ok] = np.nan
     return {"size_deviation": robust_deviation(common, floor), "aspect_deviation": robust_deviation(lw - lh, floor)}
+
+
+def blur_stats(blur_width: np.ndarray, floor: float) -> tuple[float, float]:
+    """The run's typical blur and its spread: median and ``max(1.4826 * MAD, floor)`` of
+    ``log(blur_width)`` over the images that have one (NaN median when none does)."""
+    v = np.asarray(blur_width, dtype=np.float64)
+    v = np.log(v[np.isfinite(v) & (v > 0)])
+    if v.size == 0:
+        return float("nan"), max(floor, 1e-12)
+    med = float(np.median(v))
+    return med, max(1.4826 * float(np.median(np.abs(v - med))), floor, 1e-12)
+
+
+def blur_deviation(blur_width: np.ndarray, center: float, scale: float) -> np.ndarray:
+    """Signed robust z-score ``(log(blur_width) - center) / scale`` (:func:`blur_stats`); NaN
+    where ``blur_width`` is NaN or not positive. Positive: blurrier than the run's typical image."""
+    v = np.asarray(blur_width, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)
+    return (lv - center) / scale
+
+
+def blur_columns(blur_width: np.ndarray, floor: float) -> dict[str, np.ndarray]:
+    """Blur of each image against the run's own: ``blur_deviation``, float64 (n,).
+
+    A photo set that is soft by nature (fundus photos, a shallow depth of field, scans) has wide
+    edges throughout; an image is blurred *for this dataset* when its edges are much wider than
+    the run's typical ones. The built-in ``blurry`` rule needs both this and the absolute
+    ``blur_width`` condition. Like the odd size, it assumes most images of a run are fine.
+    """
+    center, scale = blur_stats(blur_width, floor)
+    return {"blur_deviation": blur_deviation(blur_width, center, scale)}
 
 
 # ----------------------------------------------------------------------------- only flagged

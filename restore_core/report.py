@@ -32,7 +32,13 @@ import pyarrow.parquet as pq
 
 from restore_core.config import FlagRule, QualityConfig
 from restore_core.errors import UserError
-from restore_core.quality import SUMMARY_METRICS, duplicate_columns, evaluate_flags, shape_columns
+from restore_core.quality import (
+    SUMMARY_METRICS,
+    blur_columns,
+    duplicate_columns,
+    evaluate_flags,
+    shape_columns,
+)
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 RUN_PREFIX = "run="
@@ -61,8 +67,8 @@ def run_date_or_today(value: str) -> str:
 
 
 def with_run_flags(table: pa.Table, cfg: QualityConfig) -> pa.Table:
-    """Add the run-wide columns (duplicates, odd size and aspect ratio against the run's own
-    distribution) and recompute ``flags`` over the whole run."""
+    """Add the run-wide columns (duplicates, odd size and aspect ratio and blur against the run's
+    own distribution) and recompute ``flags`` over the whole run."""
     dup = duplicate_columns(
         table.column("sha256").to_pylist(),
         table.column("dhash").to_pylist(),
@@ -70,6 +76,7 @@ def with_run_flags(table: pa.Table, cfg: QualityConfig) -> pa.Table:
         cfg.near_duplicate_min_bits,
     )
     dup.update(shape_columns(_floats(table, "width"), _floats(table, "height"), cfg.odd_spread_floor))
+    dup.update(blur_columns(_floats(table, "blur_width"), cfg.blur_spread_floor))
     for name, values in dup.items():
         if name in table.column_names:
             table = table.drop_columns([name])
@@ -83,7 +90,7 @@ def _flag_arrays(table: pa.Table, flags: Mapping[str, FlagRule]) -> dict[str, np
     cols = {
         c.metric: _floats(table, c.metric)
         for r in flags.values()
-        for c in r.conditions()
+        for c in r.all_conditions()
         if c.metric in table.column_names
     }
     return evaluate_flags(cols, flags)
@@ -483,7 +490,7 @@ def write_report(
     """
     plots: list[tuple[str, str]] = []
     for m in summary["quantiles"]:
-        thresholds = [(n, c.value) for n, r in cfg.flags.items() if r.enabled for c in r.conditions() if c.metric == m]
+        thresholds = [(n, c.value) for n, r in cfg.flags.items() if r.enabled for c in r.all_conditions() if c.metric == m]
         rel = f"plots/hist_{m}.png"
         put(fs, posixpath.join(folder, rel), histogram_png(_floats(table, m), m, thresholds))
         plots.append((m, rel))
