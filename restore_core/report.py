@@ -490,7 +490,9 @@ def write_report(
     """
     plots: list[tuple[str, str]] = []
     for m in summary["quantiles"]:
-        thresholds = [(n, c.value) for n, r in cfg.flags.items() if r.enabled for c in r.all_conditions() if c.metric == m]
+        thresholds = [
+            (n, c.value) for n, r in cfg.flags.items() if r.enabled for c in r.all_conditions() if c.metric == m
+        ]
         rel = f"plots/hist_{m}.png"
         put(fs, posixpath.join(folder, rel), histogram_png(_floats(table, m), m, thresholds))
         plots.append((m, rel))
