@@ -164,11 +164,44 @@ def test_flag_rule_also_and_unless():
     assert raised["blurry"].tolist() == [False, True, True, False, False]  # either condition; not on a blank frame
     assert raised["dark"].tolist() == [False, False, False, True, False]  # a blank dark frame is low_information
     assert raised["low_information"].tolist() == [False, False, False, False, True]
-    assert cfg.flags["blurry"].describe() == "blur_width > 1 or detail_ratio < 0.95"
+    assert cfg.flags["blurry"].describe() == (
+        "blur_width > 1 and blur_deviation > 2 or blur_width > 1 and noise_level < 0.22 or detail_ratio < 0.95"
+    )
     with pytest.raises(ConfigError, match=r"flags\.dark\.unless"):
         from_dict(QualityConfig, {"flags": {"dark": {"unless": ["nope"]}}})
     with pytest.raises(ConfigError, match=r"flags\.blurry\.also\.metric"):
         quality.QualityScorer(from_dict(QualityConfig, {"flags": {"blurry": {"also": {"metric": "sharp"}}}}))
+
+
+def test_flag_rule_require_is_an_and_applied_once_its_column_is_there():
+    """blurry needs wide edges and either far wider than the run's (blur_deviation, a run-wide
+    column) or no pixel noise left (noise_level); without the run-wide column (one batch) the
+    required condition is left out, so a batch's flags are a superset of the run's."""
+    cfg = QualityConfig()
+    cols = {
+        "blur_width": np.array([1.5, 1.5, 1.5, 0.5, 1.5]),
+        "noise_level": np.array([0.8, 0.1, 0.8, 0.1, float("nan")]),
+        "relative_contrast": np.full(5, 0.5),
+    }
+    assert quality.evaluate_flags(cols, cfg.flags)["blurry"].tolist() == [True, True, True, False, True]
+    cols["blur_deviation"] = np.array([0.5, 0.5, 3.0, 3.0, 0.5])
+    # soft by nature (noisy, typical width) | noiseless | far wider than the run | sharp | NaN noise
+    assert quality.evaluate_flags(cols, cfg.flags)["blurry"].tolist() == [False, True, True, False, False]
+    mine = from_dict(QualityConfig, {"flags": {"blurry": {"require": {"value": 4.0}}}})  # merged key by key
+    assert mine.flags["blurry"].require is not None and mine.flags["blurry"].require.metric == "blur_deviation"
+    assert quality.evaluate_flags(cols, mine.flags)["blurry"].tolist() == [False, True, False, False, False]
+    with pytest.raises(ConfigError, match=r"flags\.blurry\.also\.require\.metric"):
+        quality.QualityScorer(from_dict(QualityConfig, {"flags": {"blurry": {"also": {"require": {"metric": "x"}}}}}))
+
+
+def test_blur_columns_are_relative_to_the_run():
+    sharp_run = np.array([0.45, 0.5, 0.55, 0.5, 0.6, 0.4, 0.5, 1.5, float("nan")])
+    dev = quality.blur_columns(sharp_run, floor=0.15)["blur_deviation"]
+    assert dev[7] > 5 and np.all(np.abs(dev[:7]) < 2) and np.isnan(dev[8])
+    assert dev[5] < 0  # sharper than typical: negative
+    soft_run = np.array([1.2, 1.4, 1.3, 1.25, 1.35, 1.5, 1.1])  # a soft photo set: nothing stands out
+    assert np.all(quality.blur_columns(soft_run, floor=0.15)["blur_deviation"] < 2)
+    assert np.isnan(quality.blur_columns(np.full(3, np.nan), floor=0.15)["blur_deviation"]).all()
 
 
 def test_old_flag_names_are_aliases():

@@ -166,6 +166,22 @@ def test_blur_width_ignores_dead_pixels_and_flat_images(photo, rng):
     assert np.isnan(metrics.blur_width(np.full((64, 64), 0.4)))  # nothing to measure: not blurry
 
 
+def test_noise_level_tells_grain_from_a_blur(photo, rng):
+    """A soft but noisy image keeps its noise; a blurred one, stored in 8 bits, has only the rounding left."""
+    flat = np.full((64, 64), 0.5)
+    noisy = flat + rng.normal(0, 2 / 255, flat.shape)
+    assert metrics.noise_level(noisy) == pytest.approx(2.0, rel=0.15)
+    assert metrics.noise_level(flat) == pytest.approx(0.0, abs=1e-6)
+    soft = ndimage.gaussian_filter(photo, 2.0)
+    blurred = np.rint(soft * 255) / 255  # stored in 8 bits: the rounding (std 0.29 levels) is all that is left
+    grainy = np.rint((soft + rng.normal(0, 1 / 255, soft.shape)) * 255) / 255  # as soft, with 1 level of grain
+    assert metrics.noise_level(blurred) < 0.35 < 0.9 < metrics.noise_level(grainy)
+    damaged, dead = masks.apply_dead_pixels(blurred, 0.03, rng)
+    assert metrics.noise_level(damaged) > 0.5  # dead spikes read as noise (the MAD damps them)...
+    assert metrics.noise_level(damaged, dead) < 0.35  # ...unless filled first
+    assert np.isnan(metrics.noise_level(np.zeros((4, 64))))
+
+
 def test_black_content_is_not_dead_pixels(rng):
     img = np.full((64, 64, 3), 0.6, np.float32)
     img[10:40, 5:50] = 0.0  # a genuinely black object
