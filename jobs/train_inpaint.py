@@ -210,7 +210,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     hide = rf.random_training_mask(observed.shape, val_gen, device) & observed
                     dead = ~observed | hide
                     weight = hide.expand_as(images).float()
-                    pred = rf.refine(averaged, images, dead, bases=bases)
+                    pred = rf.refine(averaged, images, dead, bases=bases, calibrate=False)  # the net itself
                     fill = harmonic_fill(images, dead, iters=spec.fill_iters, order=spec.fill_order)
                     sse_model += float((((pred - images) ** 2) * weight).sum())
                     sse_fill += float((((fill - images) ** 2) * weight).sum())
