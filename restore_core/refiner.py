@@ -179,9 +179,9 @@ def nmf_reconstruction(filled: torch.Tensor, dead: torch.Tensor, bases: Bases, s
 
 def _predict(
     model: nn.Module, images: torch.Tensor, dead: torch.Tensor, bases: Bases | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's unclamped prediction for every pixel (gradients flow through the net only)
-    and the cheap fill it started from, both (B, C, H, W)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's unclamped prediction for every pixel (gradients flow through the net only),
+    the cheap fill it started from and the harmonic fill, all (B, C, H, W)."""
     spec = _spec_of(model)
     b, c, h, w = images.shape
     if spec.channels == 1 and c != 1:
@@ -198,7 +198,7 @@ def _predict(
                 raise ValueError("this refiner was trained with NMF bases as an input: give the bases")
             extra = nmf_reconstruction(filled, dead, bases)
     pred = model(filled, dead.to(images.dtype), extra, other)
-    return pred.reshape(b, c, h, w), filled.reshape(b, c, h, w)
+    return pred.reshape(b, c, h, w), filled.reshape(b, c, h, w), harmonic.reshape(b, c, h, w)
 
 
 def _probe_region(h: int, w: int, size: int) -> tuple[slice, slice]:
@@ -210,6 +210,30 @@ def _probe_region(h: int, w: int, size: int) -> tuple[slice, slice]:
     return slice(y, y + ch), slice(x, x + cw)
 
 
+def _blend_weights(directions: list[torch.Tensor], target: torch.Tensor, where: torch.Tensor) -> list[torch.Tensor]:
+    """Per image, the least-squares weights (each clipped to [0, 1]) of ``directions`` (each
+    (B, C, H, W)) that best reach ``target`` on the pixels ``where`` (B, C, H, W) float; a
+    direction that is zero there gets weight 0. One weight (B,) per direction."""
+    n = len(directions)
+    b = target.shape[0]
+    gram = torch.zeros(b, n, n, dtype=target.dtype, device=target.device)
+    rhs = torch.zeros(b, n, dtype=target.dtype, device=target.device)
+    for i, di in enumerate(directions):
+        rhs[:, i] = (di * target * where).sum(dim=(1, 2, 3))
+        for j in range(i, n):
+            g = (di * directions[j] * where).sum(dim=(1, 2, 3))
+            gram[:, i, j] = gram[:, j, i] = g
+    diag = torch.diagonal(gram, dim1=1, dim2=2)
+    scale = diag.amax(dim=1).clamp_min(1e-20)
+    used = diag > 1e-12 * scale[:, None]
+    # a small ridge keeps two near-parallel directions solvable; an unused direction gets 1 on
+    # its diagonal (its right-hand side is 0, so its weight is 0)
+    ridge = torch.diag_embed(1e-6 * scale[:, None].expand(b, n) + (~used).to(target.dtype))
+    weights = torch.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
+    weights = torch.where(used, weights, torch.zeros_like(weights))
+    return [weights[:, i].clamp(0.0, 1.0) for i in range(n)]
+
+
 @torch.no_grad()
 def calibration(
     model: nn.Module,
@@ -217,17 +241,18 @@ def calibration(
     dead: torch.Tensor,
     bases: Bases | None = None,
     probe_size: int = 128,
-) -> torch.Tensor:
-    """How much of the refiner's correction to trust, per image: (B,) in [0, 1].
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much of the refiner's correction, and of the harmonic fill, to trust, per image:
+    two (B,) weights in [0, 1], for ``fill + a * (refiner - fill) + h * (harmonic - fill)``.
 
     Measured on the image itself, without a clean copy: its own dead mask, shifted by half the
     image (so the probe has the damage's kind, rate and shapes), hides more of its observed
-    pixels; the refiner and its fill predict those known pixels, and the weight is the least-
-    squares blend ``fill + a * (refiner - fill)`` on them, clipped to [0, 1] (0 = the fill). A
+    pixels; the refiner and the two fills predict those known pixels, and the weights are the
+    least-squares blend on them, each clipped to [0, 1] (0, 0 = the biharmonic fill). A
     refiner trained on other images can be wrong about this one (measured: -0.5 to -1.3 dB on
-    sharp test photos where it gained on its own photos); the probe catches that, image by image.
-    Only the central ``probe_size`` window is probed (0 = all of it), so a large image costs
-    little more than one pass.
+    sharp test photos where it gained on its own photos); the probe catches that, image by
+    image. Only the central ``probe_size`` window is probed (0 = all of it), so a large image
+    costs little more than one pass.
     """
     h, w = images.shape[-2:]
     ys, xs = _probe_region(h, w, probe_size)
@@ -235,14 +260,10 @@ def calibration(
     d = dead.to(torch.bool)[..., ys, xs]
     ph, pw = d.shape[-2:]
     hide = torch.roll(d, shifts=(ph // 2, pw // 2), dims=(2, 3)) & ~d
-    pred, filled = _predict(model, x, d | hide, bases)
-    r = pred.clamp(0.0, 1.0) - filled
-    e = x - filled
-    m = hide.to(x.dtype).expand_as(x)
-    num = (r * e * m).sum(dim=(1, 2, 3))
-    den = (r * r * m).sum(dim=(1, 2, 3))
-    alpha = torch.where(den > 0, num / den.clamp_min(1e-20), torch.zeros_like(num))
-    return alpha.clamp(0.0, 1.0)
+    pred, filled, harmonic = _predict(model, x, d | hide, bases)
+    where = hide.to(x.dtype).expand_as(x)
+    a, hw = _blend_weights([pred.clamp(0.0, 1.0) - filled, harmonic - filled], x - filled, where)
+    return a, hw
 
 
 @torch.no_grad()
@@ -274,11 +295,11 @@ def refine(
     model.eval()
     try:
         dead = dead.to(torch.bool)
-        pred, filled = _predict(model, images, dead, bases)
+        pred, filled, harmonic = _predict(model, images, dead, bases)
         pred = pred.clamp_(0.0, 1.0)
         if calibrate:
-            alpha = calibration(model, images, dead, bases, probe_size).view(-1, 1, 1, 1)
-            pred = filled + alpha * (pred - filled)
+            a, hw = (t.view(-1, 1, 1, 1) for t in calibration(model, images, dead, bases, probe_size))
+            pred = (filled + a * (pred - filled) + hw * (harmonic - filled)).clamp_(0.0, 1.0)
     finally:
         model.train(was_training)
     return torch.where(dead, pred, images)
@@ -368,7 +389,7 @@ def training_loss(
     observed = observed.to(torch.bool)
     hide = random_training_mask(tuple(observed.shape), generator, images.device) & observed  # type: ignore[arg-type]
     dead = ~observed | hide
-    pred, _ = _predict(model, images, dead, bases)
+    pred = _predict(model, images, dead, bases)[0]
     weight = hide.to(images.dtype).expand_as(images)
     count = weight.sum(dim=(1, 2, 3))
     err = ((pred - images) ** 2 * weight).sum(dim=(1, 2, 3))
@@ -394,7 +415,7 @@ def self_supervised_gain(
     try:
         observed = observed.to(torch.bool)
         hide = random_training_mask(tuple(observed.shape), generator, images.device) & observed  # type: ignore[arg-type]
-        pred, filled = _predict(model, images, ~observed | hide, bases)
+        pred, filled, _ = _predict(model, images, ~observed | hide, bases)
     finally:
         model.train(was_training)
     weight = hide.to(images.dtype).expand_as(images)
