@@ -211,27 +211,45 @@ def _probe_region(h: int, w: int, size: int) -> tuple[slice, slice]:
 
 
 def _blend_weights(directions: list[torch.Tensor], target: torch.Tensor, where: torch.Tensor) -> list[torch.Tensor]:
-    """Per image, the least-squares weights (each clipped to [0, 1]) of ``directions`` (each
-    (B, C, H, W)) that best reach ``target`` on the pixels ``where`` (B, C, H, W) float; a
-    direction that is zero there gets weight 0. One weight (B,) per direction."""
+    """Per image, the weights in [0, 1] of ``directions`` (each (B, C, H, W)) whose sum best
+    reaches ``target`` on the pixels ``where`` (B, C, H, W) float, in the least-squares sense:
+    the exact box-constrained minimum (every face of the box is tried; a few directions only).
+    A direction that is zero there gets weight 0. One weight (B,) per direction."""
     n = len(directions)
     b = target.shape[0]
-    gram = torch.zeros(b, n, n, dtype=target.dtype, device=target.device)
-    rhs = torch.zeros(b, n, dtype=target.dtype, device=target.device)
+    gram = torch.zeros(b, n, n, dtype=torch.float64, device=target.device)
+    rhs = torch.zeros(b, n, dtype=torch.float64, device=target.device)
     for i, di in enumerate(directions):
-        rhs[:, i] = (di * target * where).sum(dim=(1, 2, 3))
+        rhs[:, i] = (di * target * where).sum(dim=(1, 2, 3)).double()
         for j in range(i, n):
-            g = (di * directions[j] * where).sum(dim=(1, 2, 3))
+            g = (di * directions[j] * where).sum(dim=(1, 2, 3)).double()
             gram[:, i, j] = gram[:, j, i] = g
     diag = torch.diagonal(gram, dim1=1, dim2=2)
-    scale = diag.amax(dim=1).clamp_min(1e-20)
+    scale = diag.amax(dim=1).clamp_min(1e-30)
     used = diag > 1e-12 * scale[:, None]
-    # a small ridge keeps two near-parallel directions solvable; an unused direction gets 1 on
-    # its diagonal (its right-hand side is 0, so its weight is 0)
-    ridge = torch.diag_embed(1e-6 * scale[:, None].expand(b, n) + (~used).to(target.dtype))
-    weights = torch.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
-    weights = torch.where(used, weights, torch.zeros_like(weights))
-    return [weights[:, i].clamp(0.0, 1.0) for i in range(n)]
+    # a small ridge keeps near-parallel directions solvable; an unused direction gets 1 on its
+    # diagonal (its right-hand side is 0, so its weight is 0)
+    gram = gram + torch.diag_embed(1e-9 * scale[:, None].expand(b, n) + (~used).double())
+    best = torch.zeros(b, n, dtype=torch.float64, device=target.device)
+    best_obj = torch.zeros(b, dtype=torch.float64, device=target.device)  # weights 0: objective 0
+    # each face of the box: some weights fixed at 0 or 1, the others free (solved, then kept
+    # only when inside the box); the minimum over faces is the constrained minimum
+    for code in range(3**n):
+        state = [(code // 3**k) % 3 for k in range(n)]  # 0: fixed 0, 1: fixed 1, 2: free
+        free = [k for k in range(n) if state[k] == 2]
+        w = torch.tensor([1.0 if st == 1 else 0.0 for st in state], dtype=torch.float64, device=target.device)
+        w = w.expand(b, n).clone()
+        if free:
+            fixed = [k for k in range(n) if state[k] != 2]
+            r = rhs[:, free] - (gram[:, free][:, :, fixed] @ w[:, fixed, None])[..., 0]
+            w[:, free] = torch.linalg.solve(gram[:, free][:, :, free], r[..., None])[..., 0]
+        ok = ((w >= 0) & (w <= 1)).all(dim=1)
+        obj = (w[:, None, :] @ gram @ w[:, :, None])[:, 0, 0] - 2 * (w * rhs).sum(dim=1)
+        better = ok & (obj < best_obj)
+        best = torch.where(better[:, None], w, best)
+        best_obj = torch.where(better, obj, best_obj)
+    best = torch.where(used, best, torch.zeros_like(best)).to(target.dtype)
+    return [best[:, i] for i in range(n)]
 
 
 @torch.no_grad()
@@ -240,7 +258,7 @@ def calibration(
     images: torch.Tensor,
     dead: torch.Tensor,
     bases: Bases | None = None,
-    probe_size: int = 128,
+    probe_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How much of the refiner's correction, and of the harmonic fill, to trust, per image:
     two (B,) weights in [0, 1], for ``fill + a * (refiner - fill) + h * (harmonic - fill)``.
@@ -273,7 +291,7 @@ def refine(
     dead: torch.Tensor,
     bases: Bases | None = None,
     calibrate: bool = True,
-    probe_size: int = 128,
+    probe_size: int = 64,
 ) -> torch.Tensor:
     """Fill dead pixels with the refiner.
 
