@@ -480,8 +480,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Refiner {dataclasses.asdict(spec)}, trained self-supervised on "
         f"{int(info['train images'])} damaged 64x64 train images (no clean copy) in "
         f"{info.get('train s', float('nan')):.0f} s wall / {info.get('train cpu s', float('nan')):.0f} s CPU "
-        f"({args.train_threads} threads, {int(info.get('train steps', 0))} steps); nmf bases gray 8x8 k=64 "
-        f"learned from clean train images. Total run {time.perf_counter() - t0:.0f} s.",
+        f"({args.train_threads} threads, {int(info.get('train steps', 0))} steps)"
+        + ("; nmf bases gray 8x8 k=64 learned from clean train images" if "nmf" in methods or "seed" in methods else "")
+        + f". Total run {time.perf_counter() - t0:.0f} s.",
         "",
         "PSNR (dB, all pixels) / SSIM against the clean image, mean over test images:",
         "",
