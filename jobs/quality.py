@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import quality_incremental
 from jobs.common import Summary, format_table
 from jobs.ray_utils import actor_pool_args, arrow_filesystem, init_ray, is_process_local, pool_size, read_dataset
 from restore_core import report
@@ -47,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-date", metavar="YYYY-MM-DD", help="the run's date (default: today, UTC)")
     parser.add_argument(
+        "--full",
+        action="store_true",
+        help="score every image again instead of reusing the last finished run's rows of unchanged files",
+    )
+    parser.add_argument(
         "--calibrate",
         metavar="RUN_FOLDER",
         help="a finished run of known-good images (<output>/run=<date>): print suggested thresholds, score nothing",
@@ -62,6 +68,8 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
         extra.append(f"run_date='{args.run_date}'")
     if args.calibrate:
         extra.append(f"calibrate={args.calibrate}")
+    if args.full:
+        extra.append("full=true")
     return extra
 
 
@@ -142,18 +150,21 @@ def run(cfg: QualityConfig) -> Summary:
 def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
     t0 = time.perf_counter()
     init_ray(cfg.ray)
-    ds = read_dataset(cfg.input)
     pool = actor_pool_args(cfg.ray)
     staging = report.staging_path(root, date)
-    out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
-    scored = ds.map_batches(
-        ScoreActor,
-        fn_constructor_kwargs={"cfg": cfg},
-        batch_size=cfg.ray.batch_size,
-        batch_format="numpy",
-        **pool,
-    )
-    scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
+    # Incremental: the last finished run's rows of unchanged files are copied into staging/data;
+    # only new and changed files are scored (all of them on a full rescan).
+    inc = quality_incremental.prepare(cfg, date, fs, root, staging)
+    if inc.to_score is None or inc.to_score:
+        out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
+        scored = read_dataset(cfg.input, inc.to_score).map_batches(
+            ScoreActor,
+            fn_constructor_kwargs={"cfg": cfg},
+            batch_size=cfg.ray.batch_size,
+            batch_format="numpy",
+            **pool,
+        )
+        scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
     t_score = time.perf_counter() - t0
 
     try:
@@ -170,7 +181,9 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
         summary["failures"] = fails
         summary["fail_on"] = list(cfg.fail_on)
         summary["seconds"] = {"score_and_write": t_score}
-        summary["images_per_second"] = table.num_rows / t_score if t_score > 0 else 0.0
+        inc.rows_scored = table.num_rows - inc.rows_reused
+        summary["incremental"] = inc.as_dict()
+        summary["images_per_second"] = inc.rows_scored / t_score if t_score > 0 else 0.0
         summary["config"] = to_dict(cfg)
         keep = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
         buf = pa.BufferOutputStream()
@@ -196,6 +209,7 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
         "images": summary["rows"],
         "unreadable": summary["errors"],
         "compared with": summary["drift"].get("previous_run") or "(no earlier run)",
+        "scanned": inc.sentence(),
         "actors": pool_size(pool),
         "images/s (score+write)": summary["images_per_second"],
         "seconds": summary["seconds"]["total"],

@@ -514,6 +514,7 @@ class QualityConfig:
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
     fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
     calibrate: str = ""  # a known-good run folder: print suggested thresholds from it instead of scoring
+    full: bool = False  # true = score every image; false = reuse the last finished run's rows of unchanged files
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
