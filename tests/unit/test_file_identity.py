@@ -21,7 +21,12 @@ def test_token_prefers_content_checksums_and_falls_back_to_times() -> None:
     assert fid.identity_token(gcs) == "md5:rL0Y20zC+Fzt72VPzMSk2A=="
     assert fid.identity_token({k: v for k, v in gcs.items() if k != "md5Hash"}) == "crc32c:AAAA"
     # s3fs: the ETag, quotes dropped
-    s3 = {"name": "b/a.png", "size": 3, "ETag": '"9a0364b9e99bb480dd25e1f0284c8555"', "LastModified": dt.datetime(2024, 1, 1)}
+    s3 = {
+        "name": "b/a.png",
+        "size": 3,
+        "ETag": '"9a0364b9e99bb480dd25e1f0284c8555"',
+        "LastModified": dt.datetime(2024, 1, 1),
+    }
     assert fid.identity_token(s3) == "etag:9a0364b9e99bb480dd25e1f0284c8555"
     # huggingface_hub: the LFS sha256, else the git blob id
     assert fid.identity_token({"lfs": {"sha256": "ab12"}, "blob_id": "cd"}) == "sha256:ab12"
