@@ -168,3 +168,54 @@ def test_unchanged_input_scores_nothing_and_other_settings_rescan(tmp_path, loca
     info = _result(out, "2024-05-03")[0]["incremental"]
     assert info["mode"] == "full" and "dark_level" in info["reason"], info
     assert "full rescan" in caplog.text and "dark_level" in caplog.text
+
+
+def test_s3_listing_gives_etags_and_a_rewrite_changes_them(moto_s3):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**moto_s3.storage_options)
+    fs.mkdir("ident-bucket")
+    fs.pipe({"ident-bucket/d/a.png": b"abc", "ident-bucket/d/b.png": b"abcd", "ident-bucket/d/_x.png": b"x"})
+    got = fid.list_identities("s3://ident-bucket/d", "images", moto_s3.storage_options)
+    assert [(f.path, f.size) for f in got] == [("ident-bucket/d/a.png", 3), ("ident-bucket/d/b.png", 4)]
+    assert all(f.token.startswith("etag:") for f in got), got
+    fs.pipe("ident-bucket/d/a.png", b"xyz")  # same size, other content
+    now = fid.list_identities("s3://ident-bucket/d", "images", moto_s3.storage_options)
+    changes = fid.compare(now, {f.path: (f.size, f.token) for f in got})
+    assert [f.path for f in changes.changed] == ["ident-bucket/d/a.png"]
+    assert [f.path for f in changes.unchanged] == ["ident-bucket/d/b.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_incremental_run_with_input_and_output_on_s3(tmp_path, local_ray, moto_s3):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**moto_s3.storage_options)
+    fs.mkdir("inc-in")
+    fs.mkdir("inc-out")
+    blobs = _images(12, seed=3)
+    fs.pipe({f"inc-in/d/im-{k:02d}.png": blobs[k] for k in range(10)})
+    opts = moto_s3.storage_options
+
+    def cfg(date: str) -> QualityConfig:
+        return from_dict(
+            QualityConfig,
+            {
+                "input": {"path": "s3://inc-in/d", "format": "images", "storage_options": opts},
+                "output": "s3://inc-out/q",
+                "output_storage_options": opts,
+                "run_date": date,
+                "ray": {"batch_size": 8, "num_cpus": 2},
+            },
+        )
+
+    quality.run(cfg("2024-06-01"))
+    fs.pipe({"inc-in/d/im-10.png": blobs[10], "inc-in/d/im-00.png": blobs[11]})
+    fs.rm("inc-in/d/im-01.png")
+    quality.run(cfg("2024-06-02"))
+    summary = json.loads(fs.cat("inc-out/q/run=2024-06-02/summary.json"))
+    info = summary["incremental"]
+    assert info["mode"] == "incremental", info
+    assert info["files"] == {"unchanged": 8, "changed": 1, "added": 1, "removed": 1}
+    assert info["rows_reused"] == 8 and info["rows_scored"] == 2 and summary["rows"] == 10
