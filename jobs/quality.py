@@ -155,7 +155,13 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
     # Incremental: the last finished run's rows of unchanged files are copied into staging/data;
     # only new and changed files are scored (all of them on a full rescan).
     inc = quality_incremental.prepare(cfg, date, fs, root, staging)
-    if inc.to_score is None or inc.to_score:
+    small = (
+        inc.to_score is not None
+        and quality_incremental.rows_in(cfg, inc.to_score) <= quality_incremental.IN_DRIVER_MAX_ROWS
+    )
+    if small and inc.to_score:  # a few hundred rows: no actor pool to start
+        quality_incremental.score_in_driver(cfg, inc.to_score, fs, posixpath.join(staging, "data"), ScoreActor)
+    elif not small:
         out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
         scored = read_dataset(cfg.input, inc.to_score).map_batches(
             ScoreActor,

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import quality
+from jobs import quality, quality_incremental
 from restore_core import synth
 from restore_core.config import QualityConfig, from_dict
 from restore_core.io import file_identity as fid
@@ -87,7 +87,7 @@ def _folder_and_first_runs(tmp_path: Path) -> tuple[Path, Path, list[bytes]]:
 
 
 @pytest.mark.timeout(900)
-def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ray):
+def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ray, monkeypatch):
     # ---- an image folder: 20 files, then 4 added (one a copy of an old one), 1 rewritten, 1 removed
     data, out, blobs = _folder_and_first_runs(tmp_path)
     out_full = tmp_path / "q_full"
@@ -102,7 +102,9 @@ def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ra
     (data / "new-copy.png").write_bytes(blobs[4])  # an exact duplicate of an unchanged old image
     _rewrite(data / "im-02.png", blobs[23])  # new content under an old name
     (data / "sub" / "im-03.png").unlink()
-    second = quality.run(_cfg(data, out, "images", "2024-05-02"))
+    with monkeypatch.context() as m:  # the new files through Ray Data's actor pool, not in the driver
+        m.setattr(quality_incremental, "IN_DRIVER_MAX_ROWS", 0)
+        second = quality.run(_cfg(data, out, "images", "2024-05-02"))
     inc = _result(out, "2024-05-02")
     info = inc[0]["incremental"]
     assert info["mode"] == "incremental" and info["base_run"] == "2024-05-01", info
@@ -133,7 +135,8 @@ def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ra
     time.sleep(0.01)
     write("part-1.parquet", ["p1-0", "p1-1", "p1-2", "p1-3", "p1-9"], [blobs[6], blobs[22], *blobs[8:10], blobs[23]])
     (pdata / "part-2.parquet").unlink()
-    quality.run(_cfg(pdata, pout, "parquet", "2024-05-02"))
+    quality.run(_cfg(pdata, pout, "parquet", "2024-05-02"))  # 10 rows: scored in the driver
+    assert [p.name for p in (pout / "run=2024-05-02" / "data").iterdir() if p.name.startswith("scored-")]
     inc = _result(pout, "2024-05-02")
     info = inc[0]["incremental"]
     assert info["mode"] == "incremental" and info["files"] == {"unchanged": 1, "changed": 1, "added": 1, "removed": 1}
