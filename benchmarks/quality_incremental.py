@@ -67,7 +67,7 @@ def run_job(data: Path, out: Path, date: str, num_cpus: int, *extra: str) -> tup
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
+    if proc.returncode not in (0, 1) or not (out / f"run={date}" / "summary.json").exists():
         raise SystemExit(f"quality run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return wall, json.loads((out / f"run={date}" / "summary.json").read_text())
 
