@@ -74,8 +74,8 @@ def run_job(data: Path, out: Path, date: str, num_cpus: int, *extra: str) -> tup
 
 def ray_start_stop(num_cpus: int) -> float:
     code = (
-        "import ray; ray.init(address='local', num_cpus=%d, include_dashboard=False, logging_level='ERROR',"
-        " log_to_driver=False); ray.shutdown()" % num_cpus
+        f"import ray; ray.init(address='local', num_cpus={num_cpus}, include_dashboard=False, "
+        "logging_level='ERROR', log_to_driver=False); ray.shutdown()"
     )
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
