@@ -206,9 +206,10 @@ def score(image: np.ndarray | Image.Image, cfg: QualityConfig | None = None) -> 
         ``dead_fraction``, ``saturated_fraction``, ``sharpness``, ``blur_width``, ``brightness``,
         ``luma_p05``, ``luma_p99``, ``dark_fraction``, ``bright_fraction``, ``contrast``,
         ``relative_contrast``, ``entropy``, ``content_entropy``, ``color_fraction`` (floats; ranges
-        in :mod:`restore_core.quality`), ``sha256`` and ``dhash`` (pixel hashes), and ``flags``:
-        the names of the per-image flags the image raises (e.g. ``["dead_pixels"]``); flags judged
-        against the whole run (duplicates, odd size and aspect ratio) need the quality job.
+        in :mod:`restore_core.quality`), ``sha256`` (pixel hash) and ``dhash`` (64-bit perceptual
+        hash, hex), and ``flags``: the names of the per-image flags the image raises (e.g.
+        ``["dead_pixels"]``); flags judged against the whole run (duplicates, odd size and aspect
+        ratio) need the quality job.
     """
     qcfg = cfg or QualityConfig()
     row: dict[str, Any] = dict(QualityScorer(qcfg).score_image(to_array(image)))

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+from scipy import fft, ndimage
 from skimage import feature
 from skimage.metrics import structural_similarity
 
@@ -191,19 +191,57 @@ def dhash(img: np.ndarray, size: int = 8) -> int:
     return value
 
 
-def hash_is_informative(value: int, min_bits: int = 8) -> bool:
-    """Whether a 64-bit :func:`dhash` carries enough structure to compare.
+#: The 64 lowest-frequency AC terms of a DCT, ordered by frequency (u + v, then u): :func:`phash`'s bits.
+_PHASH_TERMS = sorted((u + v, u, v) for u in range(11) for v in range(11) if u + v)[:64]
+_PHASH_U = np.array([t[1] for t in _PHASH_TERMS])
+_PHASH_V = np.array([t[2] for t in _PHASH_TERMS])
 
-    A flat image, a smooth gradient (a sky) or a small object on a plain background gives a hash of
-    (almost) all zeros or all ones, and every such image would look like a near duplicate of every
-    other. Informative hashes have at least ``min_bits`` ones and ``min_bits`` zeros.
+
+def phash(img: np.ndarray, size: int = 32, flat: float = 16.0 / 255.0) -> int:
+    """DCT perceptual hash: 64 bits as an int, 0 for an image with no structure.
+
+    The luminance is box-averaged to ``size`` x ``size`` (any aspect ratio), transformed by an
+    orthonormal 2-D DCT, and each of its 64 lowest-frequency AC terms gives one bit: whether it is
+    above their median (so about 32 bits are set; brightness, which is the DC term, does not count).
+    This is the classic pHash (Zauner, "Implementation and benchmarking of perceptual image hash
+    functions", 2010) less the DC term. Resizing, recompression, noise, brightness and a trim of a
+    few pixels move a few bits (<= 4 of 64 is a near duplicate); other photos, and other crops
+    of the same photo, differ in about half. Unlike a difference hash, which reads the sign of
+    every neighbour step and so gives flat regions the same bits, the median split depends on the
+    whole image's low-frequency pattern. An image whose AC terms all stay under ``flat`` (about
+    one 8-bit level of amplitude: a flat frame, noise only) has no pattern to hash and gets 0, and
+    a smooth gradient (a clear sky) sets only a few bits: :func:`hash_is_informative` rejects both.
+    """
+    gray = luminance(img)
+    if gray.size == 0:
+        return 0
+    small = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F").resize(
+        (size, size), Image.Resampling.BOX
+    )
+    coeffs = fft.dctn(np.asarray(small, dtype=np.float64), norm="ortho")
+    ac = coeffs[_PHASH_U, _PHASH_V]
+    if float(np.abs(ac).max()) < flat:
+        return 0
+    # a term counts as above the median only by a quarter of ``flat``: terms at rounding-noise
+    # level (all but a few in a smooth gradient) read 0, so such a hash has few ones
+    bits = ac > np.median(ac) + flat / 4
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def hash_is_informative(value: int, min_bits: int = 8) -> bool:
+    """Whether a 64-bit perceptual hash (:func:`phash`, :func:`dhash`) carries enough structure to compare.
+
+    With a difference hash a flat image, a smooth gradient (a sky) or a small object on a plain
+    background gives (almost) all zeros or all ones, and every such image would look like a near
+    duplicate of every other; :func:`phash` gives a structureless image 0. Informative hashes
+    have at least ``min_bits`` ones and ``min_bits`` zeros.
     """
     ones = int(value).bit_count()
     return min_bits <= ones <= 64 - min_bits
 
 
 def hamming(a: int, b: int) -> int:
-    """Number of differing bits between two hashes from :func:`dhash`. Range [0, 64]; 0 = same."""
+    """Number of differing bits between two 64-bit hashes (:func:`phash`, :func:`dhash`). Range [0, 64]; 0 = same."""
     return int(a ^ b).bit_count()
 
 
@@ -369,13 +407,15 @@ def luminance_quantiles(gray: np.ndarray, qs: tuple[float, ...] = (0.05, 0.99)) 
     return tuple(float(v) for v in np.quantile(g, qs))
 
 
-def relative_contrast(img: np.ndarray, min_headroom: float = 0.1) -> float:
+def relative_contrast(img: np.ndarray, min_headroom: float = 0.03) -> float:
     """RMS contrast over the headroom: std of the luminance / min(mean, 1 - mean).
 
     How much of the room it has the image's luminance uses: a dim photo (mean 0.04, std 0.03) or
     a washed-out one keeps its relative contrast, a blank or contrast-squeezed frame does not. The
-    headroom is at least ``min_headroom``, so noise on a near-white or near-black frame stays
-    small. Range [0, 0.5 / min_headroom]; about 0.3-1.5 for photos; low (< 0.06) = little to see.
+    headroom is at least ``min_headroom`` (about 8 levels of 255), so a photo under-exposed to a
+    few dozen levels keeps its contrast (it is dark, not blank) while rounding noise on an
+    all-black or all-white frame stays small. Range [0, 1 / sqrt(min_headroom)] (5.8); about
+    0.3-1.5 for photos; low (< 0.06) = little to see.
     """
     gray = luminance(img).astype(np.float64)
     if gray.size == 0:

@@ -43,7 +43,7 @@ NUMERIC_COLUMNS = (
     "dark_fraction",  # share near black, [0, 1]
     "bright_fraction",  # share near white, [0, 1]
     "contrast",  # RMS contrast, [0, 0.5]
-    "relative_contrast",  # RMS contrast / headroom to the nearer of black and white, [0, 5]; low = blank
+    "relative_contrast",  # RMS contrast / headroom to the nearer of black and white, [0, 5.8]; low = blank
     "entropy",  # bits, [0, 8]
     "content_entropy",  # bits, [0, 8]: entropy with a plain background left out; low = low information
     "color_fraction",  # share of pixels whose channels differ, [0, 1]: 0 = grayscale (stored as RGB too)
@@ -210,7 +210,8 @@ class QualityScorer:
             "content_entropy": metrics.content_entropy(work),
             "color_fraction": metrics.color_fraction(img),
             "sha256": metrics.pixel_hash(img),
-            "dhash": f"{metrics.dhash(img):016x}",
+            # 64-bit perceptual hash of the working copy (a DCT pHash; the column keeps its old name)
+            "dhash": f"{metrics.phash(work):016x}",
         }
         try:
             ref_bytes = _cell_bytes(ref_cell) if ref_cell is not None else None

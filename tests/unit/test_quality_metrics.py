@@ -101,18 +101,32 @@ def test_exact_duplicate_hash_ignores_encoding(photo):
 
 
 def test_near_duplicate_hash(rng):
+    """pHash: copies changed in ways that keep the picture stay within 4 of 64 bits; other photos,
+    and another crop of the same photo, do not."""
+    import io
+
+    from PIL import Image
     from skimage.transform import rescale
 
-    scene = synth.photo_crops(1, 96, names=("camera",), seed=0)[0]
-    h = metrics.dhash(scene)
-    assert 0 <= h < 2**64
+    photo = synth.load_photo("camera")
+    scene = np.ascontiguousarray(photo[100:292, 150:342])
+    h = metrics.phash(scene)
+    assert 0 <= h < 2**64 and metrics.hash_is_informative(h)
     noisy = np.clip(scene + rng.normal(0, 0.01, scene.shape), 0, 1).astype(np.float32)
     brighter = np.clip(scene * 0.9 + 0.05, 0, 1)
     smaller = rescale(scene, 0.5, anti_aliasing=True).astype(np.float32)
-    for near in (noisy, brighter, smaller):
-        assert metrics.hamming(h, metrics.dhash(near)) <= 4
+    trimmed = np.asarray(
+        Image.fromarray(scene[2:-2, 2:-2], mode="F").resize(scene.shape[::-1], Image.Resampling.BILINEAR), np.float32
+    )
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(scene * 255).astype(np.uint8)).save(buf, format="JPEG", quality=60)
+    jpeg = np.asarray(Image.open(buf), np.float32) / 255
+    for near in (noisy, brighter, smaller, trimmed, jpeg):
+        assert metrics.hamming(h, metrics.phash(near)) <= 4
+    shifted = np.ascontiguousarray(photo[100:292, 190:382])  # the same photo, 40 of 192 px further right
+    assert metrics.hamming(h, metrics.phash(shifted)) > 8
     others = synth.photo_crops(5, 96, names=("brick", "coins", "text", "grass"), seed=1)
-    assert min(metrics.hamming(h, metrics.dhash(o)) for o in others) > 12
+    assert min(metrics.hamming(h, metrics.phash(o)) for o in others) > 12
     assert metrics.hamming(0, 2**64 - 1) == 64
 
 
@@ -181,6 +195,16 @@ def test_dark_and_light_quantiles():
     assert metrics.luminance_quantiles(washed, (0.05,))[0] > 0.6
 
 
+def test_a_dim_photo_is_dark_not_blank(photo, rng):
+    """Under-exposed to a couple of dozen 8-bit levels, a photo keeps its contrast against its
+    own headroom (dark, not low_information); a flat mid-gray frame with noise does not."""
+    dim = np.rint(photo * 0.08 * 255) / 255  # stored in 8 bits
+    assert metrics.relative_contrast(dim) > 0.1
+    flat = np.clip(0.5 + rng.normal(0, 0.003, (64, 64)), 0, 1)
+    assert metrics.relative_contrast(flat) < 0.06
+    assert metrics.relative_contrast(np.zeros((8, 8))) == 0.0
+
+
 def test_content_entropy_leaves_a_plain_background_out(photo, rng):
     on_black = photo.copy()
     on_black[:, :40] = 0.0
@@ -190,8 +214,10 @@ def test_content_entropy_leaves_a_plain_background_out(photo, rng):
     assert metrics.content_entropy(photo * 0.1) > 3.0  # dim, not empty
 
 
-def test_plain_hashes_are_not_informative():
+def test_plain_hashes_are_not_informative(rng):
     sky = np.tile(np.linspace(0.3, 0.7, 64, dtype=np.float32)[:, None], (1, 64))
-    assert not metrics.hash_is_informative(metrics.dhash(sky))
-    assert not metrics.hash_is_informative(metrics.dhash(np.full((32, 32), 0.5, np.float32)))
+    for plain in (sky, np.full((32, 32), 0.5, np.float32), np.clip(0.4 + rng.normal(0, 0.004, (64, 64)), 0, 1)):
+        assert not metrics.hash_is_informative(metrics.dhash(plain))
+        assert not metrics.hash_is_informative(metrics.phash(plain))
     assert metrics.hash_is_informative(metrics.dhash(synth.photo_crops(1, 64, names=("camera",), seed=0)[0]))
+    assert metrics.hash_is_informative(metrics.phash(synth.photo_crops(1, 64, names=("camera",), seed=0)[0]))
