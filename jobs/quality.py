@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from jobs import logs, verdict
+from jobs import logs, quality_incremental, verdict
 from jobs.common import Summary, format_table
 from jobs.ray_utils import (
     actor_pool_args,
@@ -76,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-date", metavar="YYYY-MM-DD", help="the run's date (default: today, UTC)")
     parser.add_argument(
+        "--full",
+        action="store_true",
+        help="score every image again instead of reusing the last finished run's rows of unchanged files",
+    )
+    parser.add_argument(
         "--calibrate",
         metavar="RUN_FOLDER",
         help="a finished run of known-good images (<output>/run=<date>): print suggested thresholds, score nothing",
@@ -94,6 +99,8 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
         extra.append(f"run_date='{args.run_date}'")
     if args.calibrate:
         extra.append(f"calibrate={args.calibrate}")
+    if args.full:
+        extra.append("full=true")
     return extra
 
 
@@ -235,20 +242,27 @@ def _write_error_status(cfg: QualityConfig, fs: Any, root: str, date: str, start
 def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Summary:
     t0 = time.perf_counter()
     init_ray(cfg.ray)
-    ds = read_dataset(cfg.input)
     pool = actor_pool_args(cfg.ray)
     staging = report.staging_path(root, date)
-    out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
-    # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
-    with remote_progress(input_rows(cfg.input), "scoring") as counter:
-        scored = ds.map_batches(
-            ScoreActor,
-            fn_constructor_kwargs={"cfg": cfg, "progress": counter},
-            batch_size=cfg.ray.batch_size,
-            batch_format="numpy",
-            **pool,
-        )
-        scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
+    # Incremental: the last finished run's rows of unchanged files are copied into staging/data;
+    # only new and changed files are scored (all of them on a full rescan).
+    inc = quality_incremental.prepare(cfg, date, fs, root, staging)
+    n_rows = quality_incremental.rows_in(cfg, inc.to_score) if inc.to_score is not None else None
+    small = n_rows is not None and n_rows <= quality_incremental.IN_DRIVER_MAX_ROWS
+    if small and inc.to_score:  # a few hundred rows: no actor pool to start
+        quality_incremental.score_in_driver(cfg, inc.to_score, fs, posixpath.join(staging, "data"), ScoreActor)
+    elif not small:
+        out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
+        # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
+        with remote_progress(n_rows if n_rows is not None else input_rows(cfg.input), "scoring") as counter:
+            scored = read_dataset(cfg.input, inc.to_score).map_batches(
+                ScoreActor,
+                fn_constructor_kwargs={"cfg": cfg, "progress": counter},
+                batch_size=cfg.ray.batch_size,
+                batch_format="numpy",
+                **pool,
+            )
+            scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
     t_score = time.perf_counter() - t0
 
     try:
@@ -269,7 +283,9 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
         summary["warn_on"] = list(cfg.warn_on)
         summary["verdict"] = decision.verdict
         summary["seconds"] = {"score_and_write": t_score}
-        summary["images_per_second"] = table.num_rows / t_score if t_score > 0 else 0.0
+        inc.rows_scored = table.num_rows - inc.rows_reused
+        summary["incremental"] = inc.as_dict()
+        summary["images_per_second"] = inc.rows_scored / t_score if t_score > 0 else 0.0
         summary["config"] = to_dict(cfg)
         keep = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
         buf = pa.BufferOutputStream()
@@ -308,6 +324,7 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
         "images": summary["rows"],
         "unreadable": summary["errors"],
         "compared with": summary["drift"].get("previous_run") or "(no earlier run)",
+        "scanned": inc.sentence(),
         "actors": pool_size(pool),
         "images/s (score+write)": summary["images_per_second"],
         "seconds": summary["seconds"]["total"],

@@ -515,6 +515,7 @@ class QualityConfig:
     fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
     warn_on: list[str] = dataclasses.field(default_factory=list)  # flags that only warn (exit 3) past max_share
     calibrate: str = ""  # a known-good run folder: print suggested thresholds from it instead of scoring
+    full: bool = False  # true = score every image; false = reuse the last finished run's rows of unchanged files
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 

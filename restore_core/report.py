@@ -537,6 +537,10 @@ def render_html(
         f"<h1>Quality run {e(summary['run_date'])}</h1>",
         f"<p>{summary['rows']} images, {summary['ok']} read, {summary['errors']} unreadable.</p>",
     ]
+    if summary.get("incremental"):
+        from restore_core.io.file_identity import scan_sentence
+
+        parts.append(f"<p id='scan'>{e(scan_sentence(summary['incremental']))}</p>")
     fails = summary.get("failures") or []
     if fails:
         parts.append("<h2 class='fail'>Limits passed</h2><ul>")
