@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from restore_core import masks, metrics, nmf, sampling, synth
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases, BasesMeta
 
 
 def learn_patch_bases(p: int, k: int, n_patches: int, l1: float, max_iter: int, seed: int) -> Bases:

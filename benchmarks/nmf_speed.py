@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from restore_core import masks, nmf, sampling, synth
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.inpaint import NMFInpainter
-from restore_core.io.artifacts import Bases, BasesMeta
 
 warnings.simplefilter("ignore", nmf.ConvergenceWarning)
 

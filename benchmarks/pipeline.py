@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from restore_core import masks, nmf, sampling, synth
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import RestoreConfig, from_dict
-from restore_core.io.artifacts import Bases, BasesMeta, save_bases
+from restore_core.io.artifacts import save_bases
 
 
 def _png(arr: np.ndarray) -> bytes:

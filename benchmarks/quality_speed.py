@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from restore_core import codec, masks, nmf, sampling, synth
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import QualityConfig, RestoreConfig, from_dict
-from restore_core.io.artifacts import Bases, BasesMeta
 from restore_core.pipeline import Restorer
 from restore_core.quality import QualityScorer
 

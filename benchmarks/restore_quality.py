@@ -42,11 +42,11 @@ import numpy as np
 import torch
 
 from restore_core import baselines, demo_data, masks, metrics, nmf, sampling, synth
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.digits import digits
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter
-from restore_core.io.artifacts import Bases, BasesMeta
 from restore_core.refiner import RefinerSpec, build_refiner, refine, train_refiner
 
 RGB_TRAIN = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "hubble_deep_field")

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from restore_core import __version__, codec, masks, metrics, sr
+from restore_core.bases import Bases
 from restore_core.config import (
     FitConfig,
     InputConfig,
@@ -38,7 +39,8 @@ from restore_core.config import (
 )
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases, load_bases
+from restore_core.io import sr_models
+from restore_core.io.artifacts import load_bases
 from restore_core.pipeline import finish_image
 from restore_core.quality import QualityScorer, evaluate_flags
 
@@ -76,7 +78,7 @@ ssim = metrics.ssim
 
 def load_sr_model(url: str, device: str = "cpu", storage_options: dict[str, Any] | None = None) -> sr.SRModel:
     """The SR model of a train-sr artifact folder (any fsspec URL), loaded without pickle."""
-    return sr.load_model(url, device, storage_options)
+    return sr_models.load_model(url, device, storage_options)
 
 
 def to_array(image: np.ndarray | Image.Image) -> np.ndarray:

@@ -19,11 +19,12 @@ import numpy as np
 
 from jobs.common import Summary, format_table
 from restore_core import codec, masks, metrics, nmf, synth
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import BenchmarkConfig, FitConfig
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.io import datasets, locations
-from restore_core.io.artifacts import Bases, BasesMeta, load_bases
+from restore_core.io.artifacts import load_bases
 from restore_core.io.shards import probe_writable
 from restore_core.pipeline import cell_bytes
 

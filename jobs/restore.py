@@ -31,12 +31,13 @@ import pyarrow as pa
 from jobs import ray_utils
 from jobs.common import Summary
 from restore_core import checks
+from restore_core.bases import Bases
 from restore_core.config import RestoreConfig, check_ranges, to_dict
 from restore_core.device import resolve_device
 from restore_core.errors import UserError
-from restore_core.io import datasets, lease, locations
+from restore_core.io import datasets, lease, locations, sr_models
 from restore_core.io import shards as shard_io
-from restore_core.io.artifacts import Bases, load_bases
+from restore_core.io.artifacts import load_bases, load_sr_model
 from restore_core.io.refiners import RefinerArtifact, build_from_artifact, load_refiner
 from restore_core.pipeline import Restorer, resolve_method
 from restore_core.quality import read_flagged_ids
@@ -128,8 +129,6 @@ def load_sr_artifact(cfg: RestoreConfig) -> Any:
     """The validated SR artifact (weights as arrays + meta), or None when SR is off."""
     if not cfg.sr.enabled:
         return None
-    from restore_core.io.artifacts import load_sr_model  # the SR artifact format (safetensors)
-
     return load_sr_model(cfg.sr.model, cfg.sr.storage_options)
 
 
@@ -176,9 +175,7 @@ def sr_apply_from_artifact(artifact: Any, cfg: RestoreConfig) -> Callable[[np.nd
     """Build the SR callable in the actor from weights shipped once through the object store."""
     if artifact is None:
         return None
-    from restore_core import sr
-
-    return sr.apply_fn(sr.model_from_artifact(artifact, cfg.device), cfg.sr)
+    return sr_models.apply_from_artifact(artifact, cfg.sr, cfg.device)
 
 
 # ----------------------------------------------------------------------------- Ray stages

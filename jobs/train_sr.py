@@ -24,12 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from jobs import training
+from jobs import ray_utils, training
 from jobs.common import Summary, format_table
+from restore_core import codec, sr
 from restore_core.config import SRDegradeConfig, TrainSRConfig, from_dict, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets, locations
+from restore_core.io import datasets, locations, sr_models
+from restore_core.io.artifacts import load_sr_model, save_sr_model
 from restore_core.io.shards import probe_writable
+from restore_core.pipeline import cell_bytes
 
 CONFIG = TrainSRConfig
 log = logging.getLogger("jobs.train_sr")
@@ -62,9 +65,6 @@ class _MakePatches:
         self.val = val
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from restore_core import codec, sr
-        from restore_core.pipeline import cell_bytes
-
         c, t = self.cfg, self.cfg.train
         ids = [str(i) for i in batch[c.input.id_column]]
         images = []
@@ -103,8 +103,6 @@ def build_datasets(cfg: TrainSRConfig) -> tuple[Any, Any]:
         return train.materialize(), val.materialize()
     if not 0.0 < cfg.train.val_fraction < 1.0:
         raise UserError(f"train.val_fraction must be between 0 and 1 (exclusive), got {cfg.train.val_fraction}")
-    from jobs import ray_utils
-
     images = ray_utils.read_dataset(cfg.input)
     raw = to_dict(cfg)
     raw["input"]["storage_options"] = dict(cfg.input.storage_options)  # workers need the real ones
@@ -128,9 +126,6 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from restore_core import sr
-    from restore_core.io.artifacts import load_sr_model
-
     cfg = from_dict(TrainSRConfig, config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
@@ -144,7 +139,7 @@ def train_loop(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
 
     def load_weights(folder: str) -> None:
-        base.load_state_dict(sr.model_from_artifact(load_sr_model(folder)).net.state_dict())
+        base.load_state_dict(sr_models.load_model(folder).net.state_dict())
 
     start, history, _ = training.resume_train_state(config, "train-sr", state.optimizer, state.scaler, load_weights)
 
@@ -193,7 +188,7 @@ def train_loop(config: dict[str, Any]) -> None:
         )
 
         def write_model(folder: str, epoch: int = epoch, metrics: dict[str, Any] = metrics) -> None:
-            sr.save_model(
+            sr_models.save_model(
                 base,
                 cfg.degrade,
                 folder,
@@ -256,9 +251,6 @@ def _check(cfg: TrainSRConfig) -> None:
 def run(cfg: TrainSRConfig) -> Summary:
     _check(cfg)
     import ray.data
-
-    from jobs import ray_utils
-    from restore_core.io.artifacts import load_sr_model, save_sr_model
 
     t0 = time.perf_counter()
     place = training.checkpoint_place(

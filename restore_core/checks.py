@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from restore_core.bases import BasesMeta
 from restore_core.errors import ArtifactError, UserError
-from restore_core.io.artifacts import BasesMeta
 
 
 def _image_desc(shape: tuple[int, ...]) -> str:

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from restore_core import baselines, nmf
+from restore_core.bases import Bases
 from restore_core.config import FitConfig
 from restore_core.device import resolve_device
 from restore_core.errors import UserError
 from restore_core.fill import fill_image
-from restore_core.io.artifacts import Bases
 
 
 def _planes(img: np.ndarray, channels: int) -> list[np.ndarray]:

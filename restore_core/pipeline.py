@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from restore_core import codec, masks, metrics
+from restore_core.bases import Bases, validate_bases
 from restore_core.config import RestoreConfig
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases, validate_bases
 from restore_core.refiner import RefinerSpec, refine
 
 #: Metric columns written for every row (NaN where not applicable).

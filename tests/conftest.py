@@ -18,7 +18,7 @@ def bases():
     import warnings
 
     from restore_core import nmf, sampling, synth
-    from restore_core.io.artifacts import Bases, BasesMeta
+    from restore_core.bases import Bases, BasesMeta
 
     imgs = synth.shapes(10, 32, seed=0)
     rng = np.random.default_rng(0)

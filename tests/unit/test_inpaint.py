@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from restore_core import masks, metrics, nmf, synth
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases, BasesMeta
 
 
 def _damage(img, rate=0.4, seed=1):

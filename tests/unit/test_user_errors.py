@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from restore_core import codec, demo_data
-from restore_core.io.artifacts import Bases, BasesMeta, save_bases
+from restore_core.bases import Bases, BasesMeta
+from restore_core.io.artifacts import save_bases
 
 REPO = Path(__file__).resolve().parents[2]
 
