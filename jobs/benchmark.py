@@ -18,15 +18,16 @@ from typing import Any, Literal
 import numpy as np
 
 from jobs.common import Summary, format_table
+from jobs.learn_bases import build_rows, check_training_rows
 from restore_core import codec, masks, metrics, nmf, synth
 from restore_core.bases import Bases, BasesMeta
-from restore_core.config import BenchmarkConfig, FitConfig
+from restore_core.codec import cell_bytes
+from restore_core.config import BenchmarkConfig, FitConfig, LearnBasesConfig
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.io import datasets, locations
 from restore_core.io.artifacts import load_bases
 from restore_core.io.shards import probe_writable
-from restore_core.pipeline import cell_bytes
 
 CONFIG = BenchmarkConfig
 log = logging.getLogger("jobs.benchmark")
@@ -186,8 +187,6 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jobs.learn_bases import build_rows, check_training_rows
-
     meta = bases.meta if bases is not None else None
     rgb = bool(meta and meta.channels == 3)
     mode: Literal["global", "patch"] = "global" if (meta.mode if meta else cfg.nmf.mode) == "global" else "patch"
@@ -201,8 +200,6 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
         lcfg = dataclasses.replace(
             cfg.nmf, k=k, mode=mode, image_size=size, patch_size=p, channels="rgb" if rgb else "gray"
         )
-        from restore_core.config import LearnBasesConfig
-
         X = build_rows(train, LearnBasesConfig(nmf=lcfg))
         check_training_rows(X, k, "the k study's training crops")
         with warnings.catch_warnings():

@@ -27,12 +27,12 @@ import numpy as np
 from jobs import ray_utils, training
 from jobs.common import Summary, format_table
 from restore_core import codec, sr
+from restore_core.codec import cell_bytes
 from restore_core.config import SRDegradeConfig, TrainSRConfig, from_dict, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets, locations, sr_models
 from restore_core.io.artifacts import load_sr_model, save_sr_model
 from restore_core.io.shards import probe_writable
-from restore_core.pipeline import cell_bytes
 
 CONFIG = TrainSRConfig
 log = logging.getLogger("jobs.train_sr")

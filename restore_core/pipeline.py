@@ -31,11 +31,13 @@ import torch
 
 from restore_core import codec, masks, metrics
 from restore_core.bases import Bases, validate_bases
+from restore_core.codec import cell_bytes
 from restore_core.config import RestoreConfig
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter, restore_image
+from restore_core.quality import restore_only_flagged
 from restore_core.refiner import RefinerSpec, refine
 
 #: Metric columns written for every row (NaN where not applicable).
@@ -131,32 +133,6 @@ def batched_fill(
                     except Exception as exc:
                         results[i] = exc
     return [r if r is not None else RuntimeError("not restored") for r in results]
-
-
-def cell_bytes(value: Any) -> bytes | None:
-    """Image bytes from a cell: raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct.
-
-    A struct whose bytes are null was not filled by the reader
-    (:func:`restore_core.io.datasets.embed_path_cells`): its file is missing or outside the
-    dataset, which is this row's error.
-    """
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        path = value.get("path")
-        value = value.get("bytes")
-        if value is None:
-            if path:
-                raise ImageDecodeError(
-                    f"image cell has no bytes and its file {str(path)[:200]!r} could not be read "
-                    "(paths are read relative to input.path and must stay inside it)"
-                )
-            return None
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
-        return value.tobytes()
-    raise ImageDecodeError(f"image cell holds {type(value).__name__}, expected encoded bytes")
 
 
 class Restorer:
@@ -291,8 +267,6 @@ class Restorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.flagged_ids is None:
             return self.restore_rows(batch)
-        from restore_core.quality import restore_only_flagged  # imported here: quality imports this module
-
         icfg = self.cfg.input
         return restore_only_flagged(
             self.restore_rows, batch, self.flagged_ids, icfg.id_column, icfg.image_column, OUTPUT_COLUMNS
