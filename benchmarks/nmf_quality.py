@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refine", type=int, default=d.refine)
     ap.add_argument("--max-iter", type=int, default=d.max_iter)
     ap.add_argument("--tol", type=float, default=d.tol)
-    ap.add_argument("--methods", nargs="+", default=["nmf", "seed", "biharmonic", "median"])
+    ap.add_argument("--methods", nargs="+", default=["nmf", "reference", "biharmonic", "median"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared box)")
     args = ap.parse_args(argv)
@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     for m in args.methods:
         if m == "nmf":
             methods[m] = NMFInpainter(bases, fit, "cpu")
-        elif m == "seed":
+        elif m == "reference":
             # The write-up's method: unmasked plain gradient descent, full reconstruction.
-            methods[m] = NMFInpainter(bases, dataclasses.replace(fit, method="seed", masked=False), "cpu")
+            methods[m] = NMFInpainter(bases, dataclasses.replace(fit, method="reference", masked=False), "cpu")
         else:
             methods[m] = None
     images = synth.photo_crops(args.n_images, args.size, seed=args.seed + 1000)

@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     improved = [int(c) for c in args.improved.split(",")]
     models = {
-        "write-up CNN [16,32,64]": {"channels": list(sr.SEED_CHANNELS), "residual": False},
-        "write-up + residual": {"channels": list(sr.SEED_CHANNELS), "residual": True},
+        "write-up CNN [16,32,64]": {"channels": list(sr.WRITEUP_CHANNELS), "residual": False},
+        "write-up + residual": {"channels": list(sr.WRITEUP_CHANNELS), "residual": True},
         f"improved residual {improved}": {"channels": improved, "residual": True},
     }
     t0 = time.perf_counter()

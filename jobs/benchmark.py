@@ -57,8 +57,8 @@ def _clean_images(cfg: BenchmarkConfig, bases: Bases | None) -> list[np.ndarray]
 
 
 def _fit_cfg(cfg: BenchmarkConfig, method: str) -> FitConfig:
-    if method == "seed":
-        return dataclasses.replace(cfg.fit, method="seed", keep_observed=False, masked=False)
+    if method == "reference":
+        return dataclasses.replace(cfg.fit, method="reference", keep_observed=False, masked=False)
     return dataclasses.replace(cfg.fit, method="nmf")
 
 
@@ -69,7 +69,7 @@ def evaluate(images: list[np.ndarray], bases: Bases | None, cfg: BenchmarkConfig
     rows = []
     for method in cfg.methods:
         inpainter = None
-        if method in ("nmf", "seed"):
+        if method in ("nmf", "reference"):
             if bases is None:
                 raise UserError(f"method {method} needs bases: set 'bases' to a learn-bases artifact")
             inpainter = NMFInpainter(bases, _fit_cfg(cfg, method), cfg.device)
@@ -242,7 +242,7 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
     return results
 
 
-METHODS = ("seed", "nmf", "biharmonic", "median", "none")
+METHODS = ("reference", "nmf", "biharmonic", "median", "none")
 
 
 def check_config(cfg: BenchmarkConfig) -> None:
@@ -271,7 +271,7 @@ def run(cfg: BenchmarkConfig) -> Summary:
             "rows can give; lower it or raise nmf.n_samples"
         )
     check_config(cfg)
-    needs_bases = any(m in ("nmf", "seed") for m in cfg.methods)
+    needs_bases = any(m in ("nmf", "reference") for m in cfg.methods)
     bases = load_bases(cfg.bases) if (cfg.bases or needs_bases) else None
     images = _clean_images(cfg, bases)
     if not images:

@@ -275,7 +275,7 @@ def restore_cfg(
     return RestoreConfig(
         input=InputConfig(path=test),
         output=OutputConfig(path=out, overwrite=True),
-        bases=bases if method in ("nmf", "seed") else "",
+        bases=bases if method in ("nmf", "reference") else "",
         refiner=refiner if method == "learned" else "",
         fit=fit,
         sr=sr,
@@ -460,7 +460,7 @@ def plot_grid(test_table: Any, outputs: dict[str, Any], path: str, per_kind: int
 def run(cfg: DemoConfig) -> Summary:
     if not cfg.output:
         raise UserError("output is empty: set it (or --out) to the folder where the demo writes its files")
-    known = ("learned", "nmf", "seed", "fill", "biharmonic", "median", "none")
+    known = ("learned", "nmf", "reference", "fill", "biharmonic", "median", "none")
     unknown = [m for m in cfg.methods if m not in known]
     if unknown:
         raise UserError(f"methods: unknown method {unknown[0]!r} (choose from {', '.join(known)})")
@@ -496,7 +496,7 @@ def run(cfg: DemoConfig) -> Summary:
             # Only what this run reads: restores without SR may finish before train-sr does.
             fp = [
                 data_fp,
-                steps.fingerprint("learn-bases") if method in ("nmf", "seed") else "",
+                steps.fingerprint("learn-bases") if method in ("nmf", "reference") else "",
                 steps.fingerprint("train-sr") if model else "",
                 steps.fingerprint("train-inpaint") if method == "learned" else "",
                 settings,
@@ -521,7 +521,7 @@ def run(cfg: DemoConfig) -> Summary:
             for method in cfg.methods:
                 if method == "learned":
                     continue  # after train-inpaint, below
-                if method in ("nmf", "seed") and not have_bases:
+                if method in ("nmf", "reference") and not have_bases:
                     steps.report[f"restore {method}"] = "skipped: no bases"
                     continue
                 restore_step(method, method, "")

@@ -83,14 +83,14 @@ def check_config(cfg: RestoreConfig) -> None:
         raise UserError(f"ray.batch_size must be >= 1, got {cfg.ray.batch_size}")
     if cfg.output.format == "images" and cfg.input.format != "images":
         raise UserError("output.format images needs input.format images (a folder tree to mirror); use parquet")
-    if cfg.fit.method in ("nmf", "seed") and not cfg.bases:
+    if cfg.fit.method in ("nmf", "reference") and not cfg.bases:
         raise UserError(f"fit.method {cfg.fit.method} needs bases: set 'bases' to a learn-bases artifact folder")
     if cfg.fit.method == "learned" and not cfg.refiner:
         raise UserError("fit.method learned needs a refiner: set 'refiner' to a train-inpaint artifact folder")
     if cfg.sr.enabled and not cfg.sr.model:
         raise UserError("sr.enabled is true but sr.model is empty: set it to a train-sr artifact folder")
     # Never write into what the job reads, however either is spelled (and no credentials in URLs).
-    reads = [("input.path", cfg.input.path), ("bases", cfg.bases if cfg.fit.method in ("nmf", "seed") else "")]
+    reads = [("input.path", cfg.input.path), ("bases", cfg.bases if cfg.fit.method in ("nmf", "reference") else "")]
     reads += [("sr.model", cfg.sr.model if cfg.sr.enabled else ""), ("only_flagged", cfg.only_flagged)]
     locations.check_apart(reads, [("output.path", cfg.output.path)])
 
@@ -310,7 +310,7 @@ def run(cfg: RestoreConfig) -> Summary:
     if refiner is not None:  # the learned method: bases only when the refiner takes them
         needs_bases = bool(refiner.bases_fingerprint)
     else:
-        needs_bases = cfg.fit.method in ("nmf", "seed") or (cfg.fit.method == "auto" and bool(cfg.bases))
+        needs_bases = cfg.fit.method in ("nmf", "reference") or (cfg.fit.method == "auto" and bool(cfg.bases))
     # (bases "" with a refiner that takes bases: check_refiner_bases says so in its words)
     bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases and cfg.bases else None
     check_refiner_bases(cfg, refiner, bases)

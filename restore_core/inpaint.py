@@ -56,7 +56,7 @@ class NMFInpainter:
     ----------
     bases : Bases
     fit : FitConfig
-        ``method`` nmf (masked FISTA) or seed (the write-up's gradient descent); ``stride``,
+        ``method`` nmf (masked FISTA) or reference (the write-up's gradient descent); ``stride``,
         ``l1``, ``max_iter``, ``tol``, ``keep_observed``, ``masked``, ``chunk_size``.
     device : str
     """
@@ -69,7 +69,7 @@ class NMFInpainter:
         self.lipschitz = nmf.spectral_norm_sq(self.H)
         self.last_weights: np.ndarray | None = None
         # The write-up's method reconstructs every pixel; ours keeps the observed ones.
-        self.keep_observed = fit.keep_observed and fit.method != "seed"
+        self.keep_observed = fit.keep_observed and fit.method != "reference"
         # Weight of the smooth-fill prior against the patches' summed confidence (see
         # _restore_patches): negligible under random dead pixels, dominant inside big holes.
         self.prior_weight = 0.1
@@ -82,8 +82,10 @@ class NMFInpainter:
         step = max(1, self.fit.chunk_size)
         for s in range(0, X.shape[0], step):
             x, m = X[s : s + step], M[s : s + step]
-            if self.fit.method == "seed":
-                W = nmf.fit_weights_seed(x, self.H, lr=self.fit.seed_lr, n_iter=self.fit.seed_iter, device=self.device)
+            if self.fit.method == "reference":
+                W = nmf.fit_weights_reference(
+                    x, self.H, lr=self.fit.reference_lr, n_iter=self.fit.reference_iter, device=self.device
+                )
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", nmf.ConvergenceWarning)
@@ -245,7 +247,7 @@ class NMFInpainter:
         # Dead pixels are pulled weakly (weight ``fit.prior``) towards a prior fill, so patches
         # that see only part of a hole do not extrapolate wildly. With ``refine`` > 0 the fit is
         # repeated with the previous result as the prior's target (a fixed-point iteration).
-        if self.fit.method == "seed":
+        if self.fit.method == "reference":
             # The write-up literally: fit the damaged patches as they are (dead pixels = 0), no
             # prior, no fallback fill, every pixel reconstructed.
             return self._patch_pass(planes, dead, planes, fallback=False)
@@ -330,9 +332,9 @@ class NMFInpainter:
 
 
 def restore_image(img: np.ndarray, dead: np.ndarray, method: str, inpainter: NMFInpainter | None = None) -> np.ndarray:
-    """One image by any method name: ``nmf``/``seed`` (need ``inpainter``), ``fill`` (the
+    """One image by any method name: ``nmf``/``reference`` (need ``inpainter``), ``fill`` (the
     torch biharmonic fill, one image), ``biharmonic``, ``median``, ``none``."""
-    if method in ("nmf", "seed"):
+    if method in ("nmf", "reference"):
         if inpainter is None:
             raise ValueError(f"method {method!r} needs bases")
         return inpainter.restore_batch([img], [dead])[0]

@@ -141,8 +141,8 @@ class Restorer:
     Parameters
     ----------
     bases : Bases or None
-        Needed for methods ``nmf`` and ``seed`` (and ``learned`` when the refiner uses bases).
-    sr_model : callable or None
+        Needed for methods ``nmf`` and ``reference`` (and ``learned`` when the refiner uses bases).
+    sr_apply : callable or None
         Applied to each restored image when ``cfg.sr.enabled`` (float32 (H, W[, C]) in [0, 1]
         in, same layout out, possibly larger when ``sr.scale > 1``).
     cfg : RestoreConfig
@@ -155,7 +155,7 @@ class Restorer:
     def __init__(
         self,
         bases: Bases | None,
-        sr_model: SRApply | None,
+        sr_apply: SRApply | None,
         cfg: RestoreConfig,
         flagged_ids: Collection[str] | None = None,
         refiner: torch.nn.Module | None = None,
@@ -175,8 +175,8 @@ class Restorer:
                 raise UserError("this refiner takes the NMF bases as an input: set 'bases' to its learn-bases artifact")
             self.refiner = refiner.to(self.device).eval()
         # the write-up's method (and keep_observed false) reconstruct every pixel on purpose
-        self.keeps_observed = cfg.fit.keep_observed and self.method != "seed"
-        if self.method in ("nmf", "seed"):
+        self.keeps_observed = cfg.fit.keep_observed and self.method != "reference"
+        if self.method in ("nmf", "reference"):
             if bases is None:
                 raise UserError(f"fit.method {self.method} needs bases: set 'bases' to a learn-bases artifact")
             # Bases may arrive through ray.put rather than load_bases: refuse NaN, negative or
@@ -185,9 +185,9 @@ class Restorer:
             self.inpainter: NMFInpainter | None = NMFInpainter(bases, cfg.fit, cfg.device)
         else:
             self.inpainter = None
-        if cfg.sr.enabled and sr_model is None:
+        if cfg.sr.enabled and sr_apply is None:
             raise UserError("sr.enabled is true but no SR model was loaded: set sr.model")
-        self.sr_model = sr_model if cfg.sr.enabled else None
+        self.sr_apply = sr_apply if cfg.sr.enabled else None
         # restore.only_flagged: when given, only these ids are restored; the rest pass through
         self.flagged_ids = frozenset(flagged_ids) if flagged_ids is not None else None
 
@@ -333,7 +333,7 @@ class Restorer:
                     dead,
                     self.method,
                     info.bit_depth,
-                    self.sr_model,
+                    self.sr_apply,
                     mask_given=source == MASK_FROM_COLUMN and self.keeps_observed,
                 )
                 self._metrics(out, i, img, restored, dead, source, ref_col[i] if ref_col is not None else None)
@@ -408,7 +408,7 @@ def finish_image(
     dead: np.ndarray,
     method: str,
     bit_depth: int,
-    sr_model: SRApply | None = None,
+    sr_apply: SRApply | None = None,
     mask_given: bool = False,
 ) -> np.ndarray:
     """From the filled colour channels to the image to write: the input's alpha back as it was,
@@ -421,11 +421,11 @@ def finish_image(
     content, not a dead pixel), so nothing is lifted.
     """
     restored = masks.join_alpha(filled, masks.split_alpha(img)[1])
-    if sr_model is not None:
-        restored = sr_model(restored)
+    if sr_apply is not None:
+        restored = sr_apply(restored)
     colour, alpha = masks.split_alpha(restored)
     kept = masks.colour_channels(img)
-    if mask_given and sr_model is None and colour.shape == kept.shape:
+    if mask_given and sr_apply is None and colour.shape == kept.shape:
         colour = np.where(np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept)
     else:
         colour = no_new_dead(colour, kept, dead if method != "none" else None, bit_depth)

@@ -29,7 +29,7 @@ from restore_core.config import SRConfig, SRDegradeConfig
 from restore_core.errors import ArtifactError, UserError
 
 #: The write-up's hidden widths.
-SEED_CHANNELS = (16, 32, 64)
+WRITEUP_CHANNELS = (16, 32, 64)
 
 #: BT.601 full-range RGB -> YCbCr (JPEG's), used for the luminance-only colour mode.
 _RGB_TO_Y = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -53,7 +53,7 @@ class SRNet(nn.Module):
     Input and output: (B, 1, H, W) float32, any H and W (fully convolutional, padding 1).
     """
 
-    def __init__(self, channels: Sequence[int] = SEED_CHANNELS, residual: bool = False) -> None:
+    def __init__(self, channels: Sequence[int] = WRITEUP_CHANNELS, residual: bool = False) -> None:
         super().__init__()
         if not channels or any(int(c) < 1 for c in channels):
             raise ValueError(f"channels must be positive widths, got {list(channels)}")
@@ -88,9 +88,9 @@ class SRNet(nn.Module):
         return torch.sigmoid(out)
 
 
-def seed_net() -> SRNet:
+def writeup_net() -> SRNet:
     """The write-up's model."""
-    return SRNet(SEED_CHANNELS, residual=False)
+    return SRNet(WRITEUP_CHANNELS, residual=False)
 
 
 def param_count(net: nn.Module) -> int:

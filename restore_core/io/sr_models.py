@@ -74,7 +74,7 @@ def load_model(
 def load_sr_apply(
     url: str, sr_cfg: SRConfig, device: torch.device | str = "auto"
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """The callable ``restore_core.pipeline.Restorer`` takes as ``sr_model``.
+    """The callable ``restore_core.pipeline.Restorer`` takes as ``sr_apply``.
 
     It maps a float32 (H, W) or (H, W, C) image in [0, 1] to the SR output: same size when
     ``sr_cfg.scale`` is 1, else enlarged by that factor (resize with the training filter, then

@@ -28,7 +28,7 @@ def _trained_ish(net: sr.SRNet, seed: int = 0) -> sr.SRNet:
 
 
 def test_writeup_model_exact_parameter_count():
-    net = sr.seed_net()
+    net = sr.writeup_net()
     # conv 1->16 (144) + BN 16 (32) + conv 16->32 (4608) + BN 32 (64) + conv 32->64 (18432) + BN 64 (128)
     # + conv 64->1 with bias (577): the write-up's Chainer model.
     assert sr.param_count(net) == 144 + 32 + 4608 + 64 + 18432 + 128 + 577 == 23985
