@@ -1,6 +1,6 @@
 """Restoration quality of NMF patch inpainting against the write-up's method and baselines.
 
-Clean images are crops of scikit-image's bundled photos (``restore_core.synth.photo_crops``;
+Clean images are crops of scikit-image's bundled photos (``imrestore_data.synth.photo_crops``;
 ``lfw_subset`` is never used). Patch bases are learned here from crops of other seeds, the
 test crops are damaged with random dead pixels at each rate (seeded), and every method
 restores them. Prints one table: PSNR over all pixels, over dead pixels only, SSIM, images/s.
@@ -22,7 +22,8 @@ import warnings
 import numpy as np
 import torch
 
-from restore_core import masks, metrics, nmf, sampling, synth
+from imrestore_data import synth
+from restore_core import masks, metrics, nmf, sampling
 from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.inpaint import NMFInpainter, restore_image

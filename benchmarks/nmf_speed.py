@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from restore_core import masks, nmf, sampling, synth
+from imrestore_data import synth
+from restore_core import masks, nmf, sampling
 from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.inpaint import NMFInpainter

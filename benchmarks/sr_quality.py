@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from restore_core import metrics, sr, synth
+from imrestore_data import synth
+from imrestore_data.digits import digits
+from restore_core import metrics, sr
 from restore_core.config import SRDegradeConfig
-from restore_core.digits import digits
 
 #: The write-up's degrade: 28 -> 10 -> 28, bilinear with align_corners (Chainer's resize_images).
 WRITEUP_DEGRADE = SRDegradeConfig(scale=2.8, filter="bilinear", align_corners=True, antialias=False)

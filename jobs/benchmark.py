@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from imrestore_data import synth
 from jobs.common import Summary, format_table
 from jobs.learn_bases import build_rows, check_training_rows
-from restore_core import codec, masks, metrics, nmf, synth
+from restore_core import codec, masks, metrics, nmf
 from restore_core.bases import Bases, BasesMeta
 from restore_core.codec import cell_bytes
 from restore_core.config import BenchmarkConfig, FitConfig, LearnBasesConfig
@@ -164,9 +165,8 @@ def weight_histogram(images: list[np.ndarray], bases: Bases, cfg: BenchmarkConfi
     pairs = [masks.apply_dead_pixels(img, cfg.rates[0], rng) for img in images]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", nmf.ConvergenceWarning)
-        inpainter.restore_batch([d for d, _ in pairs], [m for _, m in pairs])
-    W = inpainter.last_weights if inpainter.last_weights is not None else np.zeros(1)
-    W = W.ravel()
+        _, W = inpainter.restore_with_weights([d for d, _ in pairs], [m for _, m in pairs])
+    W = W.ravel() if W.size else np.zeros(1)
     near_zero = float((np.abs(W) < 1e-3 * max(float(W.max()), 1e-12)).mean())
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(W, bins=100, log=True)

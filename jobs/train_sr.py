@@ -2,7 +2,7 @@
 
 Data: clean images from ``input.path`` (Parquet with id/image columns, or a folder of images, any
 fsspec URL), cut into luminance patches; or, when ``input.path`` is empty, generated digit-like
-images (``restore_core.digits``), which with ``configs/sr_seed.yaml`` reproduces the write-up
+images (``imrestore_data.digits``), which with ``configs/sr_seed.yaml`` reproduces the write-up
 (28x28 gray via 10x10, MSE, Adam, batch 64, 10 epochs). Every epoch each worker trains on its
 shard, the validation PSNR (model, degraded input, bicubic) is summed across workers, rank 0
 logs one line and reports a checkpoint (safetensors + meta.json + optimiser state) to
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from imrestore_data.digits import digits
 from jobs import ray_utils, training
 from jobs.common import Summary, format_table
 from restore_core import codec, sr
@@ -48,8 +49,6 @@ class _MakeDigits:
         self.size, self.seed = size, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from restore_core.digits import digits
-
         ids = batch["id"]
         out = np.empty((len(ids), self.size, self.size), np.float32)
         for j, i in enumerate(ids):  # one image at a time: image i depends only on (seed, i)

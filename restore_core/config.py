@@ -164,6 +164,7 @@ class FitConfig:
     prior_fill: Literal["smooth", "biharmonic"] = "biharmonic"  # the fill the prior pulls towards (docs/nmf.md)
     min_observed_fraction: float = ranged(0.0, 0.0, 1.0)  # rows observing a smaller share, or none, are errors
     refine: int = ranged(0, 0)  # patch mode: refits with the previous result as the prior's target
+    hole_prior: float = ranged(0.1, 0.0, low_open=True)  # patch mode: smooth fill's weight where patches saw little
     reference_lr: float = ranged(0.0, 0.0)  # method reference: learning rate; 0 = 1/L (the largest stable step)
     reference_iter: int = ranged(500, 1)  # method reference: gradient steps
     chunk_size: int = ranged(65_536, 1)  # patches fitted per solver call (memory bound)

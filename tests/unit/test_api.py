@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 import imrestore
-from restore_core import masks, metrics, sr, synth
+from imrestore_data import synth
+from restore_core import masks, metrics, sr
 from restore_core.config import SRDegradeConfig
 from restore_core.errors import UserError
 from restore_core.io import sr_models

@@ -4,7 +4,8 @@ import warnings
 import numpy as np
 import pytest
 
-from restore_core import masks, metrics, nmf, synth
+from imrestore_data import synth
+from restore_core import masks, metrics, nmf
 from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.errors import UserError

@@ -101,7 +101,7 @@ def test_train_step_reduces_loss():
     torch.manual_seed(0)
     net = sr.SRNet((8, 8), residual=False)
     state = sr.make_train_state(net, WRITEUP, torch.device("cpu"), lr=1e-2)
-    from restore_core.digits import digits
+    from imrestore_data.digits import digits
 
     x = torch.from_numpy(digits(16, seed=1)[0])[:, None]
     first = sr.evaluate_batch(net, x, WRITEUP, torch.device("cpu"))
