@@ -27,9 +27,10 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 import torch
 
-from restore_core import codec, masks, nmf, sampling, synth
+from imrestore_data import synth
+from restore_core import codec, masks, nmf, sampling
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import QualityConfig, RestoreConfig, from_dict
-from restore_core.io.artifacts import Bases, BasesMeta
 from restore_core.pipeline import Restorer
 from restore_core.quality import QualityScorer
 

@@ -8,7 +8,7 @@ Sets (every image float32 in [0, 1]; train and test never share a source photo, 
 - ``texture``: gray 64x64 crops of brick, grass and gravel; train from the top half of each
   photo, test from the bottom half.
 - ``faces``: the project's procedural RGB faces (``demo_data.face``), 64x64, other seeds.
-- ``digits``: the project's rendered digits (``restore_core.digits``), 32x32, disjoint indices.
+- ``digits``: the project's rendered digits (``imrestore_data.digits``), 32x32, disjoint indices.
 - ``shapes``: procedural RGB shapes (``synth.shapes``), 64x64, other seeds.
 
 (``lfw_subset`` and scikit-learn's sample images and digits are never used.)
@@ -44,12 +44,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from restore_core import baselines, demo_data, masks, metrics, nmf, sampling, synth
+from imrestore_data import demo_data, synth
+from imrestore_data.digits import digits
+from restore_core import baselines, masks, metrics, nmf, sampling
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
-from restore_core.digits import digits
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter
-from restore_core.io.artifacts import Bases, BasesMeta
 from restore_core.refiner import RefinerSpec, build_refiner, refine, train_refiner
 
 RGB_TRAIN = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "hubble_deep_field")

@@ -42,11 +42,11 @@ from jobs.ray_utils import (
     report_progress,
 )
 from restore_core import codec, report
+from restore_core.codec import cell_bytes
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets, lease, locations, lookup
 from restore_core.io.shards import probe_writable
-from restore_core.pipeline import cell_bytes
 from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_png
 
 CONFIG = QualityConfig

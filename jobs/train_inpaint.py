@@ -29,12 +29,12 @@ import numpy as np
 from jobs import training
 from jobs.common import Summary, format_table
 from restore_core import codec, masks
+from restore_core.codec import cell_bytes
 from restore_core.config import TrainInpaintConfig, check_ranges, from_dict, to_dict
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io import datasets
 from restore_core.io.artifacts import load_bases
 from restore_core.io.refiners import build_from_artifact, load_refiner, refiner_artifact, save_refiner
-from restore_core.pipeline import cell_bytes
 from restore_core.refiner import RefinerSpec, build_refiner
 
 CONFIG = TrainInpaintConfig

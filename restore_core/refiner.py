@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from restore_core import nmf
+from restore_core.bases import Bases
 from restore_core.fill import both_fills
-from restore_core.io.artifacts import Bases
 
 
 @dataclasses.dataclass(frozen=True)

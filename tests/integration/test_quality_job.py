@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import ndimage
 
-from restore_core import masks, synth
+from imrestore_data import synth
+from restore_core import masks
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.integration

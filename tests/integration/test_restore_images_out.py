@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from imrestore_data import synth
 from jobs import restore
-from restore_core import codec, masks, synth
+from restore_core import codec, masks
 from restore_core.config import RestoreConfig, from_dict
 from restore_core.errors import UserError
 from restore_core.io.shards import image_relpath
