@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from restore_core import codec, synth
+from imrestore_data import synth
+from restore_core import codec
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "brick", "grass", "gravel", "coins", "text", "moon")

@@ -274,7 +274,7 @@ def evaluate(
             ]
             for method, fn in methods.items():
                 n = min(len(images), limits.get(method, len(images)))
-                if n == 0 or (method == "seed" and (kind, rate) != ("scattered", 0.5)):
+                if n == 0 or (method == "reference" and (kind, rate) != ("scattered", 0.5)):
                     continue
                 if n < len(images):  # a subset: biharmonic on the same images, for the comparison
                     sub = [baselines.biharmonic(im, d) for im, d in zip(damaged[:n], dead[:n], strict=True)]
@@ -404,9 +404,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--levels", type=int, default=RefinerSpec.levels)
     ap.add_argument("--nmf-images", type=int, default=6, help="test images per cell for nmf (slow)")
     ap.add_argument(
-        "--seed-images", type=int, default=1, help="test images for the write-up's method (scattered 50 %% only)"
+        "--reference-images", type=int, default=1, help="test images for the write-up's method (scattered 50 %% only)"
     )
-    ap.add_argument("--seed-sets", nargs="+", default=["photo_gray"], help="sets the write-up's method runs on")
+    ap.add_argument("--reference-sets", nargs="+", default=["photo_gray"], help="sets the write-up's method runs on")
     ap.add_argument("--n-256", type=int, default=4, help="images for the 256x256 throughput row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--doc", default="docs/restore.md", help="where the table goes ('' = print only)")
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.sets = ["photo_gray", "texture", "faces"] if args.sets == list(SETS) else args.sets
         args.n_test, args.n_train, args.steps, args.train_budget = 4, 50, 100, 120.0
-        args.nmf_images, args.seed_images, args.n_256, args.rates = 2, 0, 1, [0.3, 0.7]
+        args.nmf_images, args.reference_images, args.n_256, args.rates = 2, 0, 1, [0.3, 0.7]
         args.doc = ""
     torch.set_num_threads(1)
     cv_threads = None
@@ -448,32 +448,32 @@ def main(argv: list[str] | None = None) -> None:
         "fill": torch_batched(lambda x, d: harmonic_fill(x, d, order=2)),
         "biharmonic": per_image(baselines.biharmonic),
     }
-    if args.nmf_images or args.seed_images:  # the bases take minutes to learn: only when used
+    if args.nmf_images or args.reference_images:  # the bases take minutes to learn: only when used
         bases = learn_bases(args.sets, 40, args.seed, 20 if args.quick else 60, 5000 if args.quick else 30_000)
         if args.nmf_images:
             methods["nmf"] = NMFInpainter(bases, FitConfig(method="nmf"), "cpu").restore_batch
-        if args.seed_images:
-            methods["seed"] = NMFInpainter(bases, FitConfig(method="seed", masked=False), "cpu").restore_batch
+        if args.reference_images:
+            methods["reference"] = NMFInpainter(bases, FitConfig(method="reference", masked=False), "cpu").restore_batch
     if cv_threads:
         methods["telea"] = telea
-    limits = {"nmf": args.nmf_images, "seed": args.seed_images}
+    limits = {"nmf": args.nmf_images, "reference": args.reference_images}
     rows: list[Row] = []
     for s in args.sets:
         images = image_set(s, "test", args.n_test, args.seed)
         print(f"# {s}: {len(images)} test images {images.shape[1:]}", flush=True)
-        lim = dict(limits, seed=limits["seed"] if s in args.seed_sets else 0)
+        lim = dict(limits, reference=limits["reference"] if s in args.reference_sets else 0)
         rows += evaluate(s, images, KINDS, args.rates, methods, args.seed, lim)
     speed = throughput_256(
         {k: v for k, v in methods.items() if k in ("default", "fill", "biharmonic", "telea")}, args.n_256, args.seed
     )
     flops = refiner_flops(model, 256, 256)
-    order = [m for m in ("default", "biharmonic", "telea", "fill", "raw", "nmf", "seed") if m in methods]
+    order = [m for m in ("default", "biharmonic", "telea", "fill", "raw", "nmf", "reference") if m in methods]
     order += sorted({r.method for r in rows} - set(order))
     lines = [
         f"Machine: {machine()}.",
         f"Sizes: {args.n_test} test images a set (64x64; digits 32x32), masks {', '.join(KINDS)} at "
         f"{', '.join(f'{int(r * 100)}%' for r in args.rates)}; nmf on the first {args.nmf_images} of them, the "
-        f"write-up's method (seed) on {args.seed_images} of {', '.join(args.seed_sets)} at scattered 50 % only "
+        f"write-up's method on {args.reference_images} of {', '.join(args.reference_sets)} at scattered 50 % only "
         "(it runs at ~0.01 images/s).",
         "Default = learned refiner, calibrated on each image (`refine`: its own dead mask, shifted, "
         "hides known pixels; the least-squares blend of the net's correction and the harmonic fill over "
@@ -482,7 +482,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{int(info['train images'])} damaged 64x64 train images (no clean copy) in "
         f"{info.get('train s', float('nan')):.0f} s wall / {info.get('train cpu s', float('nan')):.0f} s CPU "
         f"({args.train_threads} threads, {int(info.get('train steps', 0))} steps)"
-        + ("; nmf bases gray 8x8 k=64 learned from clean train images" if "nmf" in methods or "seed" in methods else "")
+        + (
+            "; nmf bases gray 8x8 k=64 learned from clean train images"
+            if "nmf" in methods or "reference" in methods
+            else ""
+        )
         + f". Total run {time.perf_counter() - t0:.0f} s.",
         "",
         "PSNR (dB, all pixels) / SSIM against the clean image, mean over test images:",

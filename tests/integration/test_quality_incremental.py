@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from imrestore_data import synth
 from jobs import quality, quality_incremental
-from restore_core import synth
 from restore_core.config import QualityConfig, from_dict
 from restore_core.io import file_identity as fid
 from tests.conftest import png_bytes
