@@ -4,9 +4,9 @@
 ``python -m jobs quality --config configs/quality.yaml --calibrate <output>/run=2024-06-30`` (suggest thresholds)
 
 Reads the same inputs as restore, maps ``restore_core.quality.QualityScorer`` over them with an
-actor pool, writes the per-image shards into a staging folder, then (in the driver, over the
-metric columns only) finds duplicate groups, evaluates flags, compares with the previous finished
-run, writes ``flags.parquet``, ``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes
+actor pool, writes the per-image shards into a staging folder, then (with Ray Data over those
+shards, see ``jobs/quality_aggregate.py``: the driver receives only summaries) finds duplicate
+groups, evaluates flags, compares with the previous finished run, writes ``flags.parquet``, ``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes
 the folder as ``<output>/run=<date>/``, replacing an earlier run of the same date. Exit code 1
 when a ``fail_on`` flag's share is over its ``max_share`` (for cron and Airflow alerting).
 """
@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import quality_aggregate
 from jobs.common import Summary, format_table
 from jobs.ray_utils import actor_pool_args, arrow_filesystem, init_ray, is_process_local, pool_size, read_dataset
 from restore_core import report
@@ -157,27 +158,21 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
     t_score = time.perf_counter() - t0
 
     try:
-        # every column, thumbnails too: they exist for flagged rows only, so the table stays small
-        table = _read_shards(fs, posixpath.join(staging, "data"))
-        table = report.with_run_flags(table, cfg)
-        summary = report.summarize(table, cfg, date)
+        # Run-wide numbers on the cluster (jobs/quality_aggregate.py): the driver gets summaries only.
         earlier = [d for d in report.list_runs(fs, root) if d < date]
         previous = report.read_summary(fs, root, earlier[-1]) if earlier else None
-        previous_ids = report.read_ids(fs, root, earlier[-1]) if earlier else None
-        ids = table.column("id").to_pylist()
-        summary["drift"] = report.compare(summary, previous, ids, previous_ids)
+        prev_flags = posixpath.join(root, f"{report.RUN_PREFIX}{earlier[-1]}", "flags.parquet") if earlier else None
+        run_agg = quality_aggregate.aggregate_run(cfg, fs, out_fs, staging, date, prev_flags)
+        summary = run_agg.summary
+        summary["drift"] = report.compare(summary, previous, (), None, id_diff=run_agg.id_diff)
         fails = report.failures(summary, cfg.fail_on)
         summary["failures"] = fails
         summary["fail_on"] = list(cfg.fail_on)
         summary["seconds"] = {"score_and_write": t_score}
-        summary["images_per_second"] = table.num_rows / t_score if t_score > 0 else 0.0
+        summary["images_per_second"] = summary["rows"] / t_score if t_score > 0 else 0.0
         summary["config"] = to_dict(cfg)
-        keep = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
-        buf = pa.BufferOutputStream()
-        pq.write_table(table.select(keep), buf)
-        report.put(fs, posixpath.join(staging, "flags.parquet"), buf.getvalue().to_pybytes())
         history = [report.read_summary(fs, root, d) for d in earlier[-max(cfg.report.history_runs - 1, 0) :]]
-        report.write_report(fs, staging, table, summary, history, cfg)
+        report.write_report_parts(fs, staging, summary, history, cfg, run_agg.histograms, run_agg.worst)
         summary["seconds"]["total"] = time.perf_counter() - t0
         report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
         report.put(fs, posixpath.join(staging, report.SUCCESS), f"{date}\n".encode())
