@@ -109,7 +109,7 @@ def read_staged(fs: Any, out_fs: Any, data_dir: str) -> ray.data.Dataset:
     with fs.open(files[0], "rb") as f:
         names = pq.read_schema(f).names
     columns = [c for c in names if c != "thumbnail"]
-    return ray.data.read_parquet(data_dir, filesystem=out_fs, columns=columns)
+    return ray.data.read_parquet(data_dir, filesystem=out_fs).select_columns(columns)
 
 
 # ----------------------------------------------------------------------------- duplicates
@@ -334,7 +334,7 @@ def id_changes(
         return fn
 
     now = ds.select_columns(["id"]).map_batches(side(1), batch_format="pyarrow")
-    before = ray.data.read_parquet(previous_flags, filesystem=out_fs, columns=["id"]).map_batches(
+    before = ray.data.read_parquet(previous_flags, filesystem=out_fs).select_columns(["id"]).map_batches(
         side(2), batch_format="pyarrow"
     )
     sides = (
@@ -412,7 +412,7 @@ def _thumbnails(out_fs: Any, data_dir: str, ids: set[str]) -> dict[str, dict[str
     def pick(t: pa.Table) -> pa.Table:
         return t.filter(pc.is_in(t.column("id"), value_set=wanted))
 
-    ds = ray.data.read_parquet(data_dir, filesystem=out_fs, columns=["id", "thumbnail", "error"])
+    ds = ray.data.read_parquet(data_dir, filesystem=out_fs).select_columns(["id", "thumbnail", "error"])
     rows = ds.map_batches(pick, batch_format="pyarrow").take_all()
     return {r["id"]: r for r in rows}
 
