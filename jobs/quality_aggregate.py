@@ -25,12 +25,13 @@ Thumbnails are read for the worst rows only. See ``restore_core.aggregate`` for 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -65,7 +66,7 @@ class RunAggregate:
     id_diff: dict[str, Any] | None = None
 
 
-class PartialAggregate(AggregateFnV2):  # type: ignore[type-arg]
+class PartialAggregate(AggregateFnV2):
     """A Ray Data aggregation whose accumulator is a serialised :class:`restore_core.aggregate.Partial`."""
 
     def __init__(self, name: str, block_fn: Callable[[pa.Table], agg.Partial], k: int) -> None:
@@ -156,7 +157,7 @@ def duplicate_index(ds: ray.data.Dataset, cfg: QualityConfig, confirm: agg.Confi
     min_bits, d = cfg.near_duplicate_min_bits, cfg.near_duplicate_distance
     confirm = confirm or agg.hamming_confirm(d)
     hashed = ds.select_columns(["sha256", "dhash"]).map_batches(
-        _hash_rows, fn_kwargs={"min_bits": min_bits}, batch_format="pyarrow"
+        functools.partial(_hash_rows, min_bits=min_bits), batch_format="pyarrow"
     )
     by_sha = (
         hashed.groupby(["sha256", "dhash", "informative"], num_partitions=parts)
@@ -174,11 +175,12 @@ def duplicate_index(ds: ray.data.Dataset, cfg: QualityConfig, confirm: agg.Confi
     edges: list[tuple[int, int]] = []
     if d > 0 and by_hash.count() > 1:
         linked = (
-            by_hash.map_batches(_band_rows, fn_kwargs={"max_distance": d}, batch_format="pyarrow")
+            by_hash.map_batches(functools.partial(_band_rows, max_distance=d), batch_format="pyarrow")
             .groupby(["band", "key"], num_partitions=parts)
             .map_groups(_bucket_edges(confirm), batch_format="pyarrow")
         )
-        for batch in linked.iter_batches(batch_format="pyarrow", batch_size=65536):
+        for part in linked.iter_batches(batch_format="pyarrow", batch_size=65536):
+            batch = cast(pa.Table, part)
             edges += zip(batch.column("src").to_pylist(), batch.column("dst").to_pylist(), strict=True)
     return agg.duplicate_index(sha_groups, hash_counts, edges, min_bits)
 
@@ -272,11 +274,11 @@ def duplicate_groups(ds: ray.data.Dataset, limit: int) -> dict[str, Any]:
         .map_groups(_group_rows, batch_format="pyarrow")
     )
     count = images = 0
-    heap: list[tuple[int, str, int, list[str], bool]] = []  # the `limit` largest, smallest on top
+    heap: list[tuple[int, _Desc, int, list[str], bool]] = []  # the `limit` largest, smallest on top
 
     def rows() -> Iterator[dict[str, Any]]:
         for batch in groups.iter_batches(batch_format="pyarrow", batch_size=4096):
-            yield from batch.to_pylist()
+            yield from cast(pa.Table, batch).to_pylist()
 
     for r in rows():
         count += 1
@@ -286,9 +288,9 @@ def duplicate_groups(ds: ray.data.Dataset, limit: int) -> dict[str, Any]:
         if limit <= 0:
             continue
         if len(heap) < limit:
-            heapq.heappush(heap, item)  # type: ignore[misc]
-        elif item[:2] > heap[0][:2]:  # type: ignore[operator]
-            heapq.heapreplace(heap, item)  # type: ignore[misc]
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
     listed = sorted(heap, key=lambda g: (-g[0], g[1].value))
     return {
         "count": count,
@@ -334,8 +336,10 @@ def id_changes(
         return fn
 
     now = ds.select_columns(["id"]).map_batches(side(1), batch_format="pyarrow")
-    before = ray.data.read_parquet(previous_flags, filesystem=out_fs).select_columns(["id"]).map_batches(
-        side(2), batch_format="pyarrow"
+    before = (
+        ray.data.read_parquet(previous_flags, filesystem=out_fs)
+        .select_columns(["id"])
+        .map_batches(side(2), batch_format="pyarrow")
     )
     sides = (
         now.union(before)
@@ -363,7 +367,7 @@ def id_changes(
     counts = {"added": 0, "removed": 0}
     firsts: dict[str, list[str]] = {"added": [], "removed": []}
     for batch in sides.map_batches(only, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
-        for r in batch.to_pylist():
+        for r in cast(pa.Table, batch).to_pylist():
             counts[r["kind"]] += int(r["n"])
             if r["id"] is not None:
                 firsts[r["kind"]] = heapq.nsmallest(examples, [*firsts[r["kind"]], r["id"]])
@@ -463,7 +467,7 @@ def aggregate_run(
             "rule": rule.describe(),
             "max_share": rule.max_share,
         }
-    summary = {
+    summary: dict[str, Any] = {
         "run_date": run_date,
         "rows": n,
         "ok": first.ok,

@@ -26,9 +26,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -106,12 +106,12 @@ def bucket_edges(hashes: np.ndarray, confirm: Confirm) -> tuple[np.ndarray, np.n
 
 
 class UnionFind:
-    """Disjoint sets over hashable keys (path halving, the smaller key becomes the root)."""
+    """Disjoint sets over integer keys (path halving, the smaller key becomes the root)."""
 
     def __init__(self) -> None:
-        self.parent: dict[Hashable, Hashable] = {}
+        self.parent: dict[int, int] = {}
 
-    def find(self, x: Hashable) -> Hashable:
+    def find(self, x: int) -> int:
         parent = self.parent
         parent.setdefault(x, x)
         while parent[x] != x:
@@ -119,13 +119,13 @@ class UnionFind:
             x = parent[x]
         return x
 
-    def union(self, a: Hashable, b: Hashable) -> None:
+    def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)  # type: ignore[operator]
+            lo, hi = (ra, rb) if ra < rb else (rb, ra)
             self.parent[hi] = lo
 
-    def nodes(self) -> list[Hashable]:
+    def nodes(self) -> list[int]:
         return list(self.parent)
 
 
@@ -192,11 +192,11 @@ def duplicate_index(
         uf.union(int(a), int(b))
     for h in hash_counts:
         uf.find(int(h))
-    members: dict[Hashable, list[int]] = {}
+    members: dict[int, list[int]] = {}
     for node in uf.nodes():
-        members.setdefault(uf.find(node), []).append(int(node))  # type: ignore[arg-type]
+        members.setdefault(uf.find(node), []).append(node)
     label = 0
-    for root in sorted(members, key=lambda r: int(r)):  # type: ignore[arg-type]
+    for root in sorted(members):
         hs = members[root]
         rows = sum(int(hash_counts.get(h, 1)) for h in hs)
         if rows < 2:
@@ -339,7 +339,8 @@ class Partial:
                 out.fine_lo[m] = np.fmin(self.fine_lo[m], other.fine_lo[m])
                 out.fine_hi[m] = np.fmax(self.fine_hi[m], other.fine_hi[m])
         for m in {*self.plot, *other.plot}:
-            out.plot[m] = self.plot.get(m, 0) + other.plot.get(m, 0)
+            a, b = self.plot.get(m), other.plot.get(m)
+            out.plot[m] = cast(np.ndarray, b if a is None else a if b is None else a + b)
         return out
 
     def to_bytes(self) -> bytes:
@@ -359,7 +360,7 @@ class Partial:
             for m, a in d.items():
                 arrays[f"{kind}/{m}"] = np.asarray(a)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **cast(dict[str, Any], arrays))
         return buf.getvalue()
 
     @staticmethod
@@ -411,8 +412,8 @@ def first_pass(
         idx = np.flatnonzero(hit)
         v = np.asarray(columns[rule.metric], dtype=np.float64)[idx]
         key = flag_sort_key(rule, v)
-        order = np.lexsort((np.array([str(ids[i]) for i in idx]), key))[:k]
-        p.top[name] = [(float(key[j]), str(ids[idx[j]]), float(v[j])) for j in order]
+        order = np.lexsort((np.array([str(ids[int(i)]) for i in idx]), key))[:k]
+        p.top[name] = [(float(key[j]), str(ids[int(idx[j])]), float(v[j])) for j in order]
     for m in metrics:
         if m not in columns:
             continue

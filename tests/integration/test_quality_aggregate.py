@@ -91,7 +91,9 @@ def test_aggregation_on_ray_equals_the_in_memory_run(tmp_path, local_ray):
     assert "odd_size" in g["img-020"]["flags"] and "dead_pixels" in g["img-012"]["flags"]
 
     s = got.summary
-    assert {k: s[k] for k in ("rows", "ok", "errors", "flags")} == {k: want[k] for k in ("rows", "ok", "errors", "flags")}
+    assert {k: s[k] for k in ("rows", "ok", "errors", "flags")} == {
+        k: want[k] for k in ("rows", "ok", "errors", "flags")
+    }
     assert s["duplicate_groups"] == want["duplicate_groups"]
     assert s["duplicate_groups"]["count"] >= 3
     assert set(s["quantiles"]) == set(want["quantiles"])

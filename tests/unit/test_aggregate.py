@@ -136,7 +136,9 @@ def test_quantiles_from_histograms_merged_across_blocks():
         part = agg.Partial.from_bytes(agg.second_pass({"sharpness": b}, ranges).to_bytes())
         merged = merged.merge(part, 5)
     qs = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-    got = agg.quantiles_from_histogram(merged.fine["sharpness"], merged.fine_lo["sharpness"], merged.fine_hi["sharpness"], qs)
+    got = agg.quantiles_from_histogram(
+        merged.fine["sharpness"], merged.fine_lo["sharpness"], merged.fine_hi["sharpness"], qs
+    )
     want = np.quantile(v, qs)
     iqr = want[4] - want[2]
     assert got[0] == want[0] == 0.0  # ties at one value are exact
