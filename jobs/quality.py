@@ -7,8 +7,9 @@ Reads the same inputs as restore, maps ``restore_core.quality.QualityScorer`` ov
 actor pool, writes the per-image shards into a staging folder, then (with Ray Data over those
 shards, see ``jobs/quality_aggregate.py``: the driver receives only summaries) finds duplicate
 groups, evaluates flags, compares with the previous finished run, writes ``flags.parquet``,
-``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes the folder as ``<output>/run=<date>/``, replacing an earlier run of the same date. Exit code 1
-when a ``fail_on`` flag's share is over its ``max_share`` (for cron and Airflow alerting).
+``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes the folder as
+``<output>/run=<date>/``, replacing an earlier run of the same date. Exit code 1 when a
+``fail_on`` flag's share is over its ``max_share`` (for cron and Airflow alerting).
 """
 
 from __future__ import annotations
