@@ -18,7 +18,7 @@ from restore_core import masks, quality, report, synth
 from restore_core.config import QualityConfig, from_dict
 from tests.conftest import png_bytes
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # minutes on a busy 2-CPU machine
 
 
 def enc(img: np.ndarray) -> bytes:
