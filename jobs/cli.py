@@ -1,6 +1,10 @@
 """Command line: ``python -m jobs <command> --config FILE --set key.sub=value``.
 
-User mistakes end with one line on stderr saying what to fix, and exit code 2.
+User mistakes end with one line on stderr saying what to fix, and exit code 2. A crash (a bug, or
+anything unexpected) ends with one line too, naming the file that holds the traceback (``--verbose``
+prints the traceback itself); its exit code is the command module's ``EXIT_CRASH`` (quality: 2, "the
+job failed") or 1. A module's ``error_line(message)``, when it has one, is printed last on failure
+(quality: ``QUALITY ERROR ...``), and a summary's ``final_line`` last on success.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import importlib
 import logging
 import os
 import sys
+import tempfile
+import time
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -144,6 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"jobs.{COMMANDS[args.command].module}")
+    error_line = getattr(module, "error_line", None)
+
+    def failed(code: int, message: str) -> int:
+        if error_line is not None:
+            sys.stdout.flush()
+            print(logs.redact(error_line(message)), file=sys.stderr)
+        return code
+
     try:
         # A command's own flags first, so that an explicit --set wins over them.
         apply_args = getattr(module, "apply_arguments", None)
@@ -155,21 +169,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = module.run(cfg)
     except UserError as exc:
         # explain_exception unwraps a UserError raised inside a Ray task to its one line.
-        print(f"error: {logs.redact(explain_exception(exc) or str(exc))}", file=sys.stderr)
-        return 2
+        message = explain_exception(exc) or str(exc)
+        print(f"error: {logs.redact(message)}", file=sys.stderr)
+        return failed(2, message)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return failed(130, "interrupted")
     except Exception as exc:
-        message = explain_exception(exc)  # library errors a user can fix (credentials, full disk...)
-        if message is None:
-            # A bug: the traceback helps, but it passes through the same redaction as the logs.
-            print(logs.redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
-            return 1
-        print(f"error: {logs.redact(message)}", file=sys.stderr)
-        return 2
+        explained = explain_exception(exc)  # library errors a user can fix (credentials, full disk...)
+        if explained is None:
+            # A bug: one line says so; the traceback (redacted like the logs) goes to a file, or
+            # here with --verbose.
+            where = _save_traceback(exc, args.command, args.verbose)
+            message = f"{type(exc).__name__}: {_first_line(exc)}"
+            print(f"error: the {args.command} job crashed: {logs.redact(message)} ({where})", file=sys.stderr)
+            return failed(int(getattr(module, "EXIT_CRASH", 1)), message)
+        print(f"error: {logs.redact(explained)}", file=sys.stderr)
+        return failed(2, explained)
     print(logs.redact(summary.to_json() if args.json else summary.render()))
+    if summary.final_line:
+        sys.stdout.flush()  # the final line comes after the summary, whichever stream is buffered
+        print(logs.redact(summary.final_line), file=sys.stderr)
     return int(summary.exit_code)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def _save_traceback(exc: BaseException, command: str, verbose: bool) -> str:
+    """Print the redacted traceback (``verbose``) or write it to a private file; say where it went."""
+    text = logs.redact("".join(traceback.format_exception(exc)))
+    if verbose:
+        print(text, file=sys.stderr, end="")
+        return "traceback above"
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"imrestore-{command}-{time.strftime('%Y%m%dT%H%M%S')}-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # mkstemp: readable by this user only
+            f.write(text)
+    except OSError:
+        print(text, file=sys.stderr, end="")
+        return "traceback above: no temporary file could be written"
+    return f"traceback in {path}; --verbose prints it here"
 
 
 def _secret_override(item: str) -> bool:

@@ -16,6 +16,7 @@ class Summary:
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)
     table: str = ""
     exit_code: int = 0
+    final_line: str = ""  # printed on stderr after everything else (quality: QUALITY PASS|WARN|FAIL ...)
 
     def render(self) -> str:
         lines = [f"== {self.job} =="]

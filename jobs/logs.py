@@ -18,6 +18,8 @@ import dataclasses
 import logging
 import os
 import re
+import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -151,3 +153,74 @@ def _wrap(fmt: logging.Formatter) -> logging.Formatter:
             return redact(fmt.format(record))
 
     return _Redacting()
+
+
+# ----------------------------------------------------------------------------- progress
+
+#: Seconds between two progress lines in a log (stderr not a terminal); ``IMRESTORE_PROGRESS_SECONDS``.
+DEFAULT_PROGRESS_SECONDS = 30.0
+
+
+def progress_seconds(value: str | None) -> float:
+    """The interval ``IMRESTORE_PROGRESS_SECONDS`` names (default 30 s); a UserError for a value
+    that is not a number >= 0 (0: a line at every update)."""
+    if value is None or not value.strip():
+        return DEFAULT_PROGRESS_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise UserError(f"IMRESTORE_PROGRESS_SECONDS={value!r} is not a number of seconds >= 0")
+    return seconds
+
+
+class _LogLines:
+    """A file for tqdm that turns each refresh into one log line (no carriage returns, no bars)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.last = ("", 0.0)
+
+    def write(self, text: str) -> None:
+        for part in re.split(r"[\r\n]+", text):
+            part = " ".join(part.split())  # tqdm pads its rate ("  0.82 images/s")
+            counts = part.split(",", 1)[0]  # "scoring: 40/100 images (40%)"
+            now = time.monotonic()
+            # tqdm redraws the final state when it closes: the same counts within a second are one line
+            if part and not (counts == self.last[0] and now - self.last[1] < 1.0):
+                self.logger.info("%s", part)
+                self.last = (counts, now)
+
+    def flush(self) -> None:
+        pass
+
+
+def progress_bar(total: int | None, what: str, unit: str = "images", interval: float | None = None) -> Any:
+    """A tqdm bar that, when stderr is not a terminal, logs ``<what>: done/total unit (pct%), rate,
+    elapsed, ETA`` through the ``jobs.progress`` logger at most every ``interval`` seconds (default
+    ``IMRESTORE_PROGRESS_SECONDS``), plus a first and a last line. On a terminal it is disabled:
+    Ray Data draws its own bars there. Call ``update(n)`` and ``close()`` as with any tqdm bar."""
+    from tqdm import tqdm
+
+    seconds = progress_seconds(os.environ.get("IMRESTORE_PROGRESS_SECONDS")) if interval is None else interval
+    if total:
+        fmt = (
+            "{desc}: {n_fmt}/{total_fmt}{unit} ({percentage:.0f}%), {rate_noinv_fmt}, "
+            "elapsed {elapsed}, ETA {remaining}"
+        )
+    else:
+        fmt = "{desc}: {n_fmt}{unit}, {rate_noinv_fmt}, elapsed {elapsed}"
+    return tqdm(
+        total=total or None,
+        desc=what,
+        unit=f" {unit}",
+        file=_LogLines(logging.getLogger("jobs.progress")),
+        mininterval=seconds,
+        maxinterval=max(seconds, 1.0),
+        miniters=1,
+        bar_format=fmt,
+        disable=sys.stderr.isatty(),
+        dynamic_ncols=False,
+        ascii=True,
+    )

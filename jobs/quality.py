@@ -8,8 +8,12 @@ actor pool, writes the per-image shards into a staging folder, then (with Ray Da
 shards, see ``jobs/quality_aggregate.py``: the driver receives only summaries) finds duplicate
 groups, evaluates flags, compares with the previous finished run, writes ``flags.parquet``,
 ``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes the folder as
-``<output>/run=<date>/``, replacing an earlier run of the same date. Exit code 1 when a
-``fail_on`` flag's share is over its ``max_share`` (for cron and Airflow alerting).
+``<output>/run=<date>/``, replacing an earlier run of the same date.
+
+The verdict (``jobs.verdict``) is the exit code (0 pass, 1 a ``fail_on`` flag's share is over its
+``max_share``, 3 a ``warn_on`` one is, 2 the job failed), ``status.json`` (in the run folder and in
+``<output>/_status/run=<date>.json``, the latter also when the job fails) and the last line printed,
+``QUALITY PASS|WARN|FAIL|ERROR <reason>``, for cron, Airflow and ``ray job submit`` wrappers.
 """
 
 from __future__ import annotations
@@ -23,22 +27,41 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
-from jobs import quality_aggregate
+from jobs import logs, quality_aggregate, verdict
 from jobs.common import Summary, format_table
-from jobs.ray_utils import actor_pool_args, arrow_filesystem, init_ray, is_process_local, pool_size, read_dataset
-from restore_core import report
+from jobs.ray_utils import (
+    actor_pool_args,
+    arrow_filesystem,
+    init_ray,
+    input_rows,
+    is_process_local,
+    pool_size,
+    read_dataset,
+    remote_progress,
+    report_progress,
+)
+from restore_core import codec, report
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets, lease, locations
+from restore_core.io import datasets, lease, locations, lookup
 from restore_core.io.shards import probe_writable
-from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns
+from restore_core.pipeline import cell_bytes
+from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_png
 
 CONFIG = QualityConfig
 log = logging.getLogger("jobs.quality")
 
-#: Exit code when a --fail-on limit is passed (2 stays "you made a mistake").
-EXIT_LIMIT_PASSED = 1
+#: Exit code when a --fail-on limit is passed (2 stays "the job failed", 3 is a --warn-on limit).
+EXIT_LIMIT_PASSED = verdict.EXIT_CODES[verdict.FAIL]
+#: Exit code when the job crashes (the CLI's default is 1, which here means a failed limit).
+EXIT_CRASH = verdict.EXIT_CODES[verdict.ERROR]
+
+
+def error_line(message: str) -> str:
+    """The last line the CLI prints when the job failed: ``QUALITY ERROR the job failed: ...``."""
+    return verdict.crashed(message).line()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fail-on",
         metavar="FLAGS",
         help="comma-separated flags (e.g. dead_pixels,blurry); exit 1 when one's share passes its max_share",
+    )
+    parser.add_argument(
+        "--warn-on",
+        metavar="FLAGS",
+        help="comma-separated flags; exit 3 (warn) when one's share passes its max_share and no --fail-on flag's does",
     )
     parser.add_argument("--run-date", metavar="YYYY-MM-DD", help="the run's date (default: today, UTC)")
     parser.add_argument(
@@ -60,6 +88,9 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
     if args.fail_on is not None:
         names = [n.strip() for n in args.fail_on.split(",") if n.strip()]
         extra.append(f"fail_on=[{', '.join(names)}]")
+    if args.warn_on is not None:
+        names = [n.strip() for n in args.warn_on.split(",") if n.strip()]
+        extra.append(f"warn_on=[{', '.join(names)}]")
     if args.run_date:
         extra.append(f"run_date='{args.run_date}'")
     if args.calibrate:
@@ -70,11 +101,14 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
 class ScoreActor:
     """The actor Ray Data runs: a QualityScorer whose output is an Arrow table of fixed schema."""
 
-    def __init__(self, cfg: QualityConfig) -> None:
+    def __init__(self, cfg: QualityConfig, progress: Any = None) -> None:
         self.scorer = QualityScorer(cfg)
+        self.progress = progress  # a ray_utils.remote_progress counter, or None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return table_from_columns(self.scorer(batch))
+        table = table_from_columns(self.scorer(batch))
+        report_progress(self.progress, table.num_rows)
+        return table
 
 
 def _read_shards(fs: Any, folder: str) -> pa.Table:
@@ -86,6 +120,43 @@ def _read_shards(fs: Any, folder: str) -> pa.Table:
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f))
     return pa.concat_tables(tables, promote_options="default").sort_by("id")
+
+
+def _thumbnail(cell: Any, cfg: QualityConfig) -> bytes | None:
+    try:
+        raw = cell_bytes(cell)
+        return thumbnail_png(codec.decode(raw, cfg.decode.max_pixels)[0], cfg.report.thumbnail_size) if raw else None
+    except Exception:  # an image that cannot be shown gets no thumbnail; the run goes on
+        return None
+
+
+def _thumbnails_in_file(path: str, cfg: QualityConfig, wanted: list[str]) -> dict[str, bytes]:
+    found = lookup.images_in_parquet(path, cfg.input, wanted)
+    return {i: t for i, t in ((i, _thumbnail(c, cfg)) for i, c in found.items()) if t}
+
+
+def group_thumbnails(cfg: QualityConfig, table: pa.Table, summary: dict[str, Any]) -> dict[str, bytes]:
+    """Thumbnails of the duplicate-group members the report shows whose rows kept none (only
+    flagged rows keep one): read back from the input by id, one Ray task per Parquet file."""
+    shown = report.group_members_shown(summary)
+    missing = sorted(set(shown) - set(report.table_thumbnails(table, shown)))
+    if not missing or cfg.report.thumbnail_size <= 0:
+        return {}
+    try:
+        if cfg.input.format == "images":
+            files = lookup.images_in_folder(cfg.input, missing)
+            return {i: t for i, t in ((i, _thumbnail(b, cfg)) for i, b in files.items()) if t}
+        paths = datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)
+        if is_process_local(cfg.input.path):
+            parts = [_thumbnails_in_file(p, cfg, missing) for p in paths]
+        else:
+            task = ray.remote(num_cpus=0.25)(_thumbnails_in_file)
+            cfg_ref = ray.put(cfg)
+            parts = ray.get([task.remote(p, cfg_ref, missing) for p in paths])
+    except Exception as exc:  # pictures are a courtesy: the report lists the groups' ids anyway
+        log.warning("duplicate groups shown without thumbnails: %s", exc)
+        return {}
+    return {i: t for part in parts for i, t in part.items()}
 
 
 def calibrate(cfg: QualityConfig) -> Summary:
@@ -125,37 +196,60 @@ def run(cfg: QualityConfig) -> Summary:
     date = report.run_date_or_today(cfg.run_date)
     # The runs must never land inside what the job reads: the next night would score them too.
     locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)])
-    datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # exists, has images
     probe_writable(cfg.output, cfg.output_storage_options, key="output")
     fs, root = datasets.filesystem(cfg.output, cfg.output_storage_options)
-    earlier_run = posixpath.join(root, f"{report.RUN_PREFIX}{date}")
-    if fs.exists(earlier_run) and not any(
-        fs.exists(posixpath.join(earlier_run, n)) for n in (report.SUCCESS, "summary.json")
-    ):
-        # A rerun replaces the run of its date; a folder of that name quality did not write stays.
-        raise UserError(
-            f"{cfg.output}/{report.RUN_PREFIX}{date} exists but is not a quality run (no {report.SUCCESS} or "
-            "summary.json): move it away or choose another output"
-        )
-    with lease.held(fs, root.rstrip("/"), cfg.output, "quality"):
-        return _run(cfg, date, fs, root)
+    started = verdict.now()
+    try:
+        datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # exists, has images
+        earlier_run = posixpath.join(root, f"{report.RUN_PREFIX}{date}")
+        if fs.exists(earlier_run) and not any(
+            fs.exists(posixpath.join(earlier_run, n)) for n in (report.SUCCESS, "summary.json")
+        ):
+            # A rerun replaces the run of its date; a folder of that name quality did not write stays.
+            raise UserError(
+                f"{cfg.output}/{report.RUN_PREFIX}{date} exists but is not a quality run (no {report.SUCCESS} or "
+                "summary.json): move it away or choose another output"
+            )
+        with lease.held(fs, root.rstrip("/"), cfg.output, "quality"):
+            return _run(cfg, date, fs, root, started)
+    except BaseException as exc:
+        # The output is known and writable: leave the verdict where a scheduler looks for it.
+        _write_error_status(cfg, fs, root, date, started, exc)
+        raise
 
 
-def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
+def _write_error_status(cfg: QualityConfig, fs: Any, root: str, date: str, started: str, exc: BaseException) -> None:
+    rec = verdict.record(
+        verdict.crashed(logs.redact(verdict.describe_error(exc))),
+        run_date=date,
+        started=started,
+        finished=verdict.now(),
+        fail_on=cfg.fail_on,
+        warn_on=cfg.warn_on,
+    )
+    try:
+        report.write_json(fs, verdict.status_path(root, date), rec)
+    except Exception as write_exc:  # never hide the job's own error behind this one
+        log.warning("could not write %s: %s", verdict.status_path(root, date), write_exc)
+
+
+def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Summary:
     t0 = time.perf_counter()
     init_ray(cfg.ray)
     ds = read_dataset(cfg.input)
     pool = actor_pool_args(cfg.ray)
     staging = report.staging_path(root, date)
     out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
-    scored = ds.map_batches(
-        ScoreActor,
-        fn_constructor_kwargs={"cfg": cfg},
-        batch_size=cfg.ray.batch_size,
-        batch_format="numpy",
-        **pool,
-    )
-    scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
+    # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
+    with remote_progress(input_rows(cfg.input), "scoring") as counter:
+        scored = ds.map_batches(
+            ScoreActor,
+            fn_constructor_kwargs={"cfg": cfg, "progress": counter},
+            batch_size=cfg.ray.batch_size,
+            batch_format="numpy",
+            **pool,
+        )
+        scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
     t_score = time.perf_counter() - t0
 
     try:
@@ -166,18 +260,38 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
         run_agg = quality_aggregate.aggregate_run(cfg, fs, out_fs, staging, date, prev_flags)
         summary = run_agg.summary
         summary["drift"] = report.compare(summary, previous, (), None, id_diff=run_agg.id_diff)
-        fails = report.failures(summary, cfg.fail_on)
+        decision = verdict.decide(summary, cfg.fail_on, cfg.warn_on)
+        fails = decision.failed
         summary["failures"] = fails
+        summary["warnings"] = decision.warned
         summary["fail_on"] = list(cfg.fail_on)
+        summary["warn_on"] = list(cfg.warn_on)
+        summary["verdict"] = decision.verdict
         summary["seconds"] = {"score_and_write": t_score}
         summary["images_per_second"] = summary["rows"] / t_score if t_score > 0 else 0.0
         summary["config"] = to_dict(cfg)
         history = [report.read_summary(fs, root, d) for d in earlier[-max(cfg.report.history_runs - 1, 0) :]]
-        report.write_report_parts(fs, staging, summary, history, cfg, run_agg.histograms, run_agg.worst)
+        shown = report.group_members_shown(summary)
+        kept = quality_aggregate.kept_thumbnails(out_fs, posixpath.join(staging, "data"), shown)
+        thumbs = {**group_thumbnails(cfg, kept, summary), **report.table_thumbnails(kept, shown)}
+        report.write_report_parts(fs, staging, summary, history, cfg, run_agg.histograms, run_agg.worst, thumbs)
         summary["seconds"]["total"] = time.perf_counter() - t0
         report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
+        url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"
+        status = verdict.record(
+            decision,
+            run_date=date,
+            started=started,
+            finished=verdict.now(),
+            summary=summary,
+            run=url,
+            fail_on=cfg.fail_on,
+            warn_on=cfg.warn_on,
+        )
+        report.write_json(fs, posixpath.join(staging, verdict.STATUS_FILE), status)
         report.put(fs, posixpath.join(staging, report.SUCCESS), f"{date}\n".encode())
         final = report.publish_run(fs, staging, root, date)
+        report.write_json(fs, verdict.status_path(root, date), status)
     except BaseException:
         if fs.exists(staging):  # leave no half-built staging folder behind
             fs.rm(staging, recursive=True)
@@ -200,12 +314,19 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str) -> Summary:
         values[f"change {k}"] = sentence
     for k, line in enumerate(fails, 1):
         values[f"FAILED {k}"] = line
-    url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"
+    for k, line in enumerate(decision.warned, 1):
+        values[f"WARNING {k}"] = line
     log.info("quality run published at %s", final)
     return Summary(
         job="quality",
         values=values,
-        outputs={"run": url, "report": url + "/report.html", "summary": url + "/summary.json"},
+        outputs={
+            "run": url,
+            "report": url + "/report.html",
+            "summary": url + "/summary.json",
+            "status": url + "/" + verdict.STATUS_FILE,
+        },
         table=format_table(["flag", "rule", "images", "share", "limit"], rows),
-        exit_code=EXIT_LIMIT_PASSED if fails else 0,
+        exit_code=decision.exit_code,
+        final_line=decision.line(),
     )

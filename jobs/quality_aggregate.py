@@ -421,6 +421,15 @@ def _thumbnails(out_fs: Any, data_dir: str, ids: set[str]) -> dict[str, dict[str
     return {r["id"]: r for r in rows}
 
 
+def kept_thumbnails(out_fs: Any, data_dir: str, ids: list[str]) -> pa.Table:
+    """``id, thumbnail`` of those of ``ids`` whose staged rows kept a thumbnail (flagged rows)."""
+    rows = _thumbnails(out_fs, data_dir, set(ids))
+    kept = [(i, r["thumbnail"]) for i, r in rows.items() if r.get("thumbnail")]
+    return pa.table(
+        {"id": pa.array([i for i, _ in kept], pa.string()), "thumbnail": pa.array([t for _, t in kept], pa.binary())}
+    )
+
+
 def aggregate_run(
     cfg: QualityConfig,
     fs: Any,

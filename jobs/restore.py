@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from jobs import ray_utils
+from jobs import logs, ray_utils
 from jobs.common import Summary
 from restore_core import checks
 from restore_core.config import RestoreConfig, check_ranges, to_dict
@@ -578,22 +578,25 @@ def _run_pipeline(
     # Ray's backoff, before giving up on the job.
     remote_commit = ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=True)(commit_shard)
     commits = []
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for row in batch.to_pylist():
-            s = int(row["shard"])
-            progress.rows[s] += int(row["rows"])
-            progress.read_s += row["read_s"]
-            progress.restore_s += row["restore_s"]
-            progress.write_s += row["write_s"]
-            progress.nodes.update(row["nodes"])
-            progress.actors.update(row["actors"])
-            progress.bases_refs.update(r for r in row["bases_refs"] if r)
-            if progress.rows[s] == by_index[s].n_rows:
-                commits.append(
-                    remote_commit.remote(
-                        cfg.output.path, cfg.output.storage_options, by_index[s], cfg.output.format == "images"
+    # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
+    with logs.progress_bar(sum(s.n_rows for s in pending), "restoring") as bar:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                s = int(row["shard"])
+                progress.rows[s] += int(row["rows"])
+                bar.update(int(row["rows"]))
+                progress.read_s += row["read_s"]
+                progress.restore_s += row["restore_s"]
+                progress.write_s += row["write_s"]
+                progress.nodes.update(row["nodes"])
+                progress.actors.update(row["actors"])
+                progress.bases_refs.update(r for r in row["bases_refs"] if r)
+                if progress.rows[s] == by_index[s].n_rows:
+                    commits.append(
+                        remote_commit.remote(
+                            cfg.output.path, cfg.output.storage_options, by_index[s], cfg.output.format == "images"
+                        )
                     )
-                )
     for stats in ray.get(commits):
         progress.commit_s += stats["commit_s"]
     shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options).clear_tmp()

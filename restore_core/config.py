@@ -513,6 +513,7 @@ class QualityConfig:
     odd_spread_floor: float = ranged(0.08, 0.0, low_open=True)  # odd size/aspect: least spread (log units)
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
     fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
+    warn_on: list[str] = dataclasses.field(default_factory=list)  # flags that only warn (exit 3) past max_share
     calibrate: str = ""  # a known-good run folder: print suggested thresholds from it instead of scoring
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
@@ -550,16 +551,17 @@ class QualityConfig:
             bad = [u for u in rule.unless if u not in merged or u == name]
             if bad:
                 raise ConfigError(f"config key 'flags.{name}.unless' names {bad[0]!r}, not another flag")
-        fail_on = []
-        for f in self.fail_on:
-            if f in FLAG_ALIASES and f not in merged:
-                _warn_alias(f"fail_on {f}", FLAG_ALIASES[f])
-                f = FLAG_ALIASES[f]
-            fail_on.append(f)
-        object.__setattr__(self, "fail_on", fail_on)
-        unknown = [f for f in self.fail_on if f not in merged]
-        if unknown:
-            raise ConfigError(f"fail_on names unknown flag {unknown[0]!r} (flags: {', '.join(merged)})")
+        for key in ("fail_on", "warn_on"):
+            names = []
+            for f in getattr(self, key):
+                if f in FLAG_ALIASES and f not in merged:
+                    _warn_alias(f"{key} {f}", FLAG_ALIASES[f])
+                    f = FLAG_ALIASES[f]
+                names.append(f)
+            object.__setattr__(self, key, names)
+            unknown = [f for f in names if f not in merged]
+            if unknown:
+                raise ConfigError(f"{key} names unknown flag {unknown[0]!r} (flags: {', '.join(merged)})")
 
 
 def _warn_alias(key: str, new: str) -> None:

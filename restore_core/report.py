@@ -27,6 +27,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from restore_core.config import FlagRule, QualityConfig
@@ -472,6 +473,27 @@ def calibration_lines(suggestions: Mapping[str, Mapping[str, Any]]) -> list[str]
     return lines
 
 
+#: Images of each listed duplicate group shown side by side in the report.
+GROUP_THUMBS = 6
+
+
+def group_members_shown(summary: Mapping[str, Any]) -> list[str]:
+    """The ids whose thumbnails the report shows for the listed duplicate groups."""
+    groups = (summary.get("duplicate_groups") or {}).get("groups", [])
+    return list(dict.fromkeys(i for g in groups for i in g["ids"][:GROUP_THUMBS]))
+
+
+def table_thumbnails(table: pa.Table, ids: Sequence[str]) -> dict[str, bytes]:
+    """``{id: thumbnail PNG}`` for those of ``ids`` whose row in ``table`` kept a thumbnail."""
+    if not ids or "thumbnail" not in table.column_names:
+        return {}
+    hit = pc.is_in(table.column("id"), value_set=pa.array(list(ids), table.schema.field("id").type))
+    rows = table.select(["id", "thumbnail"]).filter(hit)
+    return {
+        str(i): t for i, t in zip(rows.column("id").to_pylist(), rows.column("thumbnail").to_pylist(), strict=True) if t
+    }
+
+
 def write_report(
     fs: fsspec.AbstractFileSystem,
     folder: str,
@@ -479,14 +501,18 @@ def write_report(
     summary: Mapping[str, Any],
     history: Sequence[Mapping[str, Any]],
     cfg: QualityConfig,
+    group_thumbs: Mapping[str, bytes] | None = None,
 ) -> str:
     """Write plots/, thumbs/ and report.html into ``folder`` (fsspec path); return the HTML's path.
 
     ``history`` is the earlier runs' summaries, oldest first (the current one is appended here).
-    Every link in the page is relative, so the folder opens from disk with no server.
+    ``group_thumbs`` holds thumbnails (PNG) of duplicate-group members whose rows kept none (only
+    flagged rows do); the others come from ``table``. Every link in the page is relative, so the
+    folder opens from disk with no server.
     """
     pngs = {m: histogram_png(_floats(table, m), m, _thresholds(cfg, m)) for m in summary["quantiles"]}
-    return write_report_parts(fs, folder, summary, history, cfg, pngs, worst_rows(table, cfg))
+    thumbs = {**(group_thumbs or {}), **table_thumbnails(table, group_members_shown(summary))}
+    return write_report_parts(fs, folder, summary, history, cfg, pngs, worst_rows(table, cfg), thumbs)
 
 
 def _thresholds(cfg: QualityConfig, metric: str) -> list[tuple[str, float]]:
@@ -501,10 +527,12 @@ def write_report_parts(
     cfg: QualityConfig,
     histograms: Mapping[str, bytes | tuple[np.ndarray, np.ndarray, bool]],
     worst: dict[str, list[dict[str, Any]]],
+    group_thumbs: Mapping[str, bytes] | None = None,
 ) -> str:
     """:func:`write_report` from what the quality job's aggregation keeps: per metric a PNG or
-    ``(edges, counts, log10)`` of its histogram, and per flag its worst rows (``id``, ``value``,
-    ``thumb`` PNG bytes or None, ``error``)."""
+    ``(edges, counts, log10)`` of its histogram, per flag its worst rows (``id``, ``value``,
+    ``thumb`` PNG bytes or None, ``error``), and the thumbnails of the duplicate-group members
+    shown (``{id: PNG}``)."""
     plots: list[tuple[str, str]] = []
     for m in summary["quantiles"]:
         h = histograms.get(m)
@@ -521,16 +549,33 @@ def write_report_parts(
             if r["thumb"]:
                 r["src"] = f"thumbs/{name}_{k}.png"
                 put(fs, posixpath.join(folder, r["src"]), r["thumb"])
-    page = render_html(summary, plots, worst)
+    thumbs = dict(group_thumbs or {})
+    group_images: list[list[dict[str, Any]]] = []
+    for g, group in enumerate((summary.get("duplicate_groups") or {}).get("groups", [])):
+        members = []
+        for k, row_id in enumerate(group["ids"][:GROUP_THUMBS]):
+            member: dict[str, Any] = {"id": row_id}
+            if thumbs.get(row_id):
+                member["src"] = f"thumbs/group_{g}_{k}.png"
+                put(fs, posixpath.join(folder, member["src"]), thumbs[row_id])
+            members.append(member)
+        group_images.append(members)
+    page = render_html(summary, plots, worst, group_images)
     path = posixpath.join(folder, "report.html")
     put(fs, path, page.encode("utf-8"))
     return path
 
 
 def render_html(
-    summary: Mapping[str, Any], plots: Sequence[tuple[str, str]], worst: Mapping[str, Sequence[Mapping[str, Any]]]
+    summary: Mapping[str, Any],
+    plots: Sequence[tuple[str, str]],
+    worst: Mapping[str, Sequence[Mapping[str, Any]]],
+    group_images: Sequence[Sequence[Mapping[str, Any]]] = (),
 ) -> str:
-    """The report page: what changed (words first), flags, failed limits, plots, worst images, groups."""
+    """The report page: what changed (words first), flags, failed limits, plots, worst images, groups.
+
+    ``group_images``: per listed duplicate group, its first members as ``{id, src}`` (``src`` the
+    thumbnail's relative path, absent when there is none), shown side by side."""
     e = html.escape
     drift = summary.get("drift") or {}
     parts = [
@@ -540,7 +585,8 @@ def render_html(
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}"
         ".fail{color:#b00;font-weight:bold}.grid{display:flex;flex-wrap:wrap;gap:8px}"
         "figure{margin:0;font-size:11px;max-width:130px;word-break:break-all}"
-        ".plots img{margin:4px;border:1px solid #ddd}</style></head><body>",
+        ".plots img{margin:4px;border:1px solid #ddd}.group{border-top:1px solid #ddd;margin:6px 0}"
+        ".group p{margin:4px 0}</style></head><body>",
         f"<h1>Quality run {e(summary['run_date'])}</h1>",
         f"<p>{summary['rows']} images, {summary['ok']} read, {summary['errors']} unreadable.</p>",
     ]
@@ -593,11 +639,25 @@ def render_html(
         parts.append("</div>")
     groups = summary.get("duplicate_groups", {})
     parts.append(
-        f"<h2>Duplicate groups</h2><p>{groups.get('count', 0)} groups holding {groups.get('images', 0)} images.</p><ul>"
+        f"<h2 id='duplicates'>Duplicate groups</h2><p>{groups.get('count', 0)} groups holding "
+        f"{groups.get('images', 0)} images.</p>"
     )
-    for g in groups.get("groups", []):
-        parts.append(f"<li>{g['kind']} ×{g['size']}: {e(', '.join(g['ids']))}</li>")
-    parts.append("</ul>")
+    for n, g in enumerate(groups.get("groups", [])):
+        members = group_images[n] if n < len(group_images) else []
+        shown = {m["id"] for m in members}
+        rest = [i for i in g["ids"] if i not in shown]
+        more = g["size"] - len(shown)
+        parts.append(f"<div class='group'><p>{e(str(g['kind']))} ×{g['size']}</p><div class='grid'>")
+        for m in members:
+            img = f"<img src='{e(m['src'])}' alt='{e(m['id'])}'>" if m.get("src") else "<i>no thumbnail</i>"
+            parts.append(f"<figure>{img}<figcaption>{e(m['id'])}</figcaption></figure>")
+        parts.append("</div>")
+        if not members:
+            parts.append(f"<p>{e(', '.join(g['ids']))}</p>")
+        elif more > 0:
+            listed = f": {e(', '.join(rest))}" + ("…" if len(rest) < more else "") if rest else ""
+            parts.append(f"<p>and {more} more{listed}</p>")
+        parts.append("</div>")
     # Tells a reader (and the headless-browser test) whether every plot and thumbnail loaded.
     parts.append(
         "<p id='image-status'>checking images…</p><script>window.addEventListener('load',function(){"

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,3 +167,79 @@ def moto_s3() -> Iterator[S3Server]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@dataclasses.dataclass(frozen=True)
+class RayHead:
+    address: str  # the job API, http://127.0.0.1:<dashboard port>
+    env: dict[str, str]  # what `ray job ...` commands need (token authentication, no RAY_ADDRESS)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    """``ray start --head`` on 127.0.0.1 with 2 CPUs, token authentication and free ports, for
+    ``ray job submit``; stopped after the module. The token is in ~/.ray/auth_token."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    dash = free_port()
+    # A private temp dir: this cluster's address file must not attract other ray.init() calls.
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    ports = {
+        "--port": free_port(),
+        "--dashboard-port": dash,
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+    }
+    head = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            *(f"{k}={v}" for k, v in ports.items()),
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # wait for the job API
+            assert head.poll() is None, head.stderr.read().decode()[-2000:] if head.stderr else "ray start died"
+            probe = subprocess.run(
+                [RAY, "job", "list", "--address", address],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if probe.returncode == 0:
+                break
+            assert time.monotonic() < deadline, probe.stderr[-2000:]
+            time.sleep(2)
+        yield RayHead(address=address, env=env)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,6 +1,8 @@
 """Two nightly quality runs through the real CLI and a real local Ray: the second run has 5% of
 its images given dead pixels and blur; it must flag exactly those, say so in its drift section,
-exit non-zero with --fail-on dead_pixels, and its HTML report must render with every image."""
+exit non-zero with --fail-on dead_pixels, and its HTML report must render with every image. Each
+run's verdict is its exit code, its status.json and its last line; with stderr not a terminal the
+log has progress lines."""
 
 from __future__ import annotations
 
@@ -60,14 +62,19 @@ def run_cli(capsys: pytest.CaptureFixture[str], data: Path, out: Path, date: str
 
 
 @pytest.mark.timeout(600)
-def test_two_nightly_runs(tmp_path, local_ray, capsys):
+def test_two_nightly_runs(tmp_path, local_ray, capsys, monkeypatch):
     out = tmp_path / "quality"
     write_images(tmp_path / "day1", damage=False)
     write_images(tmp_path / "day2", damage=True)
+    monkeypatch.setenv("IMRESTORE_PROGRESS_SECONDS", "0")  # a progress line at every update
 
     code, text = run_cli(capsys, tmp_path / "day1", out, "2024-03-01", "--fail-on", "dead_pixels")
     assert code == 0, text[-3000:]
+    assert "scoring: 0/40 images (0%)" in text and "scoring: 40/40 images (100%)" in text, text[-3000:]
+    assert text.rstrip().splitlines()[-1].startswith("QUALITY PASS 40 images, 0 unreadable: no limit passed")
     run1 = out / "run=2024-03-01"
+    status1 = json.loads((run1 / "status.json").read_text())
+    assert (status1["verdict"], status1["exit_code"], status1["failed"]) == ("PASS", 0, [])
     assert (run1 / "_SUCCESS").exists() and (run1 / "report.html").exists()
     flags1 = pq.read_table(run1 / "flags.parquet").to_pydict()
     assert len(flags1["id"]) == N_IMAGES and not any(flags1["flags"])
@@ -78,9 +85,16 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys):
     assert "quality calibrate" in text and "--set flags.blurry.value=" in text and "--set flags.dark.value=" in text
     assert not (out / "run=2024-03-05").exists()
 
-    code, text = run_cli(capsys, tmp_path / "day2", out, "2024-03-02", "--fail-on", "dead_pixels")
-    assert code == 1, text[-3000:]
+    code, text = run_cli(
+        capsys, tmp_path / "day2", out, "2024-03-02", "--fail-on", "dead_pixels", "--warn-on", "blurry",
+        "--set", "flags.blurry.max_share=0.01",
+    )  # fmt: skip
+    assert code == 1, text[-3000:]  # a failed limit wins over a warning
     assert "dead_pixels: 2 of 40 images (5.00%)" in text and "over by 4.00 points" in text
+    assert text.rstrip().splitlines()[-1] == "QUALITY FAIL 40 images: dead_pixels 5.00% > 1.00%"
+    status2 = json.loads((out / "_status" / "run=2024-03-02.json").read_text())
+    assert (status2["verdict"], status2["exit_code"], status2["counts"]["flagged"]["dead_pixels"]) == ("FAIL", 1, 2)
+    assert len(status2["failed"]) == 1 and status2["warned"][0].startswith("blurry: 2 of 40 images")
 
     run2 = out / "run=2024-03-02"
     flags2 = pq.read_table(run2 / "flags.parquet").to_pydict()
@@ -107,3 +121,31 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it as root: apt-get install -y chromium)")
     dom = render_dom(str(run2 / "report.html"), str(tmp_path / "profile"))
     assert 'data-failed="0"' in dom and f'data-loaded="{page.count("<img ")}"' in dom
+
+
+def test_duplicate_group_thumbnails_read_back_with_ray_tasks(tmp_path, local_ray):
+    """Members of a duplicate group that kept no thumbnail (no per-image flag) are read back from
+    the Parquet input by id, one Ray task per file, for the report's side-by-side pictures."""
+    from jobs import quality as quality_job
+    from restore_core import codec, quality, report
+    from restore_core.config import QualityConfig, from_dict
+
+    imgs = synth.photo_crops(4, 40, names=("grass", "gravel"), seed=5)
+    blobs = [png_bytes(np.rint(i * 255).astype(np.uint8)) for i in imgs]
+    ids, blobs = ["a", "b", "c", "d", "copy-of-b"], [*blobs, blobs[1]]
+    (tmp_path / "in").mkdir()
+    for k in range(2):  # the copy in the other file than its original
+        part = slice(0, 3) if k == 0 else slice(3, 5)
+        pq.write_table(
+            pa.table({"id": ids[part], "image": pa.array(blobs[part], pa.binary())}), tmp_path / "in" / f"p{k}.parquet"
+        )
+    cfg = from_dict(
+        QualityConfig, {"input": {"path": str(tmp_path / "in")}, "flags": {"grayscale": {"enabled": False}}}
+    )
+    batch = {"id": np.array(ids, dtype=object), "image": np.array(blobs, dtype=object)}
+    table = report.with_run_flags(quality.table_from_columns(quality.QualityScorer(cfg)(batch)), cfg)
+    summary = report.summarize(table, cfg, "2024-01-03")
+    assert summary["duplicate_groups"]["groups"][0]["ids"] == ["b", "copy-of-b"]
+    thumbs = quality_job.group_thumbnails(cfg, table, summary)
+    assert sorted(thumbs) == ["b", "copy-of-b"] and thumbs["b"] == thumbs["copy-of-b"]
+    assert codec.decode(thumbs["b"], 10**6)[0].shape[:2] == (40, 40)

@@ -4,6 +4,7 @@ errors, results equal to restore_core in-process, atomic shards, resume after a 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -64,10 +65,19 @@ def comparable(folder: Path) -> dict[str, dict[str, list]]:
 
 
 @pytest.mark.timeout(900)  # includes the module's Ray start-up
-def test_restore_every_id_once_bad_rows_errors_equal_in_process(local_ray, restore_dataset, tmp_path):
+def test_restore_every_id_once_bad_rows_errors_equal_in_process(
+    local_ray, restore_dataset, tmp_path, monkeypatch, caplog, capsys
+):
     cfg = make_cfg(restore_dataset.path, restore_dataset.bases, tmp_path / "out")
+    # stderr is not a terminal under capsys: progress is logged, here at every update
+    monkeypatch.setenv("IMRESTORE_PROGRESS_SECONDS", "0")
+    caplog.set_level(logging.INFO, logger="jobs.progress")
     summary = restore.run(cfg)
     out = read_output(tmp_path / "out")
+    n = len(restore_dataset.ids)
+    progress = [r.getMessage() for r in caplog.records if r.name == "jobs.progress"]
+    assert progress[0].startswith(f"restoring: 0/{n} images (0%)") and "images/s" in progress[-1]
+    assert progress[-1].startswith(f"restoring: {n}/{n} images (100%)"), progress
 
     ids = out.column("id").to_pylist()
     assert sorted(ids) == sorted(restore_dataset.ids) and len(ids) == len(set(ids))

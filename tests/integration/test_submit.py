@@ -4,13 +4,8 @@ where actors on both nodes use the one copy of the bases the driver put."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,118 +14,56 @@ import pytest
 
 from jobs import restore
 from restore_core.config import RestoreConfig, from_dict
-from tests.integration.conftest import BAD_IDS, free_port
+from tests.integration.conftest import BAD_IDS, RAY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
 
 
 def _read(out: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in sorted((out / "data").glob("part-*.parquet"))])
 
 
-def test_ray_job_submit_to_ray_start_head(restore_dataset, tmp_path):
-    # Token authentication for both the cluster and the client; the token is in ~/.ray/auth_token.
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    dash = free_port()
-    # A private temp dir: this cluster's address file must not attract other ray.init() calls.
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dash,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-    }
-    head = subprocess.Popen(
+def test_ray_job_submit_to_ray_start_head(restore_dataset, ray_head, tmp_path):
+    out = tmp_path / "out"
+    submit = subprocess.run(
         [
             RAY,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            "--include-dashboard=true",
-            "--num-cpus=2",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-            *(f"{k}={v}" for k, v in ports.items()),
+            "job",
+            "submit",
+            "--address",
+            ray_head.address,
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            '{"excludes": [".venv", ".git", "out", "artifacts", "bench_out", "demo_out"]}',
+            "--",
+            sys.executable,
+            "-m",
+            "jobs",
+            "restore",
+            "--set",
+            f"input.path={restore_dataset.path}",
+            "--set",
+            f"bases={restore_dataset.bases}",
+            "--set",
+            f"output.path={out}",
+            "--set",
+            "fit.max_iter=50",
+            "--set",
+            "device=cpu",
         ],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        env=ray_head.env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=REPO,
+        check=False,
     )
-    address = f"http://127.0.0.1:{dash}"
-    out = tmp_path / "out"
-    try:
-        deadline = time.monotonic() + 180
-        while True:  # wait for the job API
-            assert head.poll() is None, head.stderr.read().decode()[-2000:] if head.stderr else "ray start died"
-            probe = subprocess.run(
-                [RAY, "job", "list", "--address", address],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            if probe.returncode == 0:
-                break
-            assert time.monotonic() < deadline, probe.stderr[-2000:]
-            time.sleep(2)
-        submit = subprocess.run(
-            [
-                RAY,
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--working-dir",
-                str(REPO),
-                "--runtime-env-json",
-                '{"excludes": [".venv", ".git", "out", "artifacts", "bench_out", "demo_out"]}',
-                "--",
-                sys.executable,
-                "-m",
-                "jobs",
-                "restore",
-                "--set",
-                f"input.path={restore_dataset.path}",
-                "--set",
-                f"bases={restore_dataset.bases}",
-                "--set",
-                f"output.path={out}",
-                "--set",
-                "fit.max_iter=50",
-                "--set",
-                "device=cpu",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=420,
-            cwd=REPO,
-            check=False,
-        )
-        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
-        assert "succeeded" in (submit.stdout + submit.stderr)
-        assert "rows ok" in submit.stdout  # the job's summary is streamed back
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+    assert "succeeded" in (submit.stdout + submit.stderr)
+    assert "rows ok" in submit.stdout  # the job's summary is streamed back
     table = _read(out)
     assert sorted(table.column("id").to_pylist()) == sorted(restore_dataset.ids)
     errors = {
