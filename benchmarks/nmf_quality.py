@@ -1,6 +1,6 @@
 """Restoration quality of NMF patch inpainting against the write-up's method and baselines.
 
-Clean images are crops of scikit-image's bundled photos (``restore_core.synth.photo_crops``;
+Clean images are crops of scikit-image's bundled photos (``imrestore_data.synth.photo_crops``;
 ``lfw_subset`` is never used). Patch bases are learned here from crops of other seeds, the
 test crops are damaged with random dead pixels at each rate (seeded), and every method
 restores them. Prints one table: PSNR over all pixels, over dead pixels only, SSIM, images/s.
@@ -22,10 +22,11 @@ import warnings
 import numpy as np
 import torch
 
-from restore_core import masks, metrics, nmf, sampling, synth
+from imrestore_data import synth
+from restore_core import masks, metrics, nmf, sampling
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases, BasesMeta
 
 
 def learn_patch_bases(p: int, k: int, n_patches: int, l1: float, max_iter: int, seed: int) -> Bases:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--refine", type=int, default=d.refine)
     ap.add_argument("--max-iter", type=int, default=d.max_iter)
     ap.add_argument("--tol", type=float, default=d.tol)
-    ap.add_argument("--methods", nargs="+", default=["nmf", "seed", "biharmonic", "median"])
+    ap.add_argument("--methods", nargs="+", default=["nmf", "reference", "biharmonic", "median"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared box)")
     args = ap.parse_args(argv)
@@ -114,9 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     for m in args.methods:
         if m == "nmf":
             methods[m] = NMFInpainter(bases, fit, "cpu")
-        elif m == "seed":
+        elif m == "reference":
             # The write-up's method: unmasked plain gradient descent, full reconstruction.
-            methods[m] = NMFInpainter(bases, dataclasses.replace(fit, method="seed", masked=False), "cpu")
+            methods[m] = NMFInpainter(bases, dataclasses.replace(fit, method="reference", masked=False), "cpu")
         else:
             methods[m] = None
     images = synth.photo_crops(args.n_images, args.size, seed=args.seed + 1000)

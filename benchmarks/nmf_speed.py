@@ -3,7 +3,7 @@
 Prints one table:
 
 - global mode (the write-up's setting: 100x100 gray, k = 1000, a batch of damaged images):
-  images/s of ``fit_weights`` (masked FISTA, our ``nmf``) against the ``seed`` loop (timed on a
+  images/s of ``fit_weights`` (masked FISTA, our ``nmf``) against the write-up's ``reference`` loop (timed on a
   few images and extrapolated per image) and against scikit-learn's
   ``non_negative_factorization(update_H=False)`` (what ``NMF.transform`` runs) with the same
   bases on the unmasked objective it supports, our solver run to an equal or better objective;
@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from restore_core import masks, nmf, sampling, synth
+from imrestore_data import synth
+from restore_core import masks, nmf, sampling
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.inpaint import NMFInpainter
-from restore_core.io.artifacts import Bases, BasesMeta
 
 warnings.simplefilter("ignore", nmf.ConvergenceWarning)
 
@@ -169,37 +170,37 @@ def global_section(args: argparse.Namespace, dev: torch.device, rows: list[list[
     )
 
     # The write-up's loop, a few images, extrapolated.
-    ns = min(args.seed_images, B)
-    s_secs, Ws = timed(lambda: nmf.fit_weights_seed(X[:ns], H, n_iter=args.seed_iter, device=dev))
-    ips_seed = ns / s_secs
-    obj_seed = nmf.objective(X[:ns], Ws, H, M[:ns])
+    ns = min(args.reference_images, B)
+    s_secs, Ws = timed(lambda: nmf.fit_weights_reference(X[:ns], H, n_iter=args.reference_iter, device=dev))
+    ips_ref = ns / s_secs
+    obj_ref = nmf.objective(X[:ns], Ws, H, M[:ns])
     obj_ours_ns = nmf.objective(X[:ns], W[:ns], H, M[:ns])
     rows.append(
         [
             scale,
-            f"seed loop ({args.seed_iter} GD steps, {ns} images, per image)",
-            f"{ips_seed:.4f}",
-            f"{obj_seed:.3f}",
-            f"nmf as restoring runs it: {ips_ours / ips_seed:.0f}x faster, obj {obj_ours_ns:.3f} on the same {ns}",
+            f"reference loop ({args.reference_iter} GD steps, {ns} images, per image)",
+            f"{ips_ref:.4f}",
+            f"{obj_ref:.3f}",
+            f"nmf as restoring runs it: {ips_ours / ips_ref:.0f}x faster, obj {obj_ours_ns:.3f} on the same {ns}",
         ]
     )
     # Equal objective, on the objective restoring minimises (observed pixels only): our solver
-    # runs on the whole batch, its iterations doubled until its objective on the seed's images
-    # is no worse than the seed's. (On the unmasked objective the seed, which never projects
+    # runs on the whole batch, its iterations doubled until its objective on the reference's images
+    # is no worse than the reference's. (On the unmasked objective the reference, which never projects
     # onto W >= 0, can end below any non-negative solution, so no equal point exists there.)
     e_secs, e_obj, e_it = iters_to_match(
         lambda n_it: nmf.fit_weights(X, H, M, tol=0.0, max_iter=n_it, device=dev),
         lambda Wm: nmf.objective(X[:ns], Wm[:ns], H, M[:ns]),
-        obj_seed,
+        obj_ref,
         start=1,
     )
     rows.append(
         [
             scale,
-            "nmf fit_weights to the seed's objective (masked)",
+            "nmf fit_weights to the reference's objective (masked)",
             f"{B / e_secs:.2f}",
             f"{e_obj:.3f}",
-            f"{e_it} it; {B / e_secs / ips_seed:.0f}x the seed loop at equal objective",
+            f"{e_it} it; {B / e_secs / ips_ref:.0f}x the reference loop at equal objective",
         ]
     )
 
@@ -276,13 +277,13 @@ def patch_section(args: argparse.Namespace, dev: torch.device, rows: list[list[s
         ]
     )
     rows.append([scale, "GEMM peak, same shapes", "", "", f"{rate:.1f} of {peak:.1f} GFLOP/s = {rate / peak:.0%}"])
-    ns = min(args.seed_patches, N)
-    s_secs, Ws = timed(lambda: nmf.fit_weights_seed(X[:ns], H, n_iter=args.seed_iter, device=dev))
+    ns = min(args.reference_patches, N)
+    s_secs, Ws = timed(lambda: nmf.fit_weights_reference(X[:ns], H, n_iter=args.reference_iter, device=dev))
     per_img = s_secs / ns * N
     rows.append(
         [
             scale,
-            f"seed loop ({ns} patches timed, extrapolated to {N})",
+            f"reference loop ({ns} patches timed, extrapolated to {N})",
             f"{1 / per_img:.5f}",
             f"{nmf.objective(X[:ns], Ws, H, Mk[:ns]):.4f}",
             f"nmf fit {per_img / f_secs:.0f}x, end to end {per_img / (secs / n_img):.0f}x faster",
@@ -348,13 +349,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tol", type=float, default=FitConfig().tol)
     ap.add_argument("--max-iter", type=int, default=FitConfig().max_iter)
     ap.add_argument("--bases-epochs", type=int, default=3, help="HALS epochs for the global bases")
-    ap.add_argument("--seed-images", type=int, default=2)
-    ap.add_argument("--seed-iter", type=int, default=FitConfig().seed_iter)
+    ap.add_argument("--reference-images", type=int, default=2)
+    ap.add_argument("--reference-iter", type=int, default=FitConfig().reference_iter)
     ap.add_argument("--patch-images", type=int, default=2)
     ap.add_argument("--patch-side", type=int, default=256)
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--patch-k", type=int, default=64)
-    ap.add_argument("--seed-patches", type=int, default=200)
+    ap.add_argument("--reference-patches", type=int, default=200)
     ap.add_argument("--learn-n", type=int, default=1000)
     ap.add_argument("--learn-side", type=int, default=40)
     ap.add_argument("--learn-k", type=int, default=100)

@@ -27,9 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from restore_core import masks, nmf, sampling, synth
+from imrestore_data import synth
+from restore_core import masks, nmf, sampling
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import RestoreConfig, from_dict
-from restore_core.io.artifacts import Bases, BasesMeta, save_bases
+from restore_core.io.artifacts import save_bases
 
 
 def _png(arr: np.ndarray) -> bytes:

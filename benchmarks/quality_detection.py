@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from scipy import ndimage
 
-from restore_core import synth
+from imrestore_data import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 128

@@ -8,11 +8,13 @@ Sets (every image float32 in [0, 1]; train and test never share a source photo, 
 - ``texture``: gray 64x64 crops of brick, grass and gravel; train from the top half of each
   photo, test from the bottom half.
 - ``faces``: the project's procedural RGB faces (``demo_data.face``), 64x64, other seeds.
-- ``digits``: the project's rendered digits (``restore_core.digits``), 32x32, disjoint indices.
+- ``digits``: the project's rendered digits (``imrestore_data.digits``), 32x32, disjoint indices.
 - ``shapes``: procedural RGB shapes (``synth.shapes``), 64x64, other seeds.
 
 (``lfw_subset`` and scikit-learn's sample images and digits are never used.)
 
+The default is the refiner calibrated on each test image (``refine``: a probe with the image's own
+dead mask, shifted, on its observed pixels; no clean copy); ``raw`` is the same net uncalibrated.
 The refiner is trained self-supervised on the *damaged* train images only (each damaged with a
 random kind of mask at 5-50 %; no clean copy is seen), one gray model for all sets (colour images
 go through it channel by channel), within a CPU-time budget. The NMF bases (gray 8x8, k = 64)
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import re
@@ -41,12 +44,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from restore_core import baselines, demo_data, masks, metrics, nmf, sampling, synth
+from imrestore_data import demo_data, synth
+from imrestore_data.digits import digits
+from restore_core import baselines, masks, metrics, nmf, sampling
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
-from restore_core.digits import digits
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter
-from restore_core.io.artifacts import Bases, BasesMeta
 from restore_core.refiner import RefinerSpec, build_refiner, refine, train_refiner
 
 RGB_TRAIN = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "hubble_deep_field")
@@ -185,6 +189,12 @@ def train_default(
     train = f"n{n_per_set}_s{steps}_b{int(budget_s)}_w{int(max_wall_s)}_c{crop}_lr{lr:g}"
     key = f"refiner_{'-'.join(sets)}_{train}_{arch}_seed{seed}"
     path = os.path.join(cache, key + ".safetensors")
+    info_path = os.path.join(cache, key + ".json")
+    if os.path.exists(path) and os.path.exists(info_path):  # trained before: weights and how
+        model = build_refiner(spec)
+        model.load_state_dict(load_file(path))
+        with open(info_path) as f:
+            return model.eval(), {k: float(v) for k, v in json.load(f).items()}
     rng = np.random.default_rng([seed, 99])
     damaged, observed = [], []
     for s in sets:
@@ -196,11 +206,6 @@ def train_default(
             damaged.append(np.where(d, 0.0, im).astype(np.float32))
             observed.append(~d)
     info = {"train images": float(len(damaged))}
-    if os.path.exists(path):
-        model = build_refiner(spec)
-        model.load_state_dict(load_file(path))
-        info["train s"] = float("nan")
-        return model.eval(), info
     torch.set_num_threads(threads)
     t0, c0 = time.perf_counter(), time.process_time()
     log_every = max(1, steps // 20)
@@ -228,6 +233,8 @@ def train_default(
     info["train steps"] = float(getattr(model, "steps_done", steps))
     os.makedirs(cache, exist_ok=True)
     save_file(model.state_dict(), path)
+    with open(info_path, "w") as f:
+        json.dump(info, f)
     torch.set_num_threads(1)
     return model, info
 
@@ -267,7 +274,7 @@ def evaluate(
             ]
             for method, fn in methods.items():
                 n = min(len(images), limits.get(method, len(images)))
-                if n == 0 or (method == "seed" and (kind, rate) != ("scattered", 0.5)):
+                if n == 0 or (method == "reference" and (kind, rate) != ("scattered", 0.5)):
                     continue
                 if n < len(images):  # a subset: biharmonic on the same images, for the comparison
                     sub = [baselines.biharmonic(im, d) for im, d in zip(damaged[:n], dead[:n], strict=True)]
@@ -397,9 +404,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--levels", type=int, default=RefinerSpec.levels)
     ap.add_argument("--nmf-images", type=int, default=6, help="test images per cell for nmf (slow)")
     ap.add_argument(
-        "--seed-images", type=int, default=1, help="test images for the write-up's method (scattered 50 %% only)"
+        "--reference-images", type=int, default=1, help="test images for the write-up's method (scattered 50 %% only)"
     )
-    ap.add_argument("--seed-sets", nargs="+", default=["photo_gray"], help="sets the write-up's method runs on")
+    ap.add_argument("--reference-sets", nargs="+", default=["photo_gray"], help="sets the write-up's method runs on")
     ap.add_argument("--n-256", type=int, default=4, help="images for the 256x256 throughput row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--doc", default="docs/restore.md", help="where the table goes ('' = print only)")
@@ -408,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.sets = ["photo_gray", "texture", "faces"] if args.sets == list(SETS) else args.sets
         args.n_test, args.n_train, args.steps, args.train_budget = 4, 50, 100, 120.0
-        args.nmf_images, args.seed_images, args.n_256, args.rates = 2, 0, 1, [0.3, 0.7]
+        args.nmf_images, args.reference_images, args.n_256, args.rates = 2, 0, 1, [0.3, 0.7]
         args.doc = ""
     torch.set_num_threads(1)
     cv_threads = None
@@ -435,42 +442,52 @@ def main(argv: list[str] | None = None) -> None:
         args.crop,
         args.lr,
     )
-    bases = learn_bases(args.sets, 40, args.seed, 20 if args.quick else 60, 5000 if args.quick else 30_000)
-    inp = NMFInpainter(bases, FitConfig(method="nmf"), "cpu")
-    seed_inp = NMFInpainter(bases, FitConfig(method="seed", masked=False), "cpu")
     methods: dict[str, Restore] = {
         "default": torch_batched(lambda x, d: refine(model, x, d)),
+        "raw": torch_batched(lambda x, d: refine(model, x, d, calibrate=False)),
         "fill": torch_batched(lambda x, d: harmonic_fill(x, d, order=2)),
         "biharmonic": per_image(baselines.biharmonic),
-        "nmf": inp.restore_batch,
-        "seed": seed_inp.restore_batch,
     }
+    if args.nmf_images or args.reference_images:  # the bases take minutes to learn: only when used
+        bases = learn_bases(args.sets, 40, args.seed, 20 if args.quick else 60, 5000 if args.quick else 30_000)
+        if args.nmf_images:
+            methods["nmf"] = NMFInpainter(bases, FitConfig(method="nmf"), "cpu").restore_batch
+        if args.reference_images:
+            methods["reference"] = NMFInpainter(bases, FitConfig(method="reference", masked=False), "cpu").restore_batch
     if cv_threads:
         methods["telea"] = telea
-    limits = {"nmf": args.nmf_images, "seed": args.seed_images}
+    limits = {"nmf": args.nmf_images, "reference": args.reference_images}
     rows: list[Row] = []
     for s in args.sets:
         images = image_set(s, "test", args.n_test, args.seed)
         print(f"# {s}: {len(images)} test images {images.shape[1:]}", flush=True)
-        lim = dict(limits, seed=limits["seed"] if s in args.seed_sets else 0)
+        lim = dict(limits, reference=limits["reference"] if s in args.reference_sets else 0)
         rows += evaluate(s, images, KINDS, args.rates, methods, args.seed, lim)
     speed = throughput_256(
         {k: v for k, v in methods.items() if k in ("default", "fill", "biharmonic", "telea")}, args.n_256, args.seed
     )
     flops = refiner_flops(model, 256, 256)
-    order = [m for m in ("default", "biharmonic", "telea", "fill", "nmf", "seed") if m in methods]
+    order = [m for m in ("default", "biharmonic", "telea", "fill", "raw", "nmf", "reference") if m in methods]
     order += sorted({r.method for r in rows} - set(order))
     lines = [
         f"Machine: {machine()}.",
         f"Sizes: {args.n_test} test images a set (64x64; digits 32x32), masks {', '.join(KINDS)} at "
         f"{', '.join(f'{int(r * 100)}%' for r in args.rates)}; nmf on the first {args.nmf_images} of them, the "
-        f"write-up's method (seed) on {args.seed_images} of {', '.join(args.seed_sets)} at scattered 50 % only "
+        f"write-up's method on {args.reference_images} of {', '.join(args.reference_sets)} at scattered 50 % only "
         "(it runs at ~0.01 images/s).",
-        f"Default = learned refiner {dataclasses.asdict(spec)}, trained self-supervised on "
+        "Default = learned refiner, calibrated on each image (`refine`: its own dead mask, shifted, "
+        "hides known pixels; the least-squares blend of the net's correction and the harmonic fill over "
+        "the biharmonic fill on them, weights clipped to [0, 1]); raw = the same net uncalibrated. "
+        f"Refiner {dataclasses.asdict(spec)}, trained self-supervised on "
         f"{int(info['train images'])} damaged 64x64 train images (no clean copy) in "
         f"{info.get('train s', float('nan')):.0f} s wall / {info.get('train cpu s', float('nan')):.0f} s CPU "
-        f"({args.train_threads} threads, {int(info.get('train steps', 0))} steps); nmf bases gray 8x8 k=64 "
-        f"learned from clean train images. Total run {time.perf_counter() - t0:.0f} s.",
+        f"({args.train_threads} threads, {int(info.get('train steps', 0))} steps)"
+        + (
+            "; nmf bases gray 8x8 k=64 learned from clean train images"
+            if "nmf" in methods or "reference" in methods
+            else ""
+        )
+        + f". Total run {time.perf_counter() - t0:.0f} s.",
         "",
         "PSNR (dB, all pixels) / SSIM against the clean image, mean over test images:",
         "",

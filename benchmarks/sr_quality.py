@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from restore_core import metrics, sr, synth
+from imrestore_data import synth
+from imrestore_data.digits import digits
+from restore_core import metrics, sr
 from restore_core.config import SRDegradeConfig
-from restore_core.digits import digits
 
 #: The write-up's degrade: 28 -> 10 -> 28, bilinear with align_corners (Chainer's resize_images).
 WRITEUP_DEGRADE = SRDegradeConfig(scale=2.8, filter="bilinear", align_corners=True, antialias=False)
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     improved = [int(c) for c in args.improved.split(",")]
     models = {
-        "write-up CNN [16,32,64]": {"channels": list(sr.SEED_CHANNELS), "residual": False},
-        "write-up + residual": {"channels": list(sr.SEED_CHANNELS), "residual": True},
+        "write-up CNN [16,32,64]": {"channels": list(sr.WRITEUP_CHANNELS), "residual": False},
+        "write-up + residual": {"channels": list(sr.WRITEUP_CHANNELS), "residual": True},
         f"improved residual {improved}": {"channels": improved, "residual": True},
     }
     t0 = time.perf_counter()

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from restore_core import __version__, codec, masks, metrics, sr
+from restore_core.bases import Bases
 from restore_core.config import (
     FitConfig,
     InputConfig,
@@ -38,7 +39,8 @@ from restore_core.config import (
 )
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases, load_bases
+from restore_core.io import sr_models
+from restore_core.io.artifacts import load_bases
 from restore_core.pipeline import finish_image
 from restore_core.quality import QualityScorer, evaluate_flags
 
@@ -69,14 +71,14 @@ __all__ = [
     "to_array",
 ]
 
-METHODS = ("nmf", "seed", "biharmonic", "median", "none")
+METHODS = ("nmf", "reference", "biharmonic", "median", "none")
 psnr = metrics.psnr
 ssim = metrics.ssim
 
 
 def load_sr_model(url: str, device: str = "cpu", storage_options: dict[str, Any] | None = None) -> sr.SRModel:
     """The SR model of a train-sr artifact folder (any fsspec URL), loaded without pickle."""
-    return sr.load_model(url, device, storage_options)
+    return sr_models.load_model(url, device, storage_options)
 
 
 def to_array(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -132,8 +134,8 @@ def restore(
         See :func:`to_array` for the accepted arrays.
     bases : Bases or str, optional
         NMF bases (:func:`load_bases`) or the URL of a learn-bases artifact folder. Needed by
-        ``method`` ``nmf`` and ``seed``.
-    method : {"nmf", "seed", "biharmonic", "median", "none"}
+        ``method`` ``nmf`` and ``reference``.
+    method : {"nmf", "reference", "biharmonic", "median", "none"}
         How dead pixels are filled (``fit.method`` of the restore job).
     sr_model : SRModel or str, optional
         A model (:func:`load_sr_model`) or the URL of a train-sr artifact folder; applied after
@@ -171,7 +173,7 @@ def restore(
         if dead.shape != img.shape[:2]:
             raise ValueError(f"mask shape {dead.shape} differs from the image's {img.shape[:2]}")
     inpainter = None
-    if method in ("nmf", "seed"):
+    if method in ("nmf", "reference"):
         if bases is None:
             raise UserError(f"method {method!r} needs bases: pass bases= (a learn-bases folder or Bases)")
         loaded = load_bases(bases) if isinstance(bases, str) else bases
@@ -182,7 +184,7 @@ def restore(
         apply = sr.apply_fn(model, SRConfig(enabled=True))
     bit_depth = 16 if isinstance(image, Image.Image) and image.mode.startswith("I") else 8
     filled = restore_image(masks.colour_channels(img), dead, method, inpainter)
-    keeps = method != "seed" and (fit is None or fit.keep_observed)
+    keeps = method != "reference" and (fit is None or fit.keep_observed)
     # a given mask: pixels outside it come back exactly, and fills may be black (no zero lift)
     out = finish_image(filled, img, dead, method, bit_depth, apply, mask_given=mask is not None and keeps)
     if isinstance(image, Image.Image):

@@ -17,15 +17,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from imrestore_data import synth
 from jobs.common import Summary, format_table
-from restore_core import codec, masks, metrics, nmf, synth
-from restore_core.config import BenchmarkConfig, FitConfig
+from jobs.learn_bases import build_rows, check_training_rows
+from restore_core import codec, masks, metrics, nmf
+from restore_core.bases import Bases, BasesMeta
+from restore_core.codec import cell_bytes
+from restore_core.config import BenchmarkConfig, FitConfig, LearnBasesConfig
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.io import datasets, locations
-from restore_core.io.artifacts import Bases, BasesMeta, load_bases
+from restore_core.io.artifacts import load_bases
 from restore_core.io.shards import probe_writable
-from restore_core.pipeline import cell_bytes
 
 CONFIG = BenchmarkConfig
 log = logging.getLogger("jobs.benchmark")
@@ -55,8 +58,8 @@ def _clean_images(cfg: BenchmarkConfig, bases: Bases | None) -> list[np.ndarray]
 
 
 def _fit_cfg(cfg: BenchmarkConfig, method: str) -> FitConfig:
-    if method == "seed":
-        return dataclasses.replace(cfg.fit, method="seed", keep_observed=False, masked=False)
+    if method == "reference":
+        return dataclasses.replace(cfg.fit, method="reference", keep_observed=False, masked=False)
     return dataclasses.replace(cfg.fit, method="nmf")
 
 
@@ -67,7 +70,7 @@ def evaluate(images: list[np.ndarray], bases: Bases | None, cfg: BenchmarkConfig
     rows = []
     for method in cfg.methods:
         inpainter = None
-        if method in ("nmf", "seed"):
+        if method in ("nmf", "reference"):
             if bases is None:
                 raise UserError(f"method {method} needs bases: set 'bases' to a learn-bases artifact")
             inpainter = NMFInpainter(bases, _fit_cfg(cfg, method), cfg.device)
@@ -162,9 +165,8 @@ def weight_histogram(images: list[np.ndarray], bases: Bases, cfg: BenchmarkConfi
     pairs = [masks.apply_dead_pixels(img, cfg.rates[0], rng) for img in images]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", nmf.ConvergenceWarning)
-        inpainter.restore_batch([d for d, _ in pairs], [m for _, m in pairs])
-    W = inpainter.last_weights if inpainter.last_weights is not None else np.zeros(1)
-    W = W.ravel()
+        _, W = inpainter.restore_with_weights([d for d, _ in pairs], [m for _, m in pairs])
+    W = W.ravel() if W.size else np.zeros(1)
     near_zero = float((np.abs(W) < 1e-3 * max(float(W.max()), 1e-12)).mean())
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(W, bins=100, log=True)
@@ -185,8 +187,6 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jobs.learn_bases import build_rows, check_training_rows
-
     meta = bases.meta if bases is not None else None
     rgb = bool(meta and meta.channels == 3)
     mode: Literal["global", "patch"] = "global" if (meta.mode if meta else cfg.nmf.mode) == "global" else "patch"
@@ -200,8 +200,6 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
         lcfg = dataclasses.replace(
             cfg.nmf, k=k, mode=mode, image_size=size, patch_size=p, channels="rgb" if rgb else "gray"
         )
-        from restore_core.config import LearnBasesConfig
-
         X = build_rows(train, LearnBasesConfig(nmf=lcfg))
         check_training_rows(X, k, "the k study's training crops")
         with warnings.catch_warnings():
@@ -244,7 +242,7 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
     return results
 
 
-METHODS = ("seed", "nmf", "biharmonic", "median", "none")
+METHODS = ("reference", "nmf", "biharmonic", "median", "none")
 
 
 def check_config(cfg: BenchmarkConfig) -> None:
@@ -273,7 +271,7 @@ def run(cfg: BenchmarkConfig) -> Summary:
             "rows can give; lower it or raise nmf.n_samples"
         )
     check_config(cfg)
-    needs_bases = any(m in ("nmf", "seed") for m in cfg.methods)
+    needs_bases = any(m in ("nmf", "reference") for m in cfg.methods)
     bases = load_bases(cfg.bases) if (cfg.bases or needs_bases) else None
     images = _clean_images(cfg, bases)
     if not images:

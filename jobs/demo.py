@@ -14,8 +14,7 @@
 
 A second run reuses what exists: each step records a fingerprint of its settings and inputs in
 ``_demo_state.json`` and is skipped when its output is there with the same fingerprint
-(``force: true`` redoes everything). A step whose job is not in this checkout is reported as
-unavailable and the others go on.
+(``force: true`` redoes everything).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -35,17 +33,27 @@ from typing import Any
 
 import numpy as np
 
+from imrestore_data import demo_data
+from jobs import learn_bases as learn_bases_job
+from jobs import quality as quality_job
+from jobs import restore as restore_job
+from jobs import train_inpaint as train_inpaint_job
+from jobs import train_sr as train_sr_job
 from jobs.common import Summary, format_table
-from restore_core import codec, demo_data
+from jobs.ray_utils import init_ray, is_verbose
+from restore_core import codec, metrics, sr
 from restore_core.config import (
     DemoConfig,
     InputConfig,
     LearnBasesConfig,
     NMFLearnConfig,
     OutputConfig,
+    QualityConfig,
     RestoreConfig,
     SRConfig,
+    SRDegradeConfig,
     TrainInpaintConfig,
+    TrainSRConfig,
     from_dict,
 )
 from restore_core.errors import UserError
@@ -97,7 +105,7 @@ class Steps:
         if os.path.isfile(self.path) and not force:
             with open(self.path, encoding="utf-8") as f:
                 self.state = json.load(f)
-        self.report: dict[str, str] = {}  # step -> "done in 3.1 s" | "reused" | "unavailable: ..."
+        self.report: dict[str, str] = {}  # step -> "done in 3.1 s" | "reused"
         self.seconds: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -110,12 +118,7 @@ class Steps:
             return True
         t0 = time.perf_counter()
         log.info("demo: %s ...", name)
-        try:
-            fn()
-        except _Unavailable as exc:
-            self.report[name] = f"unavailable: {exc}"
-            log.warning("demo: %s unavailable: %s", name, exc)
-            return False
+        fn()
         self.seconds[name] = time.perf_counter() - t0
         self.report[name] = f"done in {self.seconds[name]:.1f} s"
         with self._lock:  # steps may run in two threads (see run)
@@ -128,25 +131,10 @@ class Steps:
         return self.state.get(name, "")
 
 
-class _Unavailable(Exception):
-    """A job module that is not in this checkout (yet)."""
-
-
-def _job(module: str) -> Any:
-    try:
-        return importlib.import_module(f"jobs.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"jobs.{module}":
-            raise _Unavailable(f"jobs/{module}.py is not in this checkout") from None
-        raise
-
-
 def _summary_line(summary: Any) -> None:
     """A step's job summary in the demo's log: one line, or all of it with --verbose."""
     if not isinstance(summary, Summary):
         return
-    from jobs.ray_utils import is_verbose
-
     if not is_verbose():
         log.info("  %s", summary.brief())
         return
@@ -160,12 +148,6 @@ def _summary_line(summary: Any) -> None:
 def _blur(cfg: DemoConfig) -> Callable[[np.ndarray], np.ndarray]:
     """The test set's blur: the SR model's own degrade (same filter and scale as its training),
     else a bilinear shrink-and-enlarge."""
-    try:
-        from restore_core import sr
-    except ImportError:
-        return lambda img: demo_data.shrink_enlarge(img, cfg.data.blur_scale)
-    from restore_core.config import SRDegradeConfig
-
     dcfg = SRDegradeConfig(scale=cfg.data.blur_scale)
 
     def blur(img: np.ndarray) -> np.ndarray:
@@ -219,7 +201,7 @@ def train_sr_cfg(cfg: DemoConfig, train: str, out: str) -> Any:
     """train-sr's config: the demo's images and blur, a few epochs on the local Ray."""
     s = cfg.sr
     return from_dict(
-        _train_sr_config_class(),
+        TrainSRConfig,
         {
             "input": {"path": train},
             "output": out,
@@ -258,15 +240,6 @@ def train_inpaint_cfg(cfg: DemoConfig, train_damaged: str, out: str) -> TrainInp
     )
 
 
-def _train_sr_config_class() -> type:
-    from restore_core import config
-
-    cls = getattr(config, "TrainSRConfig", None)
-    if cls is None:
-        raise _Unavailable("restore_core.config has no TrainSRConfig")
-    return cls
-
-
 def restore_cfg(
     cfg: DemoConfig, test: str, out: str, method: str, bases: str, sr_model: str, refiner: str = ""
 ) -> RestoreConfig:
@@ -275,7 +248,7 @@ def restore_cfg(
     return RestoreConfig(
         input=InputConfig(path=test),
         output=OutputConfig(path=out, overwrite=True),
-        bases=bases if method in ("nmf", "seed") else "",
+        bases=bases if method in ("nmf", "reference") else "",
         refiner=refiner if method == "learned" else "",
         fit=fit,
         sr=sr,
@@ -294,15 +267,10 @@ def _small_pool(cfg: DemoConfig) -> Any:
     return dataclasses.replace(cfg.ray, num_actors=actors, num_cpus_per_actor=1.0)
 
 
-def quality_cfg(cfg: DemoConfig, test: str, out: str) -> Any:
-    from restore_core import config
-
-    cls = getattr(config, "QualityConfig", None)
-    if cls is None:
-        raise _Unavailable("restore_core.config has no QualityConfig")
+def quality_cfg(cfg: DemoConfig, test: str, out: str) -> QualityConfig:
     # One fixed run date: the demo's quality folder holds one run, replaced on a rerun.
     return from_dict(
-        cls,
+        QualityConfig,
         {"input": {"path": test}, "output": out, "run_date": "2000-01-01", "ray": dataclasses.asdict(_small_pool(cfg))},
     )
 
@@ -318,12 +286,7 @@ def _start_ray(cfg: DemoConfig) -> bool:
         # training patches at the same time; with 2 logical CPUs (a 2-core laptop or CI) they
         # wait on each other for ever. Oversubscribing a small machine only slows it down.
         cfg = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, num_cpus=max(4, os.cpu_count() or 1)))
-    try:
-        from jobs.ray_utils import init_ray
-    except ImportError:
-        ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
-    else:
-        init_ray(cfg.ray)
+    init_ray(cfg.ray)
     return True
 
 
@@ -407,8 +370,6 @@ def plot_grid(test_table: Any, outputs: dict[str, Any], path: str, per_kind: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from restore_core import metrics
-
     ids = test_table.column("id").to_pylist()
     kinds = test_table.column("kind").to_pylist()
     chosen: list[str] = []
@@ -460,7 +421,7 @@ def plot_grid(test_table: Any, outputs: dict[str, Any], path: str, per_kind: int
 def run(cfg: DemoConfig) -> Summary:
     if not cfg.output:
         raise UserError("output is empty: set it (or --out) to the folder where the demo writes its files")
-    known = ("learned", "nmf", "seed", "fill", "biharmonic", "median", "none")
+    known = ("learned", "nmf", "reference", "fill", "biharmonic", "median", "none")
     unknown = [m for m in cfg.methods if m not in known]
     if unknown:
         raise UserError(f"methods: unknown method {unknown[0]!r} (choose from {', '.join(known)})")
@@ -490,13 +451,13 @@ def run(cfg: DemoConfig) -> Summary:
             rcfg = restore_cfg(cfg, test, folder, method, bases_dir, model, refiner_dir)
 
             def restore(rcfg: RestoreConfig = rcfg) -> None:
-                _summary_line(_job("restore").run(rcfg))
+                _summary_line(restore_job.run(rcfg))
 
             settings = {k: v for k, v in dataclasses.asdict(rcfg).items() if k != "ray"}  # results do not depend on it
             # Only what this run reads: restores without SR may finish before train-sr does.
             fp = [
                 data_fp,
-                steps.fingerprint("learn-bases") if method in ("nmf", "seed") else "",
+                steps.fingerprint("learn-bases") if method in ("nmf", "reference") else "",
                 steps.fingerprint("train-sr") if model else "",
                 steps.fingerprint("train-inpaint") if method == "learned" else "",
                 settings,
@@ -507,7 +468,7 @@ def run(cfg: DemoConfig) -> Summary:
         quality_dir = os.path.join(root, "quality")
 
         def quality() -> None:
-            _summary_line(_job("quality").run(quality_cfg(cfg, test, quality_dir)))
+            _summary_line(quality_job.run(quality_cfg(cfg, test, quality_dir)))
 
         def without_sr() -> bool:
             """learn-bases, a restore per method, quality: everything that needs no SR model."""
@@ -516,12 +477,12 @@ def run(cfg: DemoConfig) -> Summary:
                 "learn-bases",
                 [data_fp, dataclasses.asdict(lb_cfg.nmf)],
                 os.path.join(bases_dir, "meta.json"),
-                lambda: _summary_line(_job("learn_bases").run(lb_cfg)),
+                lambda: _summary_line(learn_bases_job.run(lb_cfg)),
             )
             for method in cfg.methods:
                 if method == "learned":
                     continue  # after train-inpaint, below
-                if method in ("nmf", "seed") and not have_bases:
+                if method in ("nmf", "reference") and not have_bases:
                     steps.report[f"restore {method}"] = "skipped: no bases"
                     continue
                 restore_step(method, method, "")
@@ -537,8 +498,7 @@ def run(cfg: DemoConfig) -> Summary:
             if cfg.sr.enabled:
 
                 def train_sr() -> None:
-                    module = _job("train_sr")
-                    _summary_line(module.run(train_sr_cfg(cfg, train, model_dir)))
+                    _summary_line(train_sr_job.run(train_sr_cfg(cfg, train, model_dir)))
 
                 have_model = steps.run(
                     "train-sr", [data_fp, dataclasses.asdict(cfg.sr)], os.path.join(model_dir, "meta.json"), train_sr
@@ -550,7 +510,7 @@ def run(cfg: DemoConfig) -> Summary:
                     "train-inpaint",
                     [data_fp, dataclasses.asdict(cfg.inpaint)],
                     os.path.join(refiner_dir, "meta.json"),
-                    lambda: _summary_line(_job("train_inpaint").run(ti_cfg)),
+                    lambda: _summary_line(train_inpaint_job.run(ti_cfg)),
                 )
             have_bases = others.result()
         if "learned" in cfg.methods:
@@ -619,8 +579,7 @@ def run(cfg: DemoConfig) -> Summary:
     }
     values.update({f"step {k}": v for k, v in steps.report.items()})
     values["seconds"] = time.perf_counter() - t_start
-    unavailable = [k for k, v in steps.report.items() if v.startswith("unavailable")]
-    return Summary(job="demo", values=values, outputs=report_outputs, table=table, exit_code=1 if unavailable else 0)
+    return Summary(job="demo", values=values, outputs=report_outputs, table=table)
 
 
 def _find_quality_report(folder: str) -> str:

@@ -20,13 +20,14 @@ import numpy as np
 from jobs import ray_utils
 from jobs.common import Summary
 from restore_core import codec, nmf, sampling
+from restore_core.bases import Bases, BasesMeta, data_fingerprint
+from restore_core.codec import cell_bytes
 from restore_core.config import LearnBasesConfig, check_ranges
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io import locations
-from restore_core.io.artifacts import Bases, BasesMeta, data_fingerprint, save_bases
+from restore_core.io.artifacts import save_bases
 from restore_core.io.shards import probe_writable
-from restore_core.pipeline import cell_bytes
 
 CONFIG = LearnBasesConfig
 log = logging.getLogger("jobs.learn_bases")

@@ -4,10 +4,11 @@
 ``python -m jobs quality --config configs/quality.yaml --calibrate <output>/run=2024-06-30`` (suggest thresholds)
 
 Reads the same inputs as restore, maps ``restore_core.quality.QualityScorer`` over them with an
-actor pool, writes the per-image shards into a staging folder, then (in the driver, over the
-metric columns only) finds duplicate groups, evaluates flags, compares with the previous finished
-run, writes ``flags.parquet``, ``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes
-the folder as ``<output>/run=<date>/``, replacing an earlier run of the same date.
+actor pool, writes the per-image shards into a staging folder, then (with Ray Data over those
+shards, see ``jobs/quality_aggregate.py``: the driver receives only summaries) finds duplicate
+groups, evaluates flags, compares with the previous finished run, writes ``flags.parquet``,
+``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes the folder as
+``<output>/run=<date>/``, replacing an earlier run of the same date.
 
 The verdict (``jobs.verdict``) is the exit code (0 pass, 1 a ``fail_on`` flag's share is over its
 ``max_share``, 3 a ``warn_on`` one is, 2 the job failed), ``status.json`` (in the run folder and in
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from jobs import logs, verdict
+from jobs import logs, quality_aggregate, quality_incremental, verdict
 from jobs.common import Summary, format_table
 from jobs.ray_utils import (
     actor_pool_args,
@@ -42,11 +43,11 @@ from jobs.ray_utils import (
     report_progress,
 )
 from restore_core import codec, report
+from restore_core.codec import cell_bytes
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets, lease, locations, lookup
 from restore_core.io.shards import probe_writable
-from restore_core.pipeline import cell_bytes
 from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_png
 
 CONFIG = QualityConfig
@@ -76,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-date", metavar="YYYY-MM-DD", help="the run's date (default: today, UTC)")
     parser.add_argument(
+        "--full",
+        action="store_true",
+        help="score every image again instead of reusing the last finished run's rows of unchanged files",
+    )
+    parser.add_argument(
         "--calibrate",
         metavar="RUN_FOLDER",
         help="a finished run of known-good images (<output>/run=<date>): print suggested thresholds, score nothing",
@@ -94,6 +100,8 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
         extra.append(f"run_date='{args.run_date}'")
     if args.calibrate:
         extra.append(f"calibrate={args.calibrate}")
+    if args.full:
+        extra.append("full=true")
     return extra
 
 
@@ -156,6 +164,23 @@ def group_thumbnails(cfg: QualityConfig, table: pa.Table, summary: dict[str, Any
         log.warning("duplicate groups shown without thumbnails: %s", exc)
         return {}
     return {i: t for part in parts for i, t in part.items()}
+
+
+def _aggregate_on_cluster(cfg: QualityConfig, fs: Any, staging: str) -> bool:
+    """Whether the run-wide step runs on the cluster: from ``cluster_aggregation_rows`` staged rows
+    (counted from the Parquet footers). Below that the driver reads the metric columns and is done
+    in seconds, where a dozen Ray Data executions take minutes."""
+    if cfg.cluster_aggregation_rows == 0:
+        return True
+    rows = quality_aggregate.staged_rows(fs, posixpath.join(staging, "data"))
+    return rows >= cfg.cluster_aggregation_rows
+
+
+def _write_flags_table(fs: Any, staging: str, table: pa.Table) -> None:
+    keep = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
+    buf = pa.BufferOutputStream()
+    pq.write_table(table.select(keep), buf)
+    report.put(fs, posixpath.join(staging, "flags.parquet"), buf.getvalue().to_pybytes())
 
 
 def calibrate(cfg: QualityConfig) -> Summary:
@@ -235,32 +260,45 @@ def _write_error_status(cfg: QualityConfig, fs: Any, root: str, date: str, start
 def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Summary:
     t0 = time.perf_counter()
     init_ray(cfg.ray)
-    ds = read_dataset(cfg.input)
     pool = actor_pool_args(cfg.ray)
     staging = report.staging_path(root, date)
+    # Incremental: the last finished run's rows of unchanged files are copied into staging/data;
+    # only new and changed files are scored (all of them on a full rescan).
+    inc = quality_incremental.prepare(cfg, date, fs, root, staging)
     out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
-    # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
-    with remote_progress(input_rows(cfg.input), "scoring") as counter:
-        scored = ds.map_batches(
-            ScoreActor,
-            fn_constructor_kwargs={"cfg": cfg, "progress": counter},
-            batch_size=cfg.ray.batch_size,
-            batch_format="numpy",
-            **pool,
-        )
-        scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
+    n_rows = quality_incremental.rows_in(cfg, inc.to_score) if inc.to_score is not None else None
+    small = n_rows is not None and n_rows <= quality_incremental.IN_DRIVER_MAX_ROWS
+    if small and inc.to_score:  # a few hundred rows: no actor pool to start
+        quality_incremental.score_in_driver(cfg, inc.to_score, fs, posixpath.join(staging, "data"), ScoreActor)
+    elif not small:
+        # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
+        with remote_progress(n_rows if n_rows is not None else input_rows(cfg.input), "scoring") as counter:
+            scored = read_dataset(cfg.input, inc.to_score).map_batches(
+                ScoreActor,
+                fn_constructor_kwargs={"cfg": cfg, "progress": counter},
+                batch_size=cfg.ray.batch_size,
+                batch_format="numpy",
+                **pool,
+            )
+            scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
     t_score = time.perf_counter() - t0
 
     try:
-        # every column, thumbnails too: they exist for flagged rows only, so the table stays small
-        table = _read_shards(fs, posixpath.join(staging, "data"))
-        table = report.with_run_flags(table, cfg)
-        summary = report.summarize(table, cfg, date)
         earlier = [d for d in report.list_runs(fs, root) if d < date]
         previous = report.read_summary(fs, root, earlier[-1]) if earlier else None
-        previous_ids = report.read_ids(fs, root, earlier[-1]) if earlier else None
-        ids = table.column("id").to_pylist()
-        summary["drift"] = report.compare(summary, previous, ids, previous_ids)
+        history = [report.read_summary(fs, root, d) for d in earlier[-max(cfg.report.history_runs - 1, 0) :]]
+        on_cluster = _aggregate_on_cluster(cfg, fs, staging)
+        if on_cluster:  # the driver gets summaries only (jobs/quality_aggregate.py)
+            prev_flags = posixpath.join(root, f"{report.RUN_PREFIX}{earlier[-1]}", "flags.parquet") if earlier else None
+            run_agg = quality_aggregate.aggregate_run(cfg, fs, out_fs, staging, date, prev_flags)
+            summary = run_agg.summary
+            summary["drift"] = report.compare(summary, previous, (), None, id_diff=run_agg.id_diff)
+        else:  # below cluster_aggregation_rows: the metric table fits the driver, seconds instead of minutes
+            table = report.with_run_flags(_read_shards(fs, posixpath.join(staging, "data")), cfg)
+            summary = report.summarize(table, cfg, date)
+            previous_ids = report.read_ids(fs, root, earlier[-1]) if earlier else None
+            summary["drift"] = report.compare(summary, previous, table.column("id").to_pylist(), previous_ids)
+            _write_flags_table(fs, staging, table)
         decision = verdict.decide(summary, cfg.fail_on, cfg.warn_on)
         fails = decision.failed
         summary["failures"] = fails
@@ -269,14 +307,18 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
         summary["warn_on"] = list(cfg.warn_on)
         summary["verdict"] = decision.verdict
         summary["seconds"] = {"score_and_write": t_score}
-        summary["images_per_second"] = table.num_rows / t_score if t_score > 0 else 0.0
+        inc.rows_scored = summary["rows"] - inc.rows_reused
+        summary["incremental"] = inc.as_dict()
+        summary["images_per_second"] = inc.rows_scored / t_score if t_score > 0 else 0.0
         summary["config"] = to_dict(cfg)
-        keep = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
-        buf = pa.BufferOutputStream()
-        pq.write_table(table.select(keep), buf)
-        report.put(fs, posixpath.join(staging, "flags.parquet"), buf.getvalue().to_pybytes())
-        history = [report.read_summary(fs, root, d) for d in earlier[-max(cfg.report.history_runs - 1, 0) :]]
-        report.write_report(fs, staging, table, summary, history, cfg, group_thumbnails(cfg, table, summary))
+        summary["aggregated_on"] = "cluster" if on_cluster else "driver"
+        if on_cluster:
+            shown = report.group_members_shown(summary)
+            kept = quality_aggregate.kept_thumbnails(out_fs, posixpath.join(staging, "data"), shown)
+            thumbs = {**group_thumbnails(cfg, kept, summary), **report.table_thumbnails(kept, shown)}
+            report.write_report_parts(fs, staging, summary, history, cfg, run_agg.histograms, run_agg.worst, thumbs)
+        else:
+            report.write_report(fs, staging, table, summary, history, cfg, group_thumbnails(cfg, table, summary))
         summary["seconds"]["total"] = time.perf_counter() - t0
         report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
         url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"
@@ -308,6 +350,7 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
         "images": summary["rows"],
         "unreadable": summary["errors"],
         "compared with": summary["drift"].get("previous_run") or "(no earlier run)",
+        "scanned": inc.sentence(),
         "actors": pool_size(pool),
         "images/s (score+write)": summary["images_per_second"],
         "seconds": summary["seconds"]["total"],

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,7 +169,7 @@ def is_process_local(url: str) -> bool:
     return url.startswith("memory://")
 
 
-def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
+def read_dataset(input_cfg: InputConfig, files: Sequence[str] | None = None) -> ray.data.Dataset:
     """The input as a Ray Dataset with the configured id and image columns.
 
     ``format: parquet`` reads the sorted ``*.parquet`` files with ``ray.data.read_parquet``;
@@ -178,10 +178,16 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     option) works because the pyarrow filesystem wraps the fsspec one. ``memory://`` URLs live
     in this process only, so they are read here and handed to Ray (small test data only).
     Missing paths, empty folders and missing columns fail here, before any work, as UserError.
+    ``files``: read these of the input's files only (full paths as ``datasets.list_files`` gives
+    them, not empty; an incremental quality run's new and changed files); ids are as in a full read.
     """
     if not input_cfg.path:
         raise UserError("input.path is empty: point it at the images (Parquet files or a folder)")
-    files = datasets.list_files(input_cfg.path, input_cfg.format, input_cfg.storage_options)
+    if files is None:
+        files = datasets.list_files(input_cfg.path, input_cfg.format, input_cfg.storage_options)
+    elif is_process_local(input_cfg.path):
+        raise ValueError("read_dataset: a file subset of a process-local input is not supported")
+    files = list(files)
     idc, imc = input_cfg.id_column, input_cfg.image_column
     if is_process_local(input_cfg.path):
         rows = list(
@@ -200,7 +206,7 @@ def read_dataset(input_cfg: InputConfig) -> ray.data.Dataset:
     if input_cfg.format == "parquet":
         # Every file's footer: missing columns fail here, and files whose column types differ
         # are read as one schema (ids as strings, missing columns null) instead of failing mid-job.
-        schema = datasets.parquet_input_schema(input_cfg.path, input_cfg.storage_options, idc, imc)
+        schema = datasets.parquet_input_schema(input_cfg.path, input_cfg.storage_options, idc, imc, files)
         ds = ray.data.read_parquet(files, filesystem=fs, **({"schema": schema} if schema is not None else {}))
         if schema is None:  # the files agree: the first one's schema is everyone's
             schema = datasets.parquet_schemas(

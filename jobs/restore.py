@@ -31,12 +31,13 @@ import pyarrow as pa
 from jobs import logs, ray_utils
 from jobs.common import Summary
 from restore_core import checks
+from restore_core.bases import Bases
 from restore_core.config import RestoreConfig, check_ranges, to_dict
 from restore_core.device import resolve_device
 from restore_core.errors import UserError
-from restore_core.io import datasets, lease, locations
+from restore_core.io import datasets, lease, locations, sr_models
 from restore_core.io import shards as shard_io
-from restore_core.io.artifacts import Bases, load_bases
+from restore_core.io.artifacts import load_bases, load_sr_model
 from restore_core.io.refiners import RefinerArtifact, build_from_artifact, load_refiner
 from restore_core.pipeline import Restorer, resolve_method
 from restore_core.quality import read_flagged_ids
@@ -82,14 +83,14 @@ def check_config(cfg: RestoreConfig) -> None:
         raise UserError(f"ray.batch_size must be >= 1, got {cfg.ray.batch_size}")
     if cfg.output.format == "images" and cfg.input.format != "images":
         raise UserError("output.format images needs input.format images (a folder tree to mirror); use parquet")
-    if cfg.fit.method in ("nmf", "seed") and not cfg.bases:
+    if cfg.fit.method in ("nmf", "reference") and not cfg.bases:
         raise UserError(f"fit.method {cfg.fit.method} needs bases: set 'bases' to a learn-bases artifact folder")
     if cfg.fit.method == "learned" and not cfg.refiner:
         raise UserError("fit.method learned needs a refiner: set 'refiner' to a train-inpaint artifact folder")
     if cfg.sr.enabled and not cfg.sr.model:
         raise UserError("sr.enabled is true but sr.model is empty: set it to a train-sr artifact folder")
     # Never write into what the job reads, however either is spelled (and no credentials in URLs).
-    reads = [("input.path", cfg.input.path), ("bases", cfg.bases if cfg.fit.method in ("nmf", "seed") else "")]
+    reads = [("input.path", cfg.input.path), ("bases", cfg.bases if cfg.fit.method in ("nmf", "reference") else "")]
     reads += [("sr.model", cfg.sr.model if cfg.sr.enabled else ""), ("only_flagged", cfg.only_flagged)]
     locations.check_apart(reads, [("output.path", cfg.output.path)])
 
@@ -128,8 +129,6 @@ def load_sr_artifact(cfg: RestoreConfig) -> Any:
     """The validated SR artifact (weights as arrays + meta), or None when SR is off."""
     if not cfg.sr.enabled:
         return None
-    from restore_core.io.artifacts import load_sr_model  # the SR artifact format (safetensors)
-
     return load_sr_model(cfg.sr.model, cfg.sr.storage_options)
 
 
@@ -176,9 +175,7 @@ def sr_apply_from_artifact(artifact: Any, cfg: RestoreConfig) -> Callable[[np.nd
     """Build the SR callable in the actor from weights shipped once through the object store."""
     if artifact is None:
         return None
-    from restore_core import sr
-
-    return sr.apply_fn(sr.model_from_artifact(artifact, cfg.device), cfg.sr)
+    return sr_models.apply_from_artifact(artifact, cfg.sr, cfg.device)
 
 
 # ----------------------------------------------------------------------------- Ray stages
@@ -313,7 +310,7 @@ def run(cfg: RestoreConfig) -> Summary:
     if refiner is not None:  # the learned method: bases only when the refiner takes them
         needs_bases = bool(refiner.bases_fingerprint)
     else:
-        needs_bases = cfg.fit.method in ("nmf", "seed") or (cfg.fit.method == "auto" and bool(cfg.bases))
+        needs_bases = cfg.fit.method in ("nmf", "reference") or (cfg.fit.method == "auto" and bool(cfg.bases))
     # (bases "" with a refiner that takes bases: check_refiner_bases says so in its words)
     bases: Bases | None = load_bases(cfg.bases, cfg.input.storage_options) if needs_bases and cfg.bases else None
     check_refiner_bases(cfg, refiner, bases)

@@ -29,12 +29,12 @@ import numpy as np
 from jobs import training
 from jobs.common import Summary, format_table
 from restore_core import codec, masks
+from restore_core.codec import cell_bytes
 from restore_core.config import TrainInpaintConfig, check_ranges, from_dict, to_dict
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io import datasets
 from restore_core.io.artifacts import load_bases
 from restore_core.io.refiners import build_from_artifact, load_refiner, refiner_artifact, save_refiner
-from restore_core.pipeline import cell_bytes
 from restore_core.refiner import RefinerSpec, build_refiner
 
 CONFIG = TrainInpaintConfig
@@ -210,7 +210,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     hide = rf.random_training_mask(observed.shape, val_gen, device) & observed
                     dead = ~observed | hide
                     weight = hide.expand_as(images).float()
-                    pred = rf.refine(averaged, images, dead, bases=bases)
+                    pred = rf.refine(averaged, images, dead, bases=bases, calibrate=False)  # the net itself
                     fill = harmonic_fill(images, dead, iters=spec.fill_iters, order=spec.fill_order)
                     sse_model += float((((pred - images) ** 2) * weight).sum())
                     sse_fill += float((((fill - images) ** 2) * weight).sum())

@@ -2,7 +2,7 @@
 
 Data: clean images from ``input.path`` (Parquet with id/image columns, or a folder of images, any
 fsspec URL), cut into luminance patches; or, when ``input.path`` is empty, generated digit-like
-images (``restore_core.digits``), which with ``configs/sr_seed.yaml`` reproduces the write-up
+images (``imrestore_data.digits``), which with ``configs/sr_seed.yaml`` reproduces the write-up
 (28x28 gray via 10x10, MSE, Adam, batch 64, 10 epochs). Every epoch each worker trains on its
 shard, the validation PSNR (model, degraded input, bicubic) is summed across workers, rank 0
 logs one line and reports a checkpoint (safetensors + meta.json + optimiser state) to
@@ -24,11 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from jobs import training
+from imrestore_data.digits import digits
+from jobs import ray_utils, training
 from jobs.common import Summary, format_table
+from restore_core import codec, sr
+from restore_core.codec import cell_bytes
 from restore_core.config import SRDegradeConfig, TrainSRConfig, from_dict, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets, locations
+from restore_core.io import datasets, locations, sr_models
+from restore_core.io.artifacts import load_sr_model, save_sr_model
 from restore_core.io.shards import probe_writable
 
 CONFIG = TrainSRConfig
@@ -45,8 +49,6 @@ class _MakeDigits:
         self.size, self.seed = size, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from restore_core.digits import digits
-
         ids = batch["id"]
         out = np.empty((len(ids), self.size, self.size), np.float32)
         for j, i in enumerate(ids):  # one image at a time: image i depends only on (seed, i)
@@ -62,9 +64,6 @@ class _MakePatches:
         self.val = val
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from restore_core import codec, sr
-        from restore_core.pipeline import cell_bytes
-
         c, t = self.cfg, self.cfg.train
         ids = [str(i) for i in batch[c.input.id_column]]
         images = []
@@ -103,8 +102,6 @@ def build_datasets(cfg: TrainSRConfig) -> tuple[Any, Any]:
         return train.materialize(), val.materialize()
     if not 0.0 < cfg.train.val_fraction < 1.0:
         raise UserError(f"train.val_fraction must be between 0 and 1 (exclusive), got {cfg.train.val_fraction}")
-    from jobs import ray_utils
-
     images = ray_utils.read_dataset(cfg.input)
     raw = to_dict(cfg)
     raw["input"]["storage_options"] = dict(cfg.input.storage_options)  # workers need the real ones
@@ -128,9 +125,6 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from restore_core import sr
-    from restore_core.io.artifacts import load_sr_model
-
     cfg = from_dict(TrainSRConfig, config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
@@ -144,7 +138,7 @@ def train_loop(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
 
     def load_weights(folder: str) -> None:
-        base.load_state_dict(sr.model_from_artifact(load_sr_model(folder)).net.state_dict())
+        base.load_state_dict(sr_models.load_model(folder).net.state_dict())
 
     start, history, _ = training.resume_train_state(config, "train-sr", state.optimizer, state.scaler, load_weights)
 
@@ -193,7 +187,7 @@ def train_loop(config: dict[str, Any]) -> None:
         )
 
         def write_model(folder: str, epoch: int = epoch, metrics: dict[str, Any] = metrics) -> None:
-            sr.save_model(
+            sr_models.save_model(
                 base,
                 cfg.degrade,
                 folder,
@@ -256,9 +250,6 @@ def _check(cfg: TrainSRConfig) -> None:
 def run(cfg: TrainSRConfig) -> Summary:
     _check(cfg)
     import ray.data
-
-    from jobs import ray_utils
-    from restore_core.io.artifacts import load_sr_model, save_sr_model
 
     t0 = time.perf_counter()
     place = training.checkpoint_place(

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from restore_core.errors import ArtifactError, UserError
-from restore_core.io.artifacts import BasesMeta
+from restore_core import codec
+from restore_core.bases import BasesMeta
+from restore_core.errors import ArtifactError, ImageDecodeError, UserError
 
 
 def _image_desc(shape: tuple[int, ...]) -> str:
@@ -159,15 +160,11 @@ def explain_exception(exc: BaseException) -> str | None:
 
 def first_image_shape(rows: Iterator[dict[str, Any]], image_column: str, max_pixels: int) -> tuple[int, ...] | None:
     """The shape of the first decodable image among ``rows`` (at most 8 tried), or None."""
-    from restore_core import codec
-    from restore_core.errors import ImageDecodeError
-    from restore_core.pipeline import cell_bytes
-
     for i, row in enumerate(rows):
         if i >= 8:
             break
         try:
-            img, _ = codec.decode(cell_bytes(row.get(image_column)), max_pixels)
+            img, _ = codec.decode(codec.cell_bytes(row.get(image_column)), max_pixels)
         except ImageDecodeError:
             continue
         return tuple(np.shape(img))

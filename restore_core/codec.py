@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -310,3 +311,29 @@ def encode_like(arr: np.ndarray, info: ImageInfo, image_format: str = "png", qua
         buf = io.BytesIO()
         img.save(buf, format=fmt, **{k: v for k, v in params.items() if k not in ("exif", "icc_profile")})
     return buf.getvalue()
+
+
+def cell_bytes(value: Any) -> bytes | None:
+    """Image bytes from a cell: raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct.
+
+    A struct whose bytes are null was not filled by the reader
+    (:func:`restore_core.io.datasets.embed_path_cells`): its file is missing or outside the
+    dataset, which is this row's error.
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        path = value.get("path")
+        value = value.get("bytes")
+        if value is None:
+            if path:
+                raise ImageDecodeError(
+                    f"image cell has no bytes and its file {str(path)[:200]!r} could not be read "
+                    "(paths are read relative to input.path and must stay inside it)"
+                )
+            return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return value.tobytes()
+    raise ImageDecodeError(f"image cell holds {type(value).__name__}, expected encoded bytes")

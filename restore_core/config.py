@@ -23,7 +23,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -141,12 +141,19 @@ class NMFLearnConfig:
     seed: int = ranged(0, 0)
 
 
+#: ``fit.method`` values; ``seed`` is the old name of ``reference`` (accepted with a warning).
+FitMethod = Literal["auto", "learned", "nmf", "reference", "seed", "fill", "biharmonic", "median", "none"]
+
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """How weights are fitted with the bases frozen, and how the image is filled."""
 
+    #: Earlier key names, still accepted (a warning names the new one).
+    RENAMED: ClassVar[dict[str, str]] = {"seed_lr": "reference_lr", "seed_iter": "reference_iter"}
+
     # auto = learned when a refiner is given, else nmf when bases are given, else fill
-    method: Literal["auto", "learned", "nmf", "seed", "fill", "biharmonic", "median", "none"] = "auto"
+    method: FitMethod = "auto"  # reference = the write-up's method; seed = its old name (deprecated)
     stride: int = ranged(2, 1)  # patch mode: distance between overlapping patches
     l1: float = ranged(0.0, 0.0)
     max_iter: int = ranged(300, 1)
@@ -157,9 +164,15 @@ class FitConfig:
     prior_fill: Literal["smooth", "biharmonic"] = "biharmonic"  # the fill the prior pulls towards (docs/nmf.md)
     min_observed_fraction: float = ranged(0.0, 0.0, 1.0)  # rows observing a smaller share, or none, are errors
     refine: int = ranged(0, 0)  # patch mode: refits with the previous result as the prior's target
-    seed_lr: float = ranged(0.0, 0.0)  # method seed: learning rate; 0 = 1/L (the largest stable step)
-    seed_iter: int = ranged(500, 1)
+    hole_prior: float = ranged(0.1, 0.0, low_open=True)  # patch mode: smooth fill's weight where patches saw little
+    reference_lr: float = ranged(0.0, 0.0)  # method reference: learning rate; 0 = 1/L (the largest stable step)
+    reference_iter: int = ranged(500, 1)  # method reference: gradient steps
     chunk_size: int = ranged(65_536, 1)  # patches fitted per solver call (memory bound)
+
+    def __post_init__(self) -> None:
+        if self.method == "seed":
+            _warn_renamed("fit.method seed", "fit.method reference")
+            object.__setattr__(self, "method", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,7 +340,7 @@ class BenchmarkConfig:
     rates: list[float] = dataclasses.field(
         default_factory=lambda: [0.3, 0.5, 0.7], metadata=each_in(0.0, 1.0, high_open=True)
     )
-    methods: list[str] = dataclasses.field(default_factory=lambda: ["seed", "nmf", "biharmonic", "median"])
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["reference", "nmf", "biharmonic", "median"])
     k_values: list[int] = dataclasses.field(default_factory=list, metadata=each_in(1))  # PSNR-vs-k study; [] = off
     weight_histogram: bool = True
     n_images: int = ranged(16, 1)
@@ -336,6 +349,11 @@ class BenchmarkConfig:
     nmf: NMFLearnConfig = dataclasses.field(default_factory=NMFLearnConfig)  # for the k study
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if "seed" in self.methods:
+            _warn_renamed("methods: seed", "reference")
+            object.__setattr__(self, "methods", ["reference" if m == "seed" else m for m in self.methods])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -538,6 +556,10 @@ class QualityConfig:
     fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
     warn_on: list[str] = dataclasses.field(default_factory=list)  # flags that only warn (exit 3) past max_share
     calibrate: str = ""  # a known-good run folder: print suggested thresholds from it instead of scoring
+    full: bool = False  # true = score every image; false = reuse the last finished run's rows of unchanged files
+    cluster_aggregation_rows: int = ranged(
+        1_000_000, 0
+    )  # run-wide step on the cluster from this many rows (0 = always)
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
@@ -590,6 +612,10 @@ class QualityConfig:
 
 def _warn_alias(key: str, new: str) -> None:
     logging.getLogger("restore_core.config").warning("%s is a deprecated flag name: use %s", key, new)
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    logging.getLogger("restore_core.config").warning("%s is a deprecated name: use %s", old, new)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -672,6 +698,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(typing.cast(Any, cls))}
+    data = _renamed_keys(cls, data, prefix)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known keys here: {', '.join(sorted(names))})")
@@ -685,12 +712,29 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             default = _field_default(fields[name])
             section: Any = from_dict(typing.cast(type, tp), value, prefix=f"{prefix}{name}.")
             if default is not None:
-                section = dataclasses.replace(default, **{k: getattr(section, k) for k in value})
+                renamed: dict[str, str] = getattr(tp, "RENAMED", {})
+                given = [renamed.get(str(k), str(k)) for k in value]  # renamed keys under their new names
+                section = dataclasses.replace(default, **{k: getattr(section, k) for k in given})
             kwargs[name] = section
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
         check_range(fields[name], kwargs[name], prefix + name)
     return cls(**kwargs)
+
+
+def _renamed_keys(cls: type, data: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
+    """``data`` with the keys ``cls.RENAMED`` lists under their new names (a warning each)."""
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
+    if not renamed.keys() & data.keys():
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"config key '{prefix}{old}' is the old name of '{prefix}{new}': give one of them")
+            _warn_renamed(f"config key '{prefix}{old}'", f"'{prefix}{new}'")
+            out[new] = out.pop(old)
+    return out
 
 
 def check_range(field: dataclasses.Field[Any], value: Any, key: str) -> None:

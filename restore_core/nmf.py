@@ -9,7 +9,7 @@ Objective (per image i, with an optional mask ``M`` of observed pixels, 1 = obse
 
 ``fit_weights`` solves it for all images of a batch at once with FISTA (accelerated projected
 gradient, two GEMMs an iteration, adaptive restart, relative-tolerance stop).
-``fit_weights_seed`` is the write-up's method kept as the reference: weights start at 0 and
+``fit_weights_reference`` is the write-up's method kept as the reference: weights start at 0 and
 follow plain gradient descent on the mean squared error over every pixel, one image at a time.
 """
 
@@ -232,7 +232,7 @@ def _fista(
     return it, False
 
 
-def fit_weights_seed(
+def fit_weights_reference(
     X: Array,
     H: Array,
     *,

@@ -30,12 +30,14 @@ import numpy as np
 import torch
 
 from restore_core import codec, masks, metrics
+from restore_core.bases import Bases, validate_bases
+from restore_core.codec import cell_bytes
 from restore_core.config import RestoreConfig
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases, validate_bases
+from restore_core.quality import restore_only_flagged
 from restore_core.refiner import RefinerSpec, refine
 
 #: Metric columns written for every row (NaN where not applicable).
@@ -133,40 +135,14 @@ def batched_fill(
     return [r if r is not None else RuntimeError("not restored") for r in results]
 
 
-def cell_bytes(value: Any) -> bytes | None:
-    """Image bytes from a cell: raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct.
-
-    A struct whose bytes are null was not filled by the reader
-    (:func:`restore_core.io.datasets.embed_path_cells`): its file is missing or outside the
-    dataset, which is this row's error.
-    """
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        path = value.get("path")
-        value = value.get("bytes")
-        if value is None:
-            if path:
-                raise ImageDecodeError(
-                    f"image cell has no bytes and its file {str(path)[:200]!r} could not be read "
-                    "(paths are read relative to input.path and must stay inside it)"
-                )
-            return None
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
-        return value.tobytes()
-    raise ImageDecodeError(f"image cell holds {type(value).__name__}, expected encoded bytes")
-
-
 class Restorer:
     """Restores a batch of rows.
 
     Parameters
     ----------
     bases : Bases or None
-        Needed for methods ``nmf`` and ``seed`` (and ``learned`` when the refiner uses bases).
-    sr_model : callable or None
+        Needed for methods ``nmf`` and ``reference`` (and ``learned`` when the refiner uses bases).
+    sr_apply : callable or None
         Applied to each restored image when ``cfg.sr.enabled`` (float32 (H, W[, C]) in [0, 1]
         in, same layout out, possibly larger when ``sr.scale > 1``).
     cfg : RestoreConfig
@@ -179,7 +155,7 @@ class Restorer:
     def __init__(
         self,
         bases: Bases | None,
-        sr_model: SRApply | None,
+        sr_apply: SRApply | None,
         cfg: RestoreConfig,
         flagged_ids: Collection[str] | None = None,
         refiner: torch.nn.Module | None = None,
@@ -199,8 +175,8 @@ class Restorer:
                 raise UserError("this refiner takes the NMF bases as an input: set 'bases' to its learn-bases artifact")
             self.refiner = refiner.to(self.device).eval()
         # the write-up's method (and keep_observed false) reconstruct every pixel on purpose
-        self.keeps_observed = cfg.fit.keep_observed and self.method != "seed"
-        if self.method in ("nmf", "seed"):
+        self.keeps_observed = cfg.fit.keep_observed and self.method != "reference"
+        if self.method in ("nmf", "reference"):
             if bases is None:
                 raise UserError(f"fit.method {self.method} needs bases: set 'bases' to a learn-bases artifact")
             # Bases may arrive through ray.put rather than load_bases: refuse NaN, negative or
@@ -209,9 +185,9 @@ class Restorer:
             self.inpainter: NMFInpainter | None = NMFInpainter(bases, cfg.fit, cfg.device)
         else:
             self.inpainter = None
-        if cfg.sr.enabled and sr_model is None:
+        if cfg.sr.enabled and sr_apply is None:
             raise UserError("sr.enabled is true but no SR model was loaded: set sr.model")
-        self.sr_model = sr_model if cfg.sr.enabled else None
+        self.sr_apply = sr_apply if cfg.sr.enabled else None
         # restore.only_flagged: when given, only these ids are restored; the rest pass through
         self.flagged_ids = frozenset(flagged_ids) if flagged_ids is not None else None
 
@@ -291,8 +267,6 @@ class Restorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.flagged_ids is None:
             return self.restore_rows(batch)
-        from restore_core.quality import restore_only_flagged  # imported here: quality imports this module
-
         icfg = self.cfg.input
         return restore_only_flagged(
             self.restore_rows, batch, self.flagged_ids, icfg.id_column, icfg.image_column, OUTPUT_COLUMNS
@@ -359,7 +333,7 @@ class Restorer:
                     dead,
                     self.method,
                     info.bit_depth,
-                    self.sr_model,
+                    self.sr_apply,
                     mask_given=source == MASK_FROM_COLUMN and self.keeps_observed,
                 )
                 self._metrics(out, i, img, restored, dead, source, ref_col[i] if ref_col is not None else None)
@@ -434,7 +408,7 @@ def finish_image(
     dead: np.ndarray,
     method: str,
     bit_depth: int,
-    sr_model: SRApply | None = None,
+    sr_apply: SRApply | None = None,
     mask_given: bool = False,
 ) -> np.ndarray:
     """From the filled colour channels to the image to write: the input's alpha back as it was,
@@ -447,11 +421,11 @@ def finish_image(
     content, not a dead pixel), so nothing is lifted.
     """
     restored = masks.join_alpha(filled, masks.split_alpha(img)[1])
-    if sr_model is not None:
-        restored = sr_model(restored)
+    if sr_apply is not None:
+        restored = sr_apply(restored)
     colour, alpha = masks.split_alpha(restored)
     kept = masks.colour_channels(img)
-    if mask_given and sr_model is None and colour.shape == kept.shape:
+    if mask_given and sr_apply is None and colour.shape == kept.shape:
         colour = np.where(np.broadcast_to(dead if kept.ndim == 2 else dead[..., None], kept.shape), colour, kept)
     else:
         colour = no_new_dead(colour, kept, dead if method != "none" else None, bit_depth)

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from restore_core import codec, masks, metrics
+from restore_core.codec import cell_bytes as _cell_bytes  # the restore step's cell rules
 from restore_core.config import FlagRule, QualityConfig
 from restore_core.errors import ConfigError, ImageDecodeError, UserError
 from restore_core.io import datasets
@@ -159,13 +160,6 @@ def thumbnail_png(img: np.ndarray, size: int) -> bytes:
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _cell_bytes(value: Any) -> bytes | None:
-    # Same cell rules as the restore step (raw bytes or a Hugging Face {bytes, path} struct).
-    from restore_core.pipeline import cell_bytes
-
-    return cell_bytes(value)
 
 
 class QualityScorer:

@@ -182,12 +182,15 @@ def compare(
     current_ids: Sequence[str],
     previous_ids: Sequence[str] | None,
     examples: int = 10,
+    id_diff: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What changed since the previous run, as numbers and as sentences a person reads.
 
     Flags whose share moved by >= ``FLAG_POINTS`` points, metrics whose median moved by >=
     ``MEDIAN_RELATIVE`` of the previous inter-quartile range (or of the previous median when the
-    IQR is 0), and the ids added and removed.
+    IQR is 0), and the ids added and removed. ``id_diff`` (``ids_added``, ``ids_removed``,
+    ``examples_added``, ``examples_removed``, as the quality job's distributed anti-join gives
+    them) stands in for the two id lists when given.
     """
     if previous is None:
         return {"previous_run": None, "sentences": ["No earlier finished run to compare with."]}
@@ -225,10 +228,15 @@ def compare(
             sentences.append(f"Median {m} {word} from {pq_['p50']:.4g} to {q['p50']:.4g} ({moved:+.2f} IQR).")
         elif tail_moved:
             sentences.append(f"The {tail_moved} tail of {m} moved while its median held at {q['p50']:.4g}.")
-    cur, prev = set(current_ids), set(previous_ids or ())
-    added, removed = sorted(cur - prev), sorted(prev - cur)
-    if added or removed:
-        sentences.append(f"{len(added)} images added and {len(removed)} removed since {previous['run_date']}.")
+    if id_diff is not None:
+        n_added, n_removed = int(id_diff["ids_added"]), int(id_diff["ids_removed"])
+        added, removed = list(id_diff["examples_added"]), list(id_diff["examples_removed"])
+    else:
+        cur, prev = set(current_ids), set(previous_ids or ())
+        added, removed = sorted(cur - prev), sorted(prev - cur)
+        n_added, n_removed = len(added), len(removed)
+    if n_added or n_removed:
+        sentences.append(f"{n_added} images added and {n_removed} removed since {previous['run_date']}.")
     err_delta = current["errors"] - previous.get("errors", 0)
     if err_delta:
         sentences.append(f"Undecodable images went from {previous.get('errors', 0)} to {current['errors']}.")
@@ -239,8 +247,8 @@ def compare(
         "sentences": sentences,
         "flags": flag_changes,
         "metrics": metric_changes,
-        "ids_added": len(added),
-        "ids_removed": len(removed),
+        "ids_added": n_added,
+        "ids_removed": n_removed,
         "examples_added": added[:examples],
         "examples_removed": removed[:examples],
     }
@@ -350,6 +358,27 @@ def histogram_png(values: np.ndarray, metric: str, thresholds: Sequence[tuple[st
     if log:
         v = np.log10(np.maximum(v, 1e-12))
     ax.hist(v, bins=40, color="#4c72b0")
+    for name, t in thresholds:
+        x = math.log10(max(t, 1e-12)) if log else t
+        ax.axvline(x, color="#c44e52", linestyle="--", linewidth=1)
+        ax.text(x, ax.get_ylim()[1] * 0.9, f" {name}", color="#c44e52", fontsize=7)
+    ax.set_xlabel(f"log10({metric})" if log else metric)
+    ax.set_ylabel("images")
+    return _png(fig)
+
+
+def histogram_png_counts(
+    edges: np.ndarray, counts: np.ndarray, metric: str, thresholds: Sequence[tuple[str, float]], log: bool
+) -> bytes:
+    """:func:`histogram_png` from counts already binned (``edges`` in log10 units when ``log``),
+    as the quality job's distributed aggregation gives them."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 2.6))
+    ax.stairs(np.asarray(counts), np.asarray(edges), fill=True, color="#4c72b0")
     for name, t in thresholds:
         x = math.log10(max(t, 1e-12)) if log else t
         ax.axvline(x, color="#c44e52", linestyle="--", linewidth=1)
@@ -488,24 +517,46 @@ def write_report(
     flagged rows do); the others come from ``table``. Every link in the page is relative, so the
     folder opens from disk with no server.
     """
+    pngs = {m: histogram_png(_floats(table, m), m, _thresholds(cfg, m)) for m in summary["quantiles"]}
+    thumbs = {**(group_thumbs or {}), **table_thumbnails(table, group_members_shown(summary))}
+    return write_report_parts(fs, folder, summary, history, cfg, pngs, worst_rows(table, cfg), thumbs)
+
+
+def _thresholds(cfg: QualityConfig, metric: str) -> list[tuple[str, float]]:
+    return [(n, c.value) for n, r in cfg.flags.items() if r.enabled for c in r.all_conditions() if c.metric == metric]
+
+
+def write_report_parts(
+    fs: fsspec.AbstractFileSystem,
+    folder: str,
+    summary: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    cfg: QualityConfig,
+    histograms: Mapping[str, bytes | tuple[np.ndarray, np.ndarray, bool]],
+    worst: dict[str, list[dict[str, Any]]],
+    group_thumbs: Mapping[str, bytes] | None = None,
+) -> str:
+    """:func:`write_report` from what the quality job's aggregation keeps: per metric a PNG or
+    ``(edges, counts, log10)`` of its histogram, per flag its worst rows (``id``, ``value``,
+    ``thumb`` PNG bytes or None, ``error``), and the thumbnails of the duplicate-group members
+    shown (``{id: PNG}``)."""
     plots: list[tuple[str, str]] = []
     for m in summary["quantiles"]:
-        thresholds = [
-            (n, c.value) for n, r in cfg.flags.items() if r.enabled for c in r.all_conditions() if c.metric == m
-        ]
+        h = histograms.get(m)
+        if h is None:
+            continue
+        png = h if isinstance(h, bytes) else histogram_png_counts(h[0], h[1], m, _thresholds(cfg, m), h[2])
         rel = f"plots/hist_{m}.png"
-        put(fs, posixpath.join(folder, rel), histogram_png(_floats(table, m), m, thresholds))
+        put(fs, posixpath.join(folder, rel), png)
         plots.append((m, rel))
     runs = [*history, summary][-cfg.report.history_runs :]
     put(fs, posixpath.join(folder, "plots/flag_history.png"), history_png(runs))
-    worst = worst_rows(table, cfg)
     for name, rows in worst.items():
         for k, r in enumerate(rows):
             if r["thumb"]:
                 r["src"] = f"thumbs/{name}_{k}.png"
                 put(fs, posixpath.join(folder, r["src"]), r["thumb"])
-    shown = group_members_shown(summary)
-    thumbs = {**(group_thumbs or {}), **table_thumbnails(table, shown)}
+    thumbs = dict(group_thumbs or {})
     group_images: list[list[dict[str, Any]]] = []
     for g, group in enumerate((summary.get("duplicate_groups") or {}).get("groups", [])):
         members = []
@@ -546,6 +597,10 @@ def render_html(
         f"<h1>Quality run {e(summary['run_date'])}</h1>",
         f"<p>{summary['rows']} images, {summary['ok']} read, {summary['errors']} unreadable.</p>",
     ]
+    if summary.get("incremental"):
+        from restore_core.io.file_identity import scan_sentence
+
+        parts.append(f"<p id='scan'>{e(scan_sentence(summary['incremental']))}</p>")
     fails = summary.get("failures") or []
     if fails:
         parts.append("<h2 class='fail'>Limits passed</h2><ul>")

@@ -26,12 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from restore_core.config import SRConfig, SRDegradeConfig
-from restore_core.device import resolve_device
 from restore_core.errors import ArtifactError, UserError
-from restore_core.io.artifacts import SRArtifact, load_sr_model, save_sr_model
 
 #: The write-up's hidden widths.
-SEED_CHANNELS = (16, 32, 64)
+WRITEUP_CHANNELS = (16, 32, 64)
 
 #: BT.601 full-range RGB -> YCbCr (JPEG's), used for the luminance-only colour mode.
 _RGB_TO_Y = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -55,7 +53,7 @@ class SRNet(nn.Module):
     Input and output: (B, 1, H, W) float32, any H and W (fully convolutional, padding 1).
     """
 
-    def __init__(self, channels: Sequence[int] = SEED_CHANNELS, residual: bool = False) -> None:
+    def __init__(self, channels: Sequence[int] = WRITEUP_CHANNELS, residual: bool = False) -> None:
         super().__init__()
         if not channels or any(int(c) < 1 for c in channels):
             raise ValueError(f"channels must be positive widths, got {list(channels)}")
@@ -90,9 +88,9 @@ class SRNet(nn.Module):
         return torch.sigmoid(out)
 
 
-def seed_net() -> SRNet:
+def writeup_net() -> SRNet:
     """The write-up's model."""
-    return SRNet(SEED_CHANNELS, residual=False)
+    return SRNet(WRITEUP_CHANNELS, residual=False)
 
 
 def param_count(net: nn.Module) -> int:
@@ -442,73 +440,6 @@ class SRModel:
         else:
             raise UserError(f"sr.color must be 'y' or 'per_channel', got {color!r}")
         return np.clip(out, 0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------- artifacts
-
-
-def model_artifact(net: SRNet, degrade_cfg: SRDegradeConfig, **extra: Any) -> SRArtifact:
-    """The net's weights (CPU float32; BatchNorm's counter as int64) and meta for saving."""
-    inner = getattr(net, "module", net)  # unwrap DistributedDataParallel
-    base: SRNet = inner if isinstance(inner, SRNet) else net
-    tensors = {k: v.detach().cpu().contiguous().numpy() for k, v in base.state_dict().items()}
-    meta = {
-        "format": "imrestore-sr",
-        "version": 1,
-        "architecture": base.architecture(),
-        "param_count": param_count(base),
-        "degrade": dataclasses.asdict(degrade_cfg),
-        **extra,
-    }
-    return SRArtifact(tensors=tensors, meta=meta)
-
-
-def save_model(
-    net: SRNet, degrade_cfg: SRDegradeConfig, url: str, storage_options: dict[str, Any] | None = None, **extra: Any
-) -> dict[str, Any]:
-    """Write the model artifact (safetensors + meta.json) to an fsspec folder; returns the meta."""
-    return save_sr_model(model_artifact(net, degrade_cfg, **extra), url, storage_options)
-
-
-def model_from_artifact(artifact: SRArtifact, device: torch.device | str = "cpu") -> SRModel:
-    """Build the net described by meta.json and load the weights (strict: names and shapes)."""
-    net = net_from_architecture(artifact.meta["architecture"])
-    try:
-        deg = SRDegradeConfig(**artifact.meta["degrade"])
-        if deg.filter not in ("nearest", "bilinear", "bicubic", "area") or not deg.scale > 0:
-            raise ValueError(f"bad degrade {artifact.meta['degrade']}")
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"SR model meta.json has bad degrade settings ({exc})") from None
-    state = {k: torch.from_numpy(np.array(v)) for k, v in artifact.tensors.items()}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ArtifactError(f"SR model weights do not match its architecture in meta.json: {detail}") from None
-    dev = resolve_device(device)
-    net.to(dev).eval()
-    return SRModel(net=net, degrade=deg, meta=dict(artifact.meta), device=dev)
-
-
-def load_model(url: str, device: torch.device | str = "cpu", storage_options: dict[str, Any] | None = None) -> SRModel:
-    """Load an SR model artifact folder (fsspec URL) onto ``device``; no pickle involved."""
-    return model_from_artifact(load_sr_model(url, storage_options), device)
-
-
-def load_sr_apply(
-    url: str, sr_cfg: SRConfig, device: torch.device | str = "auto"
-) -> Callable[[np.ndarray], np.ndarray]:
-    """The callable ``restore_core.pipeline.Restorer`` takes as ``sr_model``.
-
-    It maps a float32 (H, W) or (H, W, C) image in [0, 1] to the SR output: same size when
-    ``sr_cfg.scale`` is 1, else enlarged by that factor (resize with the training filter, then
-    the CNN), tiled by ``sr_cfg.tile`` with ``sr_cfg.tile_overlap`` pixels of context.
-    """
-    model = load_model(url or sr_cfg.model, device, sr_cfg.storage_options)
-    apply = apply_fn(model, sr_cfg)
-    apply.model = model  # type: ignore[attr-defined]  # for callers that want the meta
-    return apply
 
 
 def apply_fn(model: Any, sr_cfg: SRConfig) -> Callable[[np.ndarray], np.ndarray]:

@@ -17,8 +17,9 @@ def bases():
     """Small gray 6x6 patch bases (k=16) learned from generated shapes; shared by unit tests."""
     import warnings
 
-    from restore_core import nmf, sampling, synth
-    from restore_core.io.artifacts import Bases, BasesMeta
+    from imrestore_data import synth
+    from restore_core import nmf, sampling
+    from restore_core.bases import Bases, BasesMeta
 
     imgs = synth.shapes(10, 32, seed=0)
     rng = np.random.default_rng(0)

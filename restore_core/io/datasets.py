@@ -151,17 +151,27 @@ def list_files(url: str, fmt: str, storage_options: dict[str, Any] | None = None
     fs, root = filesystem(url, storage_options)
     if not fs.exists(root):
         raise UserError(f"input path does not exist: {url} (check input.path)")
-    suffixes = (".parquet",) if fmt == "parquet" else IMAGE_SUFFIXES
     if fs.isfile(root):
         files = [root]
     else:
-        listed = _find_local(root) if _is_local(fs) else fs.find(root)
-        files = [p for p in listed if p.lower().endswith(suffixes) and not posixpath.basename(p).startswith((".", "_"))]
+        files = dataset_files(_find_local(root) if _is_local(fs) else fs.find(root), fmt)
     files.sort()
     if not files:
         kind = "*.parquet files" if fmt == "parquet" else "image files"
         raise UserError(f"no {kind} under {url} (check input.path and input.format)")
     return files
+
+
+def dataset_files(listed: Iterable[str], fmt: str) -> list[str]:
+    """The paths of a folder's listing that are dataset files of ``fmt``: ``*.parquet`` or image
+    suffixes, hidden (``.``) and private (``_``) names left out."""
+    suffixes = (".parquet",) if fmt == "parquet" else IMAGE_SUFFIXES
+    return [p for p in listed if p.lower().endswith(suffixes) and not posixpath.basename(p).startswith((".", "_"))]
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local filesystem (``file://`` or a plain path)."""
+    return _is_local(fs)
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -339,14 +349,19 @@ def conform(table: pa.Table, schema: pa.Schema | None, where: str = "") -> pa.Ta
 
 
 def parquet_input_schema(
-    url: str, storage_options: dict[str, Any] | None = None, id_column: str = "id", image_column: str = "image"
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    id_column: str = "id",
+    image_column: str = "image",
+    files: Sequence[str] | None = None,
 ) -> pa.Schema | None:
     """Check every Parquet file of the input up front and return their :func:`unified_schema`.
 
     Every file must have the id and image columns (a UserError names the first that lacks one),
-    and column types must be reconcilable. Footers only are read.
+    and column types must be reconcilable. Footers only are read. ``files``: these of the input's
+    files only (default: all of them).
     """
-    files = list_files(url, "parquet", storage_options)
+    files = list(files) if files is not None else list_files(url, "parquet", storage_options)
     fs, _ = filesystem(url, storage_options)
     schemas = parquet_schemas(files, fs)
     for path, schema in zip(files, schemas, strict=True):

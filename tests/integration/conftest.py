@@ -21,8 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from restore_core import masks, nmf, sampling, synth
-from restore_core.io.artifacts import Bases, BasesMeta, data_fingerprint, save_bases
+from imrestore_data import synth
+from restore_core import masks, nmf, sampling
+from restore_core.bases import Bases, BasesMeta, data_fingerprint
+from restore_core.io.artifacts import save_bases
 from tests.conftest import png_bytes
 
 #: ids of the rows that cannot be decoded, and what is wrong with them.

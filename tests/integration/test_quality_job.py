@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import ndimage
 
-from restore_core import masks, synth
+from imrestore_data import synth
+from restore_core import masks
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.integration
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.integration
 N_IMAGES = 40
 DAMAGED = {"img-007", "img-023"}  # 5% of 40
 ROOT = Path(__file__).resolve().parents[2]
+AGGREGATION: list[str] = []  # extra CLI settings for where the run-wide step runs
 
 
 def write_images(folder: Path, damage: bool) -> None:
@@ -53,7 +56,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], data: Path, out: Path, date: str
         "quality", "--config", str(ROOT / "configs" / "quality.yaml"),
         "--set", f"input.path={data}", "--set", f"output={out}",
         "--set", "flags.blurry.value=1.0", "--set", "flags.grayscale.enabled=false",
-        "--set", "ray.batch_size=8", "--run-date", date, *extra,
+        "--set", "ray.batch_size=8", "--run-date", date, *AGGREGATION, *extra,
     ]  # fmt: skip
     capsys.readouterr()
     code = main(argv)
@@ -61,8 +64,12 @@ def run_cli(capsys: pytest.CaptureFixture[str], data: Path, out: Path, date: str
     return code, captured.out + captured.err
 
 
-@pytest.mark.timeout(600)
-def test_two_nightly_runs(tmp_path, local_ray, capsys, monkeypatch):
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("where", ["driver", pytest.param("cluster", marks=pytest.mark.slow)])
+def test_two_nightly_runs(tmp_path, local_ray, capsys, monkeypatch, where):
+    """The run-wide step in the driver (the default below cluster_aggregation_rows) and on Ray."""
+    if where == "cluster":
+        monkeypatch.setattr(sys.modules[__name__], "AGGREGATION", ["--set", "cluster_aggregation_rows=0"])
     out = tmp_path / "quality"
     write_images(tmp_path / "day1", damage=False)
     write_images(tmp_path / "day2", damage=True)
@@ -76,6 +83,7 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys, monkeypatch):
     status1 = json.loads((run1 / "status.json").read_text())
     assert (status1["verdict"], status1["exit_code"], status1["failed"]) == ("PASS", 0, [])
     assert (run1 / "_SUCCESS").exists() and (run1 / "report.html").exists()
+    assert json.loads((run1 / "summary.json").read_text())["aggregated_on"] == where
     flags1 = pq.read_table(run1 / "flags.parquet").to_pydict()
     assert len(flags1["id"]) == N_IMAGES and not any(flags1["flags"])
 

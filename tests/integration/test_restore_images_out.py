@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from imrestore_data import synth
 from jobs import restore
-from restore_core import codec, masks, synth
+from restore_core import codec, masks
 from restore_core.config import RestoreConfig, from_dict
 from restore_core.errors import UserError
 from restore_core.io.shards import image_relpath
@@ -60,6 +61,21 @@ def test_image_tree_in_same_tree_out(local_ray, tmp_path):
     again = restore.run(cfg)  # resume: everything is committed, nothing is rewritten
     assert again.values["shards written now"] == 0
     assert before == {n: (out / "images" / n).stat().st_mtime_ns for n in written}
+
+    # a grown input (a nightly drop of new files): resume by default restores the new file only
+    img = synth.photo_crops(1, 40, names=("coffee",), seed=5)[0]
+    damaged = np.rint(masks.apply_dead_pixels(img, 0.1, np.random.default_rng(1))[0] * 255).astype(np.uint8)
+    Image.fromarray(damaged).save(src / "a" / "new.png", format="PNG")
+    grown = restore.run(cfg)
+    assert grown.values["shards written now"] == 1 and grown.values["rows ok"] == 4  # rows ok: the whole output
+    assert before == {n: (out / "images" / n).stat().st_mtime_ns for n in written}  # the old ones untouched
+    assert (out / "images" / "a" / "new.png").is_file()
+    assert sorted(pq.read_table(out / "data").column("id").to_pylist()) == [
+        "a/new.png",
+        "a/x.png",
+        "b/c/y.jpg",
+        "z.bmp",
+    ]
 
 
 def test_images_output_needs_an_image_folder_input(tmp_path):

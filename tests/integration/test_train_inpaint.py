@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from imrestore_data import synth
 from jobs import restore, train_inpaint
-from restore_core import masks, synth
+from restore_core import masks
 from restore_core.config import RestoreConfig, TrainInpaintConfig, from_dict
 from restore_core.errors import UserError
 from restore_core.io.refiners import refiner_artifact, save_refiner

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from restore_core import codec, sr
+from restore_core import codec
 from restore_core.config import FitConfig, RestoreConfig, SRConfig
+from restore_core.io import sr_models
 from restore_core.pipeline import Restorer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,7 @@ def test_train_sr_cli_then_restore_pipeline(tmp_path):
     assert meta["history"][0]["train_images"] == 256  # both workers' shards together
 
     cfg = RestoreConfig(fit=FitConfig(method="none"), sr=SRConfig(enabled=True, model=str(out)))
-    apply = sr.load_sr_apply(str(out), cfg.sr, "cpu")
+    apply = sr_models.load_sr_apply(str(out), cfg.sr, "cpu")
     restorer = Restorer(None, apply, cfg)
     rng = np.random.default_rng(0)
     gray = (rng.random((28, 28)) * 255).astype(np.uint8)

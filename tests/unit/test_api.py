@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 import imrestore
-from restore_core import masks, metrics, sr, synth
+from imrestore_data import synth
+from restore_core import masks, metrics, sr
 from restore_core.config import SRDegradeConfig
 from restore_core.errors import UserError
+from restore_core.io import sr_models
 
 
 def _damaged(rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +51,9 @@ def test_restore_with_given_mask_and_sr_model():
     kept = imrestore.restore(damaged, method="median", mask=mask)
     changed = np.argwhere(kept != damaged)
     assert all(tuple(p) == (5, 5) for p in changed)
-    model = sr.model_from_artifact(sr.model_artifact(sr.SRNet(channels=(4,), residual=False), SRDegradeConfig()))
+    model = sr_models.model_from_artifact(
+        sr_models.model_artifact(sr.SRNet(channels=(4,), residual=False), SRDegradeConfig())
+    )
     sharpened = imrestore.restore(damaged, method="median", sr_model=model)
     plain = imrestore.restore(damaged, method="median")
     assert sharpened.shape == plain.shape and np.isfinite(sharpened).all()

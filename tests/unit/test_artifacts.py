@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from restore_core.bases import Bases, BasesMeta
 from restore_core.errors import ArtifactError
-from restore_core.io.artifacts import Bases, BasesMeta, load_bases, save_bases
+from restore_core.io.artifacts import load_bases, save_bases
 
 
 def _bases():

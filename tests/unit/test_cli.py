@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from restore_core import synth
+from imrestore_data import synth
 from tests.conftest import png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -200,3 +200,22 @@ def test_whole_numbers_written_as_floats_are_integers(tmp_path):
     assert cfg.decode.max_pixels == 64_000_000 and isinstance(cfg.decode.max_pixels, int) and cfg.fit.stride == 2
     with pytest.raises(ConfigError, match=r"'fit.stride' must be an integer, got 2.5"):
         load_config(RestoreConfig, None, ["fit.stride=2.5"])
+
+
+def test_the_write_ups_method_is_called_reference_and_its_old_name_seed_still_loads_with_a_warning(caplog):
+    import logging
+
+    from restore_core.config import BenchmarkConfig
+
+    with caplog.at_level(logging.WARNING, logger="restore_core.config"):
+        cfg = from_dict(RestoreConfig, {"fit": {"method": "seed", "seed_iter": 7, "seed_lr": 0.5}})
+        bench = from_dict(BenchmarkConfig, {"methods": ["seed", "nmf"]})
+    assert (cfg.fit.method, cfg.fit.reference_iter, cfg.fit.reference_lr) == ("reference", 7, 0.5)
+    assert bench.methods == ["reference", "nmf"]
+    assert "fit.method seed is a deprecated name: use fit.method reference" in caplog.text
+    assert "config key 'fit.seed_iter' is a deprecated name: use 'fit.reference_iter'" in caplog.text
+    assert "methods: seed is a deprecated name: use reference" in caplog.text
+    with pytest.raises(ConfigError, match=r"^config key 'fit.seed_iter' is the old name of 'fit.reference_iter'"):
+        from_dict(RestoreConfig, {"fit": {"seed_iter": 7, "reference_iter": 8}})
+    with pytest.raises(ConfigError, match=r"^config key 'fit.reference_iter' is 0"):
+        from_dict(RestoreConfig, {"fit": {"seed_iter": 0}})  # the old name's value is range-checked as the new

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from restore_core.codec import cell_bytes
 from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets, shards
-from restore_core.pipeline import cell_bytes
 from tests.conftest import png_bytes
 
 PNG = png_bytes(np.full((4, 4), 90, np.uint8))

@@ -1,6 +1,6 @@
 import numpy as np
 
-from restore_core.digits import digits, font_sources
+from imrestore_data.digits import digits, font_sources
 
 
 def test_digits_shape_range_and_mnist_layout():

@@ -29,9 +29,9 @@ import pytest
 from PIL import Image
 
 from restore_core import codec
+from restore_core.bases import Bases
 from restore_core.config import RestoreConfig, from_dict
 from restore_core.errors import ImageDecodeError
-from restore_core.io.artifacts import Bases
 from restore_core.pipeline import Restorer
 from tests.conftest import png_bytes
 

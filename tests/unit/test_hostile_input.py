@@ -27,9 +27,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from restore_core import codec
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import RestoreConfig, from_dict, load_config
 from restore_core.errors import ArtifactError, ConfigError, ImageDecodeError, UserError
-from restore_core.io.artifacts import Bases, BasesMeta, load_bases, save_bases
+from restore_core.io.artifacts import load_bases, save_bases
 from restore_core.io.paths import UnsafePathError, safe_join, safe_relpath
 from restore_core.pipeline import Restorer
 

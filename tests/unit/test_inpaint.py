@@ -4,11 +4,12 @@ import warnings
 import numpy as np
 import pytest
 
-from restore_core import masks, metrics, nmf, synth
+from imrestore_data import synth
+from restore_core import masks, metrics, nmf
+from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io.artifacts import Bases, BasesMeta
 
 
 def _damage(img, rate=0.4, seed=1):
@@ -73,7 +74,7 @@ def test_global_mode_and_size_mismatch():
     b = Bases(res.H_, BasesMeta(mode="global", k=10, n_pixels=144, channels=1, image_shape=(12, 12)))
     damaged, dead = _damage(imgs[0])
     ours = NMFInpainter(b, FitConfig()).restore_batch([damaged], [dead])[0]
-    seed = NMFInpainter(b, FitConfig(method="seed", seed_iter=300)).restore_batch([damaged], [dead])[0]
+    seed = NMFInpainter(b, FitConfig(method="reference", reference_iter=300)).restore_batch([damaged], [dead])[0]
     np.testing.assert_array_equal(ours[~dead], damaged[~dead])
     assert not np.array_equal(seed[~dead], damaged[~dead])  # the write-up reconstructs everything
     assert metrics.psnr(imgs[0], ours) > metrics.psnr(imgs[0], seed)
@@ -161,12 +162,12 @@ def test_only_patches_with_a_dead_pixel_are_fitted(bases, monkeypatch):
     np.testing.assert_array_equal(out[~dead], damaged[~dead])
 
 
-def test_seed_method_fits_the_damaged_image_as_the_write_up_does(bases):
+def test_reference_method_fits_the_damaged_image_as_the_write_up_does(bases):
     """method seed sees the dead pixels as zeros (no prior, no fallback fill), so it restores
     far worse than nmf: it is the reference to beat, not a disguised biharmonic fill."""
     clean = synth.shapes(1, 24, seed=4)[0]
     damaged, dead = _damage(clean, rate=0.5)
-    seed = NMFInpainter(bases, FitConfig(method="seed", seed_iter=200)).restore_batch([damaged], [dead])[0]
+    seed = NMFInpainter(bases, FitConfig(method="reference", reference_iter=200)).restore_batch([damaged], [dead])[0]
     ours = NMFInpainter(bases, FitConfig()).restore_batch([damaged], [dead])[0]
     assert metrics.psnr(clean, ours) > metrics.psnr(clean, seed) + 5
     # Its dead pixels come from fits that counted them as zeros: dark, far below the truth.

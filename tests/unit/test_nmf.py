@@ -64,9 +64,9 @@ def test_restore_keeps_observed_bit_exact(rng):
     assert np.abs(out[~mask] - X[~mask]).mean() < np.abs(damaged[~mask] - X[~mask]).mean()
 
 
-def test_seed_method_is_plain_unmasked_gradient_descent(rng):
+def test_reference_method_is_plain_unmasked_gradient_descent(rng):
     X, _, H = _synthetic(rng, n=3)
-    W = nmf.fit_weights_seed(X, H, n_iter=200)
+    W = nmf.fit_weights_reference(X, H, n_iter=200)
     # Plain gradient descent on the mean squared error lowers it from the zero start.
     before = nmf.objective(X, np.zeros_like(W), H)
     after = nmf.objective(X, W, H)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from restore_core import codec, masks, synth
+from imrestore_data import synth
+from restore_core import codec, masks
 from restore_core.config import RestoreConfig, from_dict
 from restore_core.pipeline import Restorer
 from tests.conftest import png_bytes

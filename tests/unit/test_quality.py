@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import ndimage
 
-from restore_core import codec, masks, quality, synth
+from imrestore_data import synth
+from restore_core import codec, masks, quality
 from restore_core.config import QualityConfig, RestoreConfig, from_dict
 from restore_core.errors import ConfigError, UserError
 from restore_core.pipeline import OUTPUT_COLUMNS, Restorer

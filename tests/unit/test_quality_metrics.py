@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from restore_core import codec, masks, metrics, synth
+from imrestore_data import synth
+from restore_core import codec, masks, metrics
 from tests.conftest import png_bytes
 
 

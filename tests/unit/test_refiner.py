@@ -9,6 +9,7 @@ from restore_core.fill import harmonic_fill
 from restore_core.refiner import (
     RefinerSpec,
     build_refiner,
+    calibration,
     random_training_mask,
     refine,
     self_supervised_gain,
@@ -46,7 +47,59 @@ def test_a_new_refiner_starts_as_its_fill(rng):
     dead = torch.from_numpy(rng.random((2, 1, 16, 16)) < 0.3)
     model = build_refiner(RefinerSpec(width=8))
     fill = harmonic_fill(x, dead, iters=model.spec.fill_iters, order=model.spec.fill_order)
-    assert torch.allclose(refine(model, x, dead), fill, atol=1e-6)
+    assert torch.allclose(refine(model, x, dead, calibrate=False), fill, atol=1e-6)
+    # calibrated: a zero correction gets weight 0; only the harmonic fill may be blended in
+    a, h = calibration(model, x, dead)
+    assert torch.equal(a, torch.zeros(2)) and bool(((h >= 0) & (h <= 1)).all())
+
+
+def _smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 1, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True).clamp(0, 1)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(-10 * torch.log10(((a - b) ** 2).mean()))
+
+
+@pytest.mark.parametrize("probe_size", [0, 16])
+def test_calibration_refuses_a_harmful_refiner(probe_size):
+    x = _smooth_images(4, 32, 0)
+    g = torch.Generator().manual_seed(1)
+    dead = torch.rand(4, 1, 32, 32, generator=g) < 0.3
+    model = build_refiner(RefinerSpec(width=8, levels=1))
+    torch.nn.init.constant_(model.out.bias, 0.2)  # a correction that is wrong everywhere
+    fill = harmonic_fill(x, dead, iters=model.spec.fill_iters, order=model.spec.fill_order)
+    raw = refine(model, x, dead, calibrate=False)
+    cal = refine(model, x, dead, probe_size=probe_size)
+    a, _ = calibration(model, x, dead, probe_size=probe_size)
+    assert float(a.max()) < 0.1
+    assert _psnr(raw, x) < _psnr(fill, x) - 10
+    assert _psnr(cal, x) > _psnr(fill, x) - 1.0  # the harmonic weight from a 16x16 window is noisy
+    keep = ~dead.expand_as(x)
+    assert torch.equal(cal[keep], x[keep])
+
+
+def test_calibration_trusts_a_correction_that_helps():
+    """A refiner whose correction is the truth gets weight 1 (and the harmonic fill none)."""
+    x = _smooth_images(3, 32, 2)
+    x = (x + 0.1 * torch.sign(torch.sin(torch.arange(32.0) * 1.3)).view(1, 1, 1, 32)).clamp(0, 1)  # stripes
+    g = torch.Generator().manual_seed(3)
+    dead = torch.rand(3, 1, 32, 32, generator=g) < 0.3
+    model = build_refiner(RefinerSpec(width=8, levels=1))
+
+    class Oracle(torch.nn.Module):  # a "net" that knows the clean images
+        def __init__(self) -> None:
+            super().__init__()
+            self.spec = model.spec
+
+        def forward(self, fill, dead, extra=None, other=None):
+            return x.clone()
+
+    a, h = calibration(Oracle(), x, dead)
+    assert float(a.min()) > 0.99 and float(h.max()) < 0.01
+    assert _psnr(refine(Oracle(), x, dead), x) > 60
 
 
 def test_random_training_mask_kinds_and_rates():

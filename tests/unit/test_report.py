@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 from scipy import ndimage
 
-from restore_core import masks, quality, report, synth
+from imrestore_data import synth
+from restore_core import masks, quality, report
 from restore_core.config import QualityConfig, from_dict
 from restore_core.errors import UserError
 from tests.conftest import png_bytes

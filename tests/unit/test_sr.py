@@ -8,6 +8,7 @@ import torch
 from restore_core import sr
 from restore_core.config import SRConfig, SRDegradeConfig
 from restore_core.errors import ArtifactError, UserError
+from restore_core.io import sr_models
 from restore_core.io.artifacts import load_sr_model
 
 WRITEUP = SRDegradeConfig(scale=2.8, filter="bilinear", align_corners=True, antialias=False)
@@ -27,7 +28,7 @@ def _trained_ish(net: sr.SRNet, seed: int = 0) -> sr.SRNet:
 
 
 def test_writeup_model_exact_parameter_count():
-    net = sr.seed_net()
+    net = sr.writeup_net()
     # conv 1->16 (144) + BN 16 (32) + conv 16->32 (4608) + BN 32 (64) + conv 32->64 (18432) + BN 64 (128)
     # + conv 64->1 with bias (577): the write-up's Chainer model.
     assert sr.param_count(net) == 144 + 32 + 4608 + 64 + 18432 + 128 + 577 == 23985
@@ -100,7 +101,7 @@ def test_train_step_reduces_loss():
     torch.manual_seed(0)
     net = sr.SRNet((8, 8), residual=False)
     state = sr.make_train_state(net, WRITEUP, torch.device("cpu"), lr=1e-2)
-    from restore_core.digits import digits
+    from imrestore_data.digits import digits
 
     x = torch.from_numpy(digits(16, seed=1)[0])[:, None]
     first = sr.evaluate_batch(net, x, WRITEUP, torch.device("cpu"))
@@ -115,7 +116,7 @@ def test_train_step_reduces_loss():
 def saved_model(tmp_path):
     net = _trained_ish(sr.SRNet((8, 8), residual=True), seed=3)
     url = str(tmp_path / "model")
-    meta = sr.save_model(net, WRITEUP, url, val_psnr=21.5)
+    meta = sr_models.save_model(net, WRITEUP, url, val_psnr=21.5)
     return net, url, meta
 
 
@@ -124,7 +125,7 @@ def test_checkpoint_round_trip(saved_model, rng):
     assert sorted(os.listdir(url)) == ["meta.json", "model.safetensors"]
     assert meta["architecture"] == {"name": "srnet", "channels": [8, 8], "residual": True, "in_channels": 1}
     assert meta["degrade"]["filter"] == "bilinear" and meta["val_psnr"] == 21.5
-    model = sr.load_model(url)
+    model = sr_models.load_model(url)
     assert model.degrade == WRITEUP
     x = torch.from_numpy(rng.random((2, 1, 13, 11), dtype=np.float32))
     torch.testing.assert_close(sr.predict(model.net, x), sr.predict(net, x))
@@ -135,15 +136,15 @@ def test_load_sr_apply_gray_rgb_and_scale(saved_model, rng):
     gray = rng.random((31, 17), dtype=np.float32)
     rgb = rng.random((19, 33, 3), dtype=np.float32)
     rgba = rng.random((12, 12, 4), dtype=np.float32)
-    apply = sr.load_sr_apply(url, SRConfig(enabled=True, model=url), "cpu")
+    apply = sr_models.load_sr_apply(url, SRConfig(enabled=True, model=url), "cpu")
     assert apply(gray).shape == gray.shape
     out = apply(rgb)
     assert out.shape == rgb.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
     out4 = apply(rgba)
     np.testing.assert_array_equal(out4[:, :, 3], rgba[:, :, 3])  # alpha passes through
-    per = sr.load_sr_apply(url, SRConfig(enabled=True, model=url, color="per_channel"), "cpu")(rgb)
+    per = sr_models.load_sr_apply(url, SRConfig(enabled=True, model=url, color="per_channel"), "cpu")(rgb)
     assert per.shape == rgb.shape and not np.allclose(per, out)
-    up = sr.load_sr_apply(url, SRConfig(enabled=True, model=url, scale=2.0, tile=8), "cpu")
+    up = sr_models.load_sr_apply(url, SRConfig(enabled=True, model=url, scale=2.0, tile=8), "cpu")
     assert up(gray).shape == (62, 34)
     assert up(rgb).shape == (38, 66, 3)
 
@@ -151,7 +152,7 @@ def test_load_sr_apply_gray_rgb_and_scale(saved_model, rng):
 def test_y_channel_keeps_gray_images_gray(saved_model, rng):
     _, url, _ = saved_model
     g = rng.random((16, 16), dtype=np.float32)
-    apply = sr.load_sr_apply(url, SRConfig(enabled=True, model=url), "cpu")
+    apply = sr_models.load_sr_apply(url, SRConfig(enabled=True, model=url), "cpu")
     out = apply(np.repeat(g[:, :, None], 3, axis=2))
     np.testing.assert_allclose(out[:, :, 0], out[:, :, 1], atol=1e-5)
     np.testing.assert_allclose(out[:, :, 0], apply(g), atol=1e-5)
@@ -172,7 +173,7 @@ def test_corrupt_checkpoints_refused(saved_model, tmp_path):
     with open(weights, "wb") as f:
         f.write(good[: len(good) // 2])
     with pytest.raises(ArtifactError, match="cannot be read"):
-        sr.load_model(url)
+        sr_models.load_model(url)
 
     # Flipped bytes in the data: still parses, but the fingerprint no longer matches.
     bad = bytearray(good)
@@ -180,7 +181,7 @@ def test_corrupt_checkpoints_refused(saved_model, tmp_path):
     with open(weights, "wb") as f:
         f.write(bytes(bad))
     with pytest.raises(ArtifactError, match=r"NaN|fingerprint"):
-        sr.load_model(url)
+        sr_models.load_model(url)
 
     # Weights that do not fit the architecture in meta.json.
     with open(weights, "wb") as f:
@@ -189,11 +190,11 @@ def test_corrupt_checkpoints_refused(saved_model, tmp_path):
     meta["architecture"]["channels"] = [8, 16]
     json.dump(meta, open(meta_path, "w"))
     with pytest.raises(ArtifactError, match="do not match its architecture"):
-        sr.load_model(url)
+        sr_models.load_model(url)
 
     # Not a model folder at all.
     with pytest.raises(ArtifactError, match=r"meta\.json missing"):
-        sr.load_model(str(tmp_path / "nowhere"))
+        sr_models.load_model(str(tmp_path / "nowhere"))
     open(meta_path, "w").write("{not json")
     with pytest.raises(ArtifactError):
         load_sr_model(url)
@@ -204,4 +205,4 @@ def test_nan_weights_refused_on_save(tmp_path):
     with torch.no_grad():
         net.head.bias.fill_(float("nan"))
     with pytest.raises(ArtifactError, match="NaN"):
-        sr.save_model(net, WRITEUP, str(tmp_path / "m"))
+        sr_models.save_model(net, WRITEUP, str(tmp_path / "m"))

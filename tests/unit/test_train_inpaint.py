@@ -144,8 +144,8 @@ def test_checkpoint_place_refuses_other_settings_and_can_start_afresh(tmp_path):
 
 def test_restore_refuses_a_refiner_with_other_bases_than_it_was_trained_with():
     from jobs.restore import check_refiner_bases
+    from restore_core.bases import Bases, BasesMeta
     from restore_core.config import RestoreConfig
-    from restore_core.io.artifacts import Bases, BasesMeta
     from restore_core.io.refiners import RefinerArtifact
 
     meta = BasesMeta(mode="patch", k=2, n_pixels=4, channels=1, patch_size=2)

@@ -16,8 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from restore_core import codec, demo_data
-from restore_core.io.artifacts import Bases, BasesMeta, save_bases
+from imrestore_data import demo_data
+from restore_core import codec
+from restore_core.bases import Bases, BasesMeta
+from restore_core.io.artifacts import save_bases
 
 REPO = Path(__file__).resolve().parents[2]
 

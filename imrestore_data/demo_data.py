@@ -1,7 +1,7 @@
 """The demo's dataset: procedural images, a clean training set and a damaged test set.
 
 Everything is generated here (nothing is downloaded): face-like drawings, textures, digits
-(:mod:`restore_core.digits`) and :func:`restore_core.synth.shapes`. Images are float32 in
+(:mod:`imrestore_data.digits`) and :func:`imrestore_data.synth.shapes`. Images are float32 in
 [0, 1], gray (H, W) or RGB (H, W, 3). Clean images never hold an exact 0 pixel (every value is
 at least ``FLOOR``), so that the default dead-pixel rule (every channel exactly 0) finds only
 the damage and not a dark background.
@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from restore_core import codec, masks, synth
+from imrestore_data import digits, synth
+from restore_core import codec, masks
 
 #: Smallest value of a clean demo image: PNG's 8-bit step above 0, so no clean pixel reads as dead.
 FLOOR = 2.0 / 255.0
@@ -127,36 +128,12 @@ def texture(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img.astype(np.float32), 0.0, 1.0)
 
 
-def _digit_glyphs(n: int, size: int, seed: int) -> np.ndarray:
-    """(n, size, size) white-on-black digits in [0, 1]: restore_core.digits when present, else
-    Pillow's bundled font drawn here."""
-    try:
-        from restore_core import digits as digits_mod
-    except ImportError:
-        digits_mod = None  # type: ignore[assignment]
-    if digits_mod is not None:
-        return digits_mod.digits(n, size, seed=seed)[0]
-    from PIL import ImageDraw, ImageFont
-
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, size, size), np.float32)
-    for i in range(n):
-        canvas = Image.new("L", (size * 4, size * 4), 0)
-        font = ImageFont.load_default(size=int(size * rng.uniform(2.4, 3.2)))
-        ImageDraw.Draw(canvas).text(
-            (size * 2, size * 2), str(int(rng.integers(10))), fill=255, font=font, anchor="mm", stroke_width=2
-        )
-        canvas = canvas.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR)
-        out[i] = np.asarray(canvas.resize((size, size), Image.Resampling.LANCZOS), np.float32) / 255.0
-    return np.clip(out, 0.0, 1.0)
-
-
 def digit_images(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Digits as ink on a coloured, lit background (never exactly 0).
 
     Returns ``n`` arrays (size, size, 3) float32 in [0, 1].
     """
-    glyphs = _digit_glyphs(n, size, int(rng.integers(2**31)))
+    glyphs = digits.digits(n, size, seed=int(rng.integers(2**31)))[0]
     yy, xx = _grid(size)
     out = []
     for g in glyphs:

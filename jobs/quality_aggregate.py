@@ -1,0 +1,541 @@
+"""A quality run's run-wide numbers, computed on the cluster: the driver only gets small summaries.
+
+``aggregate_run`` reads every Parquet file under ``<staging>/data`` (scored now, or staged from an
+earlier run: any file name) with Ray Data and computes, as Ray Data operations:
+
+- exact duplicates: ``groupby(sha256, dhash).count()``; near duplicates: locality-sensitive
+  hashing of the 64-bit dHash (``d + 1`` bit bands, ``groupby(band, band value)``, pairs in a
+  bucket confirmed by a pure, swappable function, only spanning edges returned), joined by a
+  union-find over the confirmed edges in the driver (their number grows with the duplicates,
+  not the images);
+- odd size and aspect ratio: ``groupby(width, height).count()`` (distinct sizes), exact robust
+  z-scores from it;
+- blur against the run: ``groupby(blur bin).count()`` of ``log(blur_width)`` in bins of 0.001,
+  its median and MAD from it;
+- the run-wide columns joined onto every row by a ``map_batches`` with that small broadcast,
+  flags evaluated there, ``id, flags, duplicate columns, sha256, dhash`` written as shards by Ray
+  and streamed into ``flags.parquet`` one row group at a time;
+- counts, flag counts, min/max/mean and the worst rows per flag (one ``aggregate`` with a custom
+  ``AggregateFnV2``), then histograms for quantiles and plots (a second one);
+- duplicate groups for the report: ``groupby(duplicate_group).map_groups``, the largest
+  ``max_duplicate_groups`` kept by a bounded heap;
+- drift's added/removed ids: an anti-join by ``groupby(id)`` over this run's ids and the previous
+  run's ``flags.parquet``, counts and the first few ids only.
+
+Thumbnails are read for the worst rows only. See ``restore_core.aggregate`` for the pure parts.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import logging
+import posixpath
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import ray.data
+from ray.data.aggregate import AggregateFnV2, Count, Max, Min, Sum
+
+from restore_core import aggregate as agg
+from restore_core.config import QualityConfig
+from restore_core.errors import UserError
+from restore_core.quality import SUMMARY_METRICS, evaluate_flags
+from restore_core.report import QUANTILES
+
+log = logging.getLogger("jobs.quality")
+
+#: Columns of flags.parquet.
+FLAG_COLUMNS = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
+#: Ids listed per group in the summary (as ``report.duplicate_groups``).
+GROUP_IDS = 20
+
+
+@dataclass
+class RunAggregate:
+    """What the driver keeps of a run: the summary (as ``report.summarize`` returns it), the
+    report's histograms and worst rows, and the id changes against the previous run."""
+
+    summary: dict[str, Any]
+    histograms: dict[str, tuple[np.ndarray, np.ndarray, bool]] = field(default_factory=dict)
+    worst: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    id_diff: dict[str, Any] | None = None
+
+
+class PartialAggregate(AggregateFnV2):
+    """A Ray Data aggregation whose accumulator is a serialised :class:`restore_core.aggregate.Partial`."""
+
+    def __init__(self, name: str, block_fn: Callable[[pa.Table], agg.Partial], k: int) -> None:
+        self._block_fn = block_fn
+        self._k = k
+        super().__init__(name, zero_factory=lambda: agg.Partial().to_bytes(), on=None, ignore_nulls=False)
+
+    def aggregate_block(self, block: Any) -> bytes:
+        from ray.data.block import BlockAccessor
+
+        table = BlockAccessor.for_block(block).to_arrow()
+        return self._block_fn(table).to_bytes()
+
+    def combine(self, current_accumulator: bytes, new: bytes) -> bytes:
+        a, b = agg.Partial.from_bytes(current_accumulator), agg.Partial.from_bytes(new)
+        return a.merge(b, self._k).to_bytes()
+
+    def finalize(self, accumulator: bytes) -> bytes:  # type: ignore[override]
+        return accumulator
+
+
+def _partitions() -> int:
+    """Shuffle partitions for the groupbys: a few per CPU (Ray's default of 200 is for big clusters)."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(2, min(64, 2 * cpus))
+
+
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _metric_columns(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:
+    return {m: _floats(table, m) for m in names if m in table.column_names}
+
+
+def read_staged(fs: Any, out_fs: Any, data_dir: str) -> ray.data.Dataset:
+    """Every Parquet file under ``data_dir`` as one Dataset, thumbnails left out."""
+    files = sorted(p for p in fs.find(data_dir) if p.endswith(".parquet"))
+    if not files:
+        raise UserError(f"the run wrote no shards under {data_dir}: is the input empty?")
+    with fs.open(files[0], "rb") as f:
+        names = pq.read_schema(f).names
+    columns = [c for c in names if c != "thumbnail"]
+    return ray.data.read_parquet(data_dir, filesystem=out_fs).select_columns(columns)
+
+
+def staged_rows(fs: Any, data_dir: str) -> int:
+    """How many rows the Parquet files under ``data_dir`` hold, from their footers only."""
+    total = 0
+    for path in fs.find(data_dir):
+        if path.endswith(".parquet"):
+            with fs.open(path, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+def _where(ds: ray.data.Dataset, keep: Callable[[pa.Table], Any]) -> ray.data.Dataset:
+    """The rows of ``ds`` where ``keep(batch)`` (a boolean Arrow array) is true."""
+    return ds.map_batches(lambda t: t.filter(keep(t)), batch_format="pyarrow")
+
+
+def _more_than_one(t: pa.Table) -> Any:
+    return pc.greater(t.column("rows"), 1)
+
+
+def _hash_rows(table: pa.Table, min_bits: int) -> pa.Table:
+    """Rows with both hashes: sha256, dhash and whether the dHash is informative."""
+    keep = pc.and_(pc.is_valid(table.column("sha256")), pc.is_valid(table.column("dhash")))
+    t = table.select(["sha256", "dhash"]).filter(keep)
+    flags = [agg.informative(int(h, 16), min_bits) for h in t.column("dhash").to_pylist()]
+    return t.append_column("informative", pa.array(flags, pa.bool_()))
+
+
+def _band_rows(table: pa.Table, max_distance: int) -> pa.Table:
+    hashes = np.array([int(h, 16) for h in table.column("dhash").to_pylist()], dtype=np.uint64)
+    band, key, value = agg.band_keys(hashes, max_distance)
+    return pa.table({"band": band, "key": key, "hash": value})
+
+
+def _bucket_edges(confirm: agg.Confirm) -> Callable[[pa.Table], pa.Table]:
+    def edges(group: pa.Table) -> pa.Table:
+        src, dst = agg.bucket_edges(group.column("hash").to_numpy(), confirm)
+        return pa.table({"src": pa.array(src, pa.uint64()), "dst": pa.array(dst, pa.uint64())})
+
+    return edges
+
+
+def duplicate_index(ds: ray.data.Dataset, cfg: QualityConfig, confirm: agg.Confirm | None = None) -> agg.DuplicateIndex:
+    """Exact and near-duplicate groups of the run, as the small index the rows are joined with.
+
+    ``confirm`` decides which candidate pairs (hashes sharing a band) are near duplicates; the
+    default is the Hamming distance ``<= near_duplicate_distance``.
+    """
+    parts = _partitions()
+    min_bits, d = cfg.near_duplicate_min_bits, cfg.near_duplicate_distance
+    confirm = confirm or agg.hamming_confirm(d)
+    hashed = ds.select_columns(["sha256", "dhash"]).map_batches(
+        functools.partial(_hash_rows, min_bits=min_bits), batch_format="pyarrow"
+    )
+    by_sha = (
+        hashed.groupby(["sha256", "dhash", "informative"], num_partitions=parts)
+        .aggregate(Count(alias_name="rows"))
+        .materialize()
+    )
+    sha_groups = [(r["sha256"], r["dhash"], int(r["rows"])) for r in _where(by_sha, _more_than_one).take_all()]
+    by_hash = (
+        _where(by_sha, lambda t: t.column("informative"))
+        .groupby("dhash", num_partitions=parts)
+        .aggregate(Sum("rows", alias_name="rows"))
+        .materialize()
+    )
+    hash_counts = {int(r["dhash"], 16): int(r["rows"]) for r in _where(by_hash, _more_than_one).take_all()}
+    edges: list[tuple[int, int]] = []
+    if d > 0 and by_hash.count() > 1:
+        linked = (
+            by_hash.map_batches(functools.partial(_band_rows, max_distance=d), batch_format="pyarrow")
+            .groupby(["band", "key"], num_partitions=parts)
+            .map_groups(_bucket_edges(confirm), batch_format="pyarrow")
+        )
+        for part in linked.iter_batches(batch_format="pyarrow", batch_size=65536):
+            batch = cast(pa.Table, part)
+            edges += zip(batch.column("src").to_pylist(), batch.column("dst").to_pylist(), strict=True)
+    return agg.duplicate_index(sha_groups, hash_counts, edges, min_bits)
+
+
+def shape_stats(ds: ray.data.Dataset, floor: float) -> agg.ShapeStats:
+    """Medians and spreads of the run's image shapes from its distinct ``(width, height)``."""
+    sizes = (
+        _where(
+            ds.select_columns(["width", "height"]),
+            lambda t: pc.and_(pc.greater(t.column("width"), 0), pc.greater(t.column("height"), 0)),
+        )
+        .groupby(["width", "height"], num_partitions=_partitions())
+        .aggregate(Count(alias_name="rows"))
+        .take_all()
+    )
+    w = np.array([r["width"] for r in sizes], dtype=np.float64)
+    h = np.array([r["height"] for r in sizes], dtype=np.float64)
+    c = np.array([r["rows"] for r in sizes], dtype=np.int64)
+    return agg.shape_stats(w, h, c, floor)
+
+
+def _blur_bin_rows(table: pa.Table) -> pa.Table:
+    return pa.table({"blur_bin": pa.array(agg.blur_bins(_floats(table, "blur_width")), pa.int64())})
+
+
+def blur_stats(ds: ray.data.Dataset, floor: float) -> agg.BlurStats:
+    """Median and spread of the run's ``log(blur_width)`` from its ``blur bin -> rows`` counts."""
+    bins = (
+        ds.select_columns(["blur_width"])
+        .map_batches(_blur_bin_rows, batch_format="pyarrow")
+        .groupby("blur_bin", num_partitions=_partitions())
+        .aggregate(Count(alias_name="rows"))
+        .take_all()
+    )
+    b = np.array([r["blur_bin"] for r in bins], dtype=np.int64)
+    c = np.array([r["rows"] for r in bins], dtype=np.int64)
+    return agg.blur_stats(b, c, floor)
+
+
+def _enrich(
+    table: pa.Table, index: agg.DuplicateIndex, shape: agg.ShapeStats, blur: agg.BlurStats, cfg: QualityConfig
+) -> pa.Table:
+    """One batch with the run-wide columns joined on and ``flags`` evaluated over them."""
+    cols = index.columns(
+        table.column("sha256").to_pylist(), table.column("dhash").to_pylist(), cfg.near_duplicate_min_bits
+    )
+    cols.update(shape.columns(_floats(table, "width"), _floats(table, "height")))
+    cols.update(blur.columns(_floats(table, "blur_width")))
+    for name, values in cols.items():
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, pa.array(values))
+    metrics = [c.metric for r in cfg.flags.values() for c in r.all_conditions()]
+    raised = evaluate_flags(_metric_columns(table, metrics), cfg.flags)
+    tags = [",".join(n for n, hit in raised.items() if hit[i]) for i in range(table.num_rows)]
+    return table.set_column(table.column_names.index("flags"), "flags", pa.array(tags, pa.string()))
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _first_pass(cfg: QualityConfig) -> Callable[[pa.Table], agg.Partial]:
+    names = list(dict.fromkeys([*SUMMARY_METRICS, *(c.metric for r in cfg.flags.values() for c in r.all_conditions())]))
+
+    def fn(t: pa.Table) -> agg.Partial:
+        return agg.first_pass(
+            _metric_columns(t, names),
+            t.column("id").to_pylist(),
+            t.column("status").to_pylist(),
+            list(SUMMARY_METRICS),
+            cfg.flags,
+            cfg.report.worst_per_flag,
+        )
+
+    return fn
+
+
+def _second_pass(ranges: dict[str, tuple[float, float]]) -> Callable[[pa.Table], agg.Partial]:
+    def fn(t: pa.Table) -> agg.Partial:
+        return agg.second_pass(_metric_columns(t, list(ranges)), ranges)
+
+    return fn
+
+
+def _run_partial(ds: ray.data.Dataset, name: str, fn: Callable[[pa.Table], agg.Partial], k: int) -> agg.Partial:
+    result = ds.aggregate(PartialAggregate(name, fn, k))
+    return agg.Partial.from_bytes(result[name])
+
+
+def _group_rows(group: pa.Table) -> pa.Table:
+    ids = sorted(str(i) for i in group.column("id").to_pylist() if i is not None)
+    shas = pc.count_distinct(group.column("sha256")).as_py()
+    return pa.table(
+        {
+            "label": pa.array([group.column("duplicate_group")[0].as_py()], pa.int64()),
+            "size": pa.array([group.num_rows], pa.int64()),
+            "first": pa.array([ids[0] if ids else ""], pa.string()),
+            "ids": pa.array([ids[:GROUP_IDS]], pa.list_(pa.string())),
+            "exact": pa.array([shas == 1], pa.bool_()),
+        }
+    )
+
+
+def duplicate_groups(ds: ray.data.Dataset, limit: int) -> dict[str, Any]:
+    """``report.duplicate_groups``'s result: groups largest first (ties by first id), ``limit`` listed."""
+    groups = (
+        _where(
+            ds.select_columns(["id", "sha256", "duplicate_group"]),
+            lambda t: pc.greater_equal(t.column("duplicate_group"), 0),
+        )
+        .groupby("duplicate_group", num_partitions=_partitions())
+        .map_groups(_group_rows, batch_format="pyarrow")
+    )
+    count = images = 0
+    heap: list[tuple[int, _Desc, int, list[str], bool]] = []  # the `limit` largest, smallest on top
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for batch in groups.iter_batches(batch_format="pyarrow", batch_size=4096):
+            yield from cast(pa.Table, batch).to_pylist()
+
+    for r in rows():
+        count += 1
+        images += int(r["size"])
+        # heap order: smaller size first, then larger first-id first (those drop out first)
+        item = (int(r["size"]), _Desc(r["first"]), int(r["label"]), r["ids"], bool(r["exact"]))
+        if limit <= 0:
+            continue
+        if len(heap) < limit:
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
+    listed = sorted(heap, key=lambda g: (-g[0], g[1].value))
+    return {
+        "count": count,
+        "images": images,
+        "groups": [{"size": s, "kind": "exact" if e else "near", "ids": list(ids)} for s, _, _, ids, e in listed],
+    }
+
+
+class _Desc:
+    """Reverses string order inside a heap tuple."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return self.value > other.value
+
+    def __gt__(self, other: _Desc) -> bool:
+        return self.value < other.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def id_changes(
+    ds: ray.data.Dataset, previous_flags: str | None, out_fs: Any, examples: int = 10
+) -> dict[str, Any] | None:
+    """Ids added and removed since the run whose ``flags.parquet`` is ``previous_flags``:
+    counts and the first ``examples`` of each (a distributed anti-join; no id list in the driver)."""
+    if previous_flags is None:
+        return None
+
+    def side(value: int) -> Callable[[pa.Table], pa.Table]:
+        def fn(t: pa.Table) -> pa.Table:
+            t = t.select(["id"]).filter(pc.is_valid(t.column("id")))
+            return t.append_column("side", pa.array(np.full(t.num_rows, value, dtype=np.int8)))
+
+        return fn
+
+    now = ds.select_columns(["id"]).map_batches(side(1), batch_format="pyarrow")
+    before = (
+        ray.data.read_parquet(previous_flags, filesystem=out_fs)
+        .select_columns(["id"])
+        .map_batches(side(2), batch_format="pyarrow")
+    )
+    sides = (
+        now.union(before)
+        .groupby("id", num_partitions=_partitions())
+        .aggregate(Min("side", alias_name="lo"), Max("side", alias_name="hi"))
+    )
+
+    def only(t: pa.Table) -> pa.Table:
+        lo, hi = t.column("lo").to_numpy(), t.column("hi").to_numpy()
+        out = []
+        for s, name in ((1, "added"), (2, "removed")):
+            ids = t.column("id").filter(pa.array((lo == s) & (hi == s)))
+            first = pc.array_sort_indices(ids)[:examples]
+            out.append(
+                pa.table(
+                    {
+                        "kind": pa.array([name] * (len(first) or 1)),
+                        "n": pa.array([len(ids)] + [0] * (max(len(first), 1) - 1), pa.int64()),
+                        "id": pa.array([ids[int(i)].as_py() for i in first.to_pylist()] or [None], pa.string()),
+                    }
+                )
+            )
+        return pa.concat_tables(out)
+
+    counts = {"added": 0, "removed": 0}
+    firsts: dict[str, list[str]] = {"added": [], "removed": []}
+    for batch in sides.map_batches(only, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
+        for r in cast(pa.Table, batch).to_pylist():
+            counts[r["kind"]] += int(r["n"])
+            if r["id"] is not None:
+                firsts[r["kind"]] = heapq.nsmallest(examples, [*firsts[r["kind"]], r["id"]])
+    return {
+        "ids_added": counts["added"],
+        "ids_removed": counts["removed"],
+        "examples_added": firsts["added"],
+        "examples_removed": firsts["removed"],
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _write_flags(fs: Any, out_fs: Any, enriched: ray.data.Dataset, staging: str) -> None:
+    """flags.parquet: Ray writes the shards, the driver streams them into one file a row group at a time."""
+    shards = posixpath.join(staging, "_flags")
+    enriched.select_columns(FLAG_COLUMNS).write_parquet(shards, filesystem=out_fs)
+    files = sorted(p for p in fs.find(shards) if p.endswith(".parquet"))
+    target = posixpath.join(staging, "flags.parquet")
+    schema = None
+    writer = None
+    try:
+        with fs.open(target, "wb") as out:
+            for path in files:
+                with fs.open(path, "rb") as f:
+                    pf = pq.ParquetFile(f)
+                    for g in range(pf.num_row_groups):
+                        t = pf.read_row_group(g)
+                        if writer is None:
+                            schema = t.schema
+                            writer = pq.ParquetWriter(out, schema)
+                        writer.write_table(t.cast(schema))
+            if writer is None:
+                writer = pq.ParquetWriter(out, pa.schema([(c, pa.string()) for c in FLAG_COLUMNS]))
+            writer.close()
+    finally:
+        fs.rm(shards, recursive=True)
+
+
+def _thumbnails(out_fs: Any, data_dir: str, ids: set[str]) -> dict[str, dict[str, Any]]:
+    if not ids:
+        return {}
+    wanted = pa.array(sorted(ids), pa.string())
+
+    def pick(t: pa.Table) -> pa.Table:
+        return t.filter(pc.is_in(t.column("id"), value_set=wanted))
+
+    ds = ray.data.read_parquet(data_dir, filesystem=out_fs).select_columns(["id", "thumbnail", "error"])
+    rows = ds.map_batches(pick, batch_format="pyarrow").take_all()
+    return {r["id"]: r for r in rows}
+
+
+def kept_thumbnails(out_fs: Any, data_dir: str, ids: list[str]) -> pa.Table:
+    """``id, thumbnail`` of those of ``ids`` whose staged rows kept a thumbnail (flagged rows)."""
+    rows = _thumbnails(out_fs, data_dir, set(ids))
+    kept = [(i, r["thumbnail"]) for i, r in rows.items() if r.get("thumbnail")]
+    return pa.table(
+        {"id": pa.array([i for i, _ in kept], pa.string()), "thumbnail": pa.array([t for _, t in kept], pa.binary())}
+    )
+
+
+def aggregate_run(
+    cfg: QualityConfig,
+    fs: Any,
+    out_fs: Any,
+    staging: str,
+    run_date: str,
+    previous_flags: str | None = None,
+    confirm: agg.Confirm | None = None,
+) -> RunAggregate:
+    """Everything the run's summary, flags.parquet and report need, computed by Ray over the
+    shards under ``<staging>/data``; writes ``<staging>/flags.parquet``."""
+    data_dir = posixpath.join(staging, "data")
+    ds = read_staged(fs, out_fs, data_dir).materialize()
+    index = duplicate_index(ds, cfg, confirm)
+    shape = shape_stats(ds, cfg.odd_spread_floor)
+    blur = blur_stats(ds, cfg.blur_spread_floor)
+    enriched = ds.map_batches(
+        _enrich, fn_kwargs={"index": index, "shape": shape, "blur": blur, "cfg": cfg}, batch_format="pyarrow"
+    ).materialize()
+    _write_flags(fs, out_fs, enriched, staging)
+
+    k = cfg.report.worst_per_flag
+    first = _run_partial(enriched, "quality_first_pass", _first_pass(cfg), k)
+    ranges = {m: (first.lo[m], first.hi[m]) for m in SUMMARY_METRICS if first.count.get(m, 0) > 0}
+    second = _run_partial(enriched, "quality_second_pass", _second_pass(ranges), k)
+
+    quantiles: dict[str, dict[str, float]] = {}
+    histograms: dict[str, tuple[np.ndarray, np.ndarray, bool]] = {}
+    for m, (lo, hi) in ranges.items():
+        qv = agg.quantiles_from_histogram(second.fine[m], second.fine_lo[m], second.fine_hi[m], QUANTILES)
+        quantiles[m] = {f"p{round(p * 100):02d}": float(x) for p, x in zip(QUANTILES, qv, strict=True)}
+        n = first.count[m]
+        quantiles[m].update(mean=first.total[m] / n, min=lo, max=hi, count=n)
+        edges, log_scale = agg.plot_edges(m, lo, hi)
+        histograms[m] = (edges, second.plot[m], log_scale)
+    n = first.rows
+    flags = {}
+    for name, rule in cfg.flags.items():
+        if not rule.enabled:
+            continue
+        count = first.flags.get(name, 0)
+        flags[name] = {
+            "count": count,
+            "share": count / n if n else 0.0,
+            "rule": rule.describe(),
+            "max_share": rule.max_share,
+        }
+    summary: dict[str, Any] = {
+        "run_date": run_date,
+        "rows": n,
+        "ok": first.ok,
+        "errors": n - first.ok,
+        "quantiles": quantiles,
+        "flags": flags,
+        "duplicate_groups": duplicate_groups(enriched, cfg.report.max_duplicate_groups),
+    }
+    thumbs = _thumbnails(out_fs, data_dir, {i for rows in first.top.values() for _, i, _ in rows})
+    worst: dict[str, list[dict[str, Any]]] = {}
+    for name in cfg.flags:
+        rows = first.top.get(name)
+        if rows:
+            worst[name] = [
+                {
+                    "id": i,
+                    "value": v,
+                    "thumb": thumbs.get(i, {}).get("thumbnail"),
+                    "error": thumbs.get(i, {}).get("error"),
+                }
+                for _, i, v in rows
+            ]
+    diff = id_changes(enriched, previous_flags, out_fs)
+    log.info("aggregated %d rows on the cluster: %d duplicate groups", n, summary["duplicate_groups"]["count"])
+    return RunAggregate(summary=summary, histograms=histograms, worst=worst, id_diff=diff)
+
+
+__all__ = ["FLAG_COLUMNS", "RunAggregate", "aggregate_run", "duplicate_groups", "duplicate_index"]

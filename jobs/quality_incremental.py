@@ -1,0 +1,357 @@
+"""Incremental quality runs: reuse the previous finished run's rows for unchanged input files.
+
+:func:`prepare` runs before scoring. It lists the input with each file's identity
+(:mod:`restore_core.io.file_identity`), finds the latest finished run of this date or before
+(``_SUCCESS``) and its ``files.parquet``, and, when the scoring settings are the same,
+
+- copies that run's per-image shards into ``<staging>/data/reused-*.parquet``, shard by shard:
+  a shard holding no row of a changed or removed file is copied as it is (a server-side copy on
+  object stores), one that does is streamed through a filter batch by batch (never all rows in
+  memory);
+- returns the new and changed files, which alone are scored;
+- writes ``<staging>/files.parquet`` for the next run.
+
+Otherwise (``full: true`` / ``--full``, no earlier run, other settings, ``input.limit``, a
+``memory://`` input, image cells that point at other files, a previous run whose shards do not
+match its file table) it plans a full rescan and says why. Run-wide columns (duplicates, odd
+size) are not in the shards: the aggregation computes them over all rows, old and new.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import posixpath
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.ray_utils import is_process_local
+from restore_core import report
+from restore_core.config import QualityConfig, to_dict
+from restore_core.io import datasets
+from restore_core.io import file_identity as fid
+
+log = logging.getLogger("jobs.quality")
+
+#: Name prefix of the shards copied from the previous run into ``<staging>/data``.
+REUSED_PREFIX = "reused-"
+#: An increment of at most this many rows is scored in the driver process: starting Ray Data's
+#: actor pool costs more than scoring a few hundred small images on one core.
+IN_DRIVER_MAX_ROWS = 500
+
+
+@dataclasses.dataclass
+class Plan:
+    """What this run scores and what it reuses."""
+
+    mode: str  # "full" or "incremental"
+    reason: str  # why full (or what incremental reused), one sentence
+    files: list[fid.FileIdentity]
+    settings: dict[str, Any]
+    base_run: str | None = None
+    changes: fid.FileChanges | None = None
+    rows_reused: int = 0
+    rows_scored: int = 0
+    seconds: float = 0.0
+
+    @property
+    def to_score(self) -> list[str] | None:
+        """The files to score (None = all of them)."""
+        return self.changes.to_score if self.changes is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = (
+            self.changes.counts()
+            if self.changes is not None
+            else {"unchanged": 0, "changed": 0, "added": len(self.files), "removed": 0}
+        )
+        return {
+            "mode": self.mode,
+            "reason": self.reason,
+            "base_run": self.base_run,
+            "files": counts,
+            "rows_reused": self.rows_reused,
+            "rows_scored": self.rows_scored,
+            "settings_fingerprint": fid.settings_fingerprint(self.settings),
+            "seconds": self.seconds,
+        }
+
+    def sentence(self) -> str:
+        return fid.scan_sentence(self.as_dict())
+
+
+def _full(plan: Plan, reason: str) -> Plan:
+    log.info("quality: full rescan: %s", reason)
+    plan.mode, plan.reason, plan.changes = "full", reason, None
+    return plan
+
+
+def prepare(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str) -> Plan:
+    """Plan the run, copy the reused rows into ``<staging>/data`` and write ``<staging>/files.parquet``."""
+    t0 = time.perf_counter()
+    icfg = cfg.input
+    settings = fid.scoring_settings(to_dict(cfg))
+    plan = Plan("full", "", [], settings)
+    if is_process_local(icfg.path):
+        plan = _full(plan, f"{icfg.path.split('://')[0]}:// inputs live in one process; they are scored in full")
+        plan.seconds = time.perf_counter() - t0
+        return plan  # nothing recorded: the next run could not read this input's files either
+    plan.files = fid.list_identities(icfg.path, icfg.format, icfg.storage_options)
+    _plan(cfg, date, fs, root, staging, plan)
+    _write_files_table(cfg, fs, root, staging, plan)
+    plan.seconds = time.perf_counter() - t0
+    if plan.mode == "incremental" and plan.changes is not None:
+        c = plan.changes.counts()
+        log.info(
+            "quality: incremental from run=%s: %d files added, %d changed, %d removed; %d rows reused",
+            plan.base_run, c["added"], c["changed"], c["removed"], plan.rows_reused,
+        )  # fmt: skip
+    return plan
+
+
+def _plan(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str, plan: Plan) -> None:
+    icfg = cfg.input
+    if cfg.full:
+        _full(plan, "a full rescan was asked for (--full / full: true)")
+        return
+    if icfg.limit:
+        _full(plan, "input.limit is set: a limited run reads the first rows only")
+        return
+    runs = [d for d in report.list_runs(fs, root) if d <= date]
+    if not runs:
+        _full(plan, "no earlier finished run to reuse")
+        return
+    base = runs[-1]
+    plan.base_run = base
+    base_dir = posixpath.join(root, f"{report.RUN_PREFIX}{base}")
+    files_path = posixpath.join(base_dir, fid.FILES_NAME)
+    if not fs.exists(files_path):
+        _full(plan, f"run={base} has no {fid.FILES_NAME} (it was made before incremental runs)")
+        return
+    with fs.open(files_path, "rb") as f:
+        prev_file = pq.ParquetFile(f)
+        fingerprint, prev_settings = fid.read_metadata(prev_file.schema_arrow)
+        if fingerprint != fid.settings_fingerprint(plan.settings):
+            keys = fid.changed_keys(prev_settings, plan.settings) if prev_settings else []
+            named = f" ({', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})" if keys else ""
+            _full(plan, f"the scoring settings or scorer changed since run={base}{named}")
+            return
+        prev = prev_file.read(columns=["file", "size", "token", "rows"])
+    previous = {
+        p: (int(s), str(t))
+        for p, s, t in zip(
+            prev.column("file").to_pylist(),
+            prev.column("size").to_pylist(),
+            prev.column("token").to_pylist(),
+            strict=True,
+        )
+    }
+    rows_before = dict(zip(prev.column("file").to_pylist(), prev.column("rows").to_pylist(), strict=True))
+    changes = fid.compare(plan.files, previous)
+    if icfg.format == "parquet" and _points_at_files(cfg, [plan.files[0].path, *changes.to_score]):
+        _full(plan, "the image cells point at other files, whose changes a file listing does not see")
+        return
+    if not changes.unchanged:
+        _full(plan, f"no input file is unchanged since run={base}")
+        return
+    gone = [f.path for f in changes.changed] + changes.removed
+    drop = _ids_of(fs, files_path, gone)
+    if drop.null_count:
+        _full(plan, f"a changed or removed file had rows without an id in run={base}")
+        return
+    expected = sum(int(rows_before[f.path]) for f in changes.unchanged)
+    reused = _copy_reused(fs, posixpath.join(base_dir, "data"), posixpath.join(staging, "data"), drop)
+    if reused != expected:
+        for path in fs.glob(posixpath.join(staging, "data", REUSED_PREFIX + "*")):
+            fs.rm(path)
+        _full(plan, f"run={base}'s shards hold {reused} rows of unchanged files, its file table {expected}")
+        return
+    plan.mode, plan.changes, plan.rows_reused = "incremental", changes, reused
+    plan.reason = f"reused run={base}'s rows of {len(changes.unchanged)} unchanged files"
+
+
+def _points_at_files(cfg: QualityConfig, files: list[str]) -> bool:
+    icfg = cfg.input
+    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
+    columns = (icfg.image_column, icfg.reference_column, icfg.mask_column)
+    for schema in datasets.parquet_schemas(sorted(set(files)), fs):
+        if any(c in schema.names and datasets.is_path_struct(schema.field(c).type) for c in columns):
+            return True
+    return False
+
+
+def _ids_of(fs: Any, files_path: str, paths: list[str]) -> pa.Array:
+    """The ids the earlier run read from ``paths`` (flattened; nulls kept)."""
+    if not paths:
+        return pa.array([], pa.string())
+    with fs.open(files_path, "rb") as f:
+        table = pq.read_table(f, columns=["file", "ids"], filters=[("file", "in", paths)])
+    return pc.list_flatten(table.column("ids")).combine_chunks() if table.num_rows else pa.array([], pa.string())
+
+
+def _copy_reused(fs: Any, src_dir: str, dst_dir: str, drop: pa.Array) -> int:
+    """Copy the rows of ``src_dir``'s shards whose id is not in ``drop`` to ``dst_dir``; the row count."""
+    shards = sorted(p for p in fs.find(src_dir) if p.endswith(".parquet")) if fs.exists(src_dir) else []
+    drop_set = pa.array(drop.to_pylist(), pa.string()) if len(drop) else None
+
+    def one(k: int, src: str) -> int:
+        dst = posixpath.join(dst_dir, f"{REUSED_PREFIX}{k:05d}.parquet")
+        with fs.open(src, "rb") as f:
+            ids = pq.read_table(f, columns=["id"]).column("id")
+        hit = pc.is_in(ids, value_set=drop_set) if drop_set is not None else None
+        if hit is None or not pc.any(hit).as_py():
+            fs.copy(src, dst)
+            return len(ids)
+        kept = 0
+        with fs.open(src, "rb") as f:
+            source = pq.ParquetFile(f)
+            if source.metadata.num_rows == int(pc.sum(hit).as_py() or 0):
+                return 0  # every row dropped: no file
+            with fs.open(dst, "wb") as out, pq.ParquetWriter(out, source.schema_arrow) as writer:
+                for batch in source.iter_batches(batch_size=4096):
+                    keep = pc.invert(pc.is_in(batch.column(batch.schema.get_field_index("id")), value_set=drop_set))
+                    part = batch.filter(keep)
+                    kept += part.num_rows
+                    writer.write_batch(part)
+        return kept
+
+    if not shards:
+        return 0
+    fs.makedirs(dst_dir, exist_ok=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(shards))) as pool:
+        return sum(pool.map(one, range(len(shards)), shards))
+
+
+def _new_ids(cfg: QualityConfig, paths: list[str]) -> list[list[str | None]]:
+    """The ids each of ``paths`` gives, as the scorer writes them (``str`` of the value read)."""
+    icfg = cfg.input
+    if not paths:
+        return []
+    if icfg.format == "images":
+        return [[i] for i in fid.image_ids(icfg.path, paths, icfg.storage_options)]
+    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
+    schema = datasets.parquet_input_schema(icfg.path, icfg.storage_options, icfg.id_column, icfg.image_column, paths)
+    target = schema.field(icfg.id_column).type if schema is not None else None
+
+    def one(path: str) -> list[str | None]:
+        out: list[str | None] = []
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=[icfg.id_column]):
+                col = batch.column(0)
+                if target is not None and col.type != target:
+                    col = col.cast(target)
+                out += [None if v is None else str(v) for v in col.to_pylist()]
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        return list(pool.map(one, paths))
+
+
+def _write_files_table(cfg: QualityConfig, fs: Any, root: str, staging: str, plan: Plan) -> None:
+    """``<staging>/files.parquet``: every file of today's listing, its identity and its ids."""
+    schema = fid.FILES_SCHEMA.with_metadata(fid.files_metadata(plan.settings))
+    fresh = plan.to_score if plan.to_score is not None else [f.path for f in plan.files]
+    by_path = {f.path: f for f in plan.files}
+    fs.makedirs(staging, exist_ok=True)
+    with fs.open(posixpath.join(staging, fid.FILES_NAME), "wb") as out, pq.ParquetWriter(out, schema) as writer:
+        step = 512
+        for start in range(0, len(fresh), step):
+            chunk = fresh[start : start + step]
+            ids = _new_ids(cfg, chunk)
+            writer.write_batch(fid.files_batch((by_path[p], i) for p, i in zip(chunk, ids, strict=True)))
+        if plan.changes is not None and plan.changes.unchanged:
+            keep = pa.array([f.path for f in plan.changes.unchanged], pa.string())
+            base = posixpath.join(root, f"{report.RUN_PREFIX}{plan.base_run}", fid.FILES_NAME)
+            with fs.open(base, "rb") as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=4096, columns=fid.FILES_SCHEMA.names):
+                    part = batch.filter(pc.is_in(batch.column(0), value_set=keep))
+                    if part.num_rows:
+                        writer.write_batch(pa.RecordBatch.from_arrays(part.columns, schema=fid.FILES_SCHEMA))
+
+
+# ----------------------------------------------------------------------------- small increments
+
+
+def rows_in(cfg: QualityConfig, paths: list[str]) -> int:
+    """How many rows ``paths`` hold (Parquet: from the footers)."""
+    icfg = cfg.input
+    if icfg.format == "images":
+        return len(paths)
+    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
+
+    def one(path: str) -> int:
+        with fs.open(path, "rb") as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
+        return sum(pool.map(one, paths))
+
+
+def _batches(cfg: QualityConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of ``paths`` as numpy batches, as Ray Data hands them to the scoring actor."""
+    icfg = cfg.input
+    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
+    step = cfg.ray.batch_size
+    if icfg.format == "images":
+        ids = fid.image_ids(icfg.path, paths, icfg.storage_options)
+        for start in range(0, len(paths), step):
+            blobs = fs.cat(paths[start : start + step], on_error="raise")
+            chunk = paths[start : start + step]
+            yield {
+                icfg.id_column: _objects(ids[start : start + step]),
+                icfg.image_column: _objects([blobs[p] for p in chunk]),
+            }
+        return
+    schema = datasets.parquet_input_schema(icfg.path, icfg.storage_options, icfg.id_column, icfg.image_column, paths)
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=step):
+                table = datasets.conform(pa.Table.from_batches([batch]), schema, where=path)
+                yield {name: _column(table.column(name)) for name in table.column_names}
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def _column(col: pa.ChunkedArray) -> np.ndarray:
+    t = col.type
+    if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)) and col.null_count == 0:
+        return np.asarray(col.to_numpy())
+    return _objects(col.to_pylist())
+
+
+def score_in_driver(cfg: QualityConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any) -> int:
+    """Score ``paths`` in this process into ``<folder>/scored-<k>.parquet``, batch by batch; the row count.
+
+    ``make_scorer(cfg)`` is the job's scoring actor class: the rows come out as the actor pool
+    would write them.
+    """
+    scorer = make_scorer(cfg)
+    rows = 0
+    writer = None
+    try:
+        for batch in _batches(cfg, paths):
+            table = scorer(batch)
+            if writer is None:
+                out_fs.makedirs(folder, exist_ok=True)
+                sink = out_fs.open(posixpath.join(folder, "scored-00000.parquet"), "wb")
+                writer = pq.ParquetWriter(sink, table.schema)
+            elif table.schema != writer.schema:
+                table = datasets.conform(table, writer.schema.remove_metadata(), where="scored rows")
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+            sink.close()
+    return rows
