@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from restore_core import masks, quality, report, synth
+from imrestore_data import synth
+from restore_core import masks, quality, report
 from restore_core.config import QualityConfig, from_dict
 from tests.conftest import png_bytes
 
