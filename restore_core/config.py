@@ -557,9 +557,7 @@ class QualityConfig:
     warn_on: list[str] = dataclasses.field(default_factory=list)  # flags that only warn (exit 3) past max_share
     calibrate: str = ""  # a known-good run folder: print suggested thresholds from it instead of scoring
     full: bool = False  # true = score every image; false = reuse the last finished run's rows of unchanged files
-    cluster_aggregation_rows: int = ranged(
-        1_000_000, 0
-    )  # run-wide step on the cluster from this many rows (0 = always)
+    cluster_aggregation_rows: int = ranged(10**6, 0)  # rows from which the run-wide step runs on Ray (0 = always)
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
