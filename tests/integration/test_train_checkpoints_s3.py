@@ -12,7 +12,8 @@ from jobs import train_sr
 from restore_core.config import TrainSRConfig, from_dict
 from restore_core.io.artifacts import load_sr_model
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+# slow: ~50 s idle, ~2 min on a loaded 2-CPU machine; the S3 checkpoint path of train-inpaint shares jobs/training.py
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def sr_cfg(opts: dict, epochs: int) -> TrainSRConfig:

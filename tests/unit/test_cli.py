@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from imrestore_data import synth
 from tests.conftest import png_bytes
@@ -41,6 +42,7 @@ def test_missing_input_path_is_one_line(tmp_path):
     assert "input path does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # two jobs end to end, ~20 s idle; kept out of CI for its 20-minute budget
 def test_learn_bases_then_benchmark(tmp_path):
     imgs = synth.shapes(12, 24, seed=0)
     table = pa.table(
