@@ -358,6 +358,11 @@ def histogram_png(values: np.ndarray, metric: str, thresholds: Sequence[tuple[st
     if log:
         v = np.log10(np.maximum(v, 1e-12))
     ax.hist(v, bins=40, color="#4c72b0")
+    return _thresholds_drawn(fig, ax, thresholds, metric, log)
+
+
+def _thresholds_drawn(fig: Any, ax: Any, thresholds: Sequence[tuple[str, float]], metric: str, log: bool) -> bytes:
+    """A histogram's threshold lines and labels drawn, the figure as PNG bytes."""
     for name, t in thresholds:
         x = math.log10(max(t, 1e-12)) if log else t
         ax.axvline(x, color="#c44e52", linestyle="--", linewidth=1)
@@ -379,13 +384,7 @@ def histogram_png_counts(
 
     fig, ax = plt.subplots(figsize=(4.2, 2.6))
     ax.stairs(np.asarray(counts), np.asarray(edges), fill=True, color="#4c72b0")
-    for name, t in thresholds:
-        x = math.log10(max(t, 1e-12)) if log else t
-        ax.axvline(x, color="#c44e52", linestyle="--", linewidth=1)
-        ax.text(x, ax.get_ylim()[1] * 0.9, f" {name}", color="#c44e52", fontsize=7)
-    ax.set_xlabel(f"log10({metric})" if log else metric)
-    ax.set_ylabel("images")
-    return _png(fig)
+    return _thresholds_drawn(fig, ax, thresholds, metric, log)
 
 
 def history_png(history: Sequence[Mapping[str, Any]]) -> bytes:
