@@ -4,9 +4,10 @@
 ``python -m jobs quality --config configs/quality.yaml --calibrate <output>/run=2024-06-30`` (suggest thresholds)
 
 Reads the same inputs as restore, maps ``restore_core.quality.QualityScorer`` over them with an
-actor pool, writes the per-image shards into a staging folder, then (with Ray Data over those
-shards, see ``jobs/quality_aggregate.py``: the driver receives only summaries) finds duplicate
-groups, evaluates flags, compares with the previous finished run, writes ``flags.parquet``,
+actor pool, writes the per-image shards into a staging folder, then (in the driver below
+``cluster_aggregation_rows`` staged rows, else with Ray Data over those shards, see
+``jobs/quality_aggregate.py``: the driver receives only summaries) finds duplicate groups,
+evaluates flags, compares with the previous finished run, writes ``flags.parquet``,
 ``summary.json``, ``report.html`` and ``_SUCCESS``, and publishes the folder as
 ``<output>/run=<date>/``, replacing an earlier run of the same date.
 
@@ -22,6 +23,7 @@ import argparse
 import logging
 import posixpath
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -176,11 +178,48 @@ def _aggregate_on_cluster(cfg: QualityConfig, fs: Any, staging: str) -> bool:
     return rows >= cfg.cluster_aggregation_rows
 
 
-def _write_flags_table(fs: Any, staging: str, table: pa.Table) -> None:
+#: What writes the report once the summary holds the verdict: ``write_report(summary, history)``.
+ReportWriter = Callable[[dict[str, Any], list[dict[str, Any]]], Any]
+
+
+def _aggregate_in_driver(
+    cfg: QualityConfig, fs: Any, out_fs: Any, root: str, staging: str, date: str, previous_date: str | None
+) -> tuple[dict[str, Any], ReportWriter]:
+    """The run-wide step below ``cluster_aggregation_rows``: the metric table read into the driver
+    (seconds, where a dozen Ray Data executions take minutes); writes ``flags.parquet``."""
+    table = report.with_run_flags(_read_shards(fs, posixpath.join(staging, "data")), cfg)
+    summary = report.summarize(table, cfg, date)
+    previous = report.read_summary(fs, root, previous_date) if previous_date else None
+    previous_ids = report.read_ids(fs, root, previous_date) if previous_date else None
+    summary["drift"] = report.compare(summary, previous, table.column("id").to_pylist(), previous_ids)
     keep = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
     buf = pa.BufferOutputStream()
     pq.write_table(table.select(keep), buf)
     report.put(fs, posixpath.join(staging, "flags.parquet"), buf.getvalue().to_pybytes())
+
+    def write_report(full: dict[str, Any], history: list[dict[str, Any]]) -> Any:
+        return report.write_report(fs, staging, table, full, history, cfg, group_thumbnails(cfg, table, full))
+
+    return summary, write_report
+
+
+def _aggregate_with_ray(
+    cfg: QualityConfig, fs: Any, out_fs: Any, root: str, staging: str, date: str, previous_date: str | None
+) -> tuple[dict[str, Any], ReportWriter]:
+    """The run-wide step on the cluster (jobs/quality_aggregate.py): the driver gets summaries only."""
+    prev_flags = posixpath.join(root, f"{report.RUN_PREFIX}{previous_date}", "flags.parquet") if previous_date else None
+    run_agg = quality_aggregate.aggregate_run(cfg, fs, out_fs, staging, date, prev_flags)
+    summary = run_agg.summary
+    previous = report.read_summary(fs, root, previous_date) if previous_date else None
+    summary["drift"] = report.compare(summary, previous, (), None, id_diff=run_agg.id_diff)
+
+    def write_report(full: dict[str, Any], history: list[dict[str, Any]]) -> Any:
+        shown = report.group_members_shown(full)
+        kept = quality_aggregate.kept_thumbnails(out_fs, posixpath.join(staging, "data"), shown)
+        thumbs = {**group_thumbnails(cfg, kept, full), **report.table_thumbnails(kept, shown)}
+        return report.write_report_parts(fs, staging, full, history, cfg, run_agg.histograms, run_agg.worst, thumbs)
+
+    return summary, write_report
 
 
 def calibrate(cfg: QualityConfig) -> Summary:
@@ -285,20 +324,10 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
 
     try:
         earlier = [d for d in report.list_runs(fs, root) if d < date]
-        previous = report.read_summary(fs, root, earlier[-1]) if earlier else None
         history = [report.read_summary(fs, root, d) for d in earlier[-max(cfg.report.history_runs - 1, 0) :]]
         on_cluster = _aggregate_on_cluster(cfg, fs, staging)
-        if on_cluster:  # the driver gets summaries only (jobs/quality_aggregate.py)
-            prev_flags = posixpath.join(root, f"{report.RUN_PREFIX}{earlier[-1]}", "flags.parquet") if earlier else None
-            run_agg = quality_aggregate.aggregate_run(cfg, fs, out_fs, staging, date, prev_flags)
-            summary = run_agg.summary
-            summary["drift"] = report.compare(summary, previous, (), None, id_diff=run_agg.id_diff)
-        else:  # below cluster_aggregation_rows: the metric table fits the driver, seconds instead of minutes
-            table = report.with_run_flags(_read_shards(fs, posixpath.join(staging, "data")), cfg)
-            summary = report.summarize(table, cfg, date)
-            previous_ids = report.read_ids(fs, root, earlier[-1]) if earlier else None
-            summary["drift"] = report.compare(summary, previous, table.column("id").to_pylist(), previous_ids)
-            _write_flags_table(fs, staging, table)
+        aggregate = _aggregate_with_ray if on_cluster else _aggregate_in_driver
+        summary, write_report = aggregate(cfg, fs, out_fs, root, staging, date, earlier[-1] if earlier else None)
         decision = verdict.decide(summary, cfg.fail_on, cfg.warn_on)
         fails = decision.failed
         summary["failures"] = fails
@@ -312,13 +341,7 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
         summary["images_per_second"] = inc.rows_scored / t_score if t_score > 0 else 0.0
         summary["config"] = to_dict(cfg)
         summary["aggregated_on"] = "cluster" if on_cluster else "driver"
-        if on_cluster:
-            shown = report.group_members_shown(summary)
-            kept = quality_aggregate.kept_thumbnails(out_fs, posixpath.join(staging, "data"), shown)
-            thumbs = {**group_thumbnails(cfg, kept, summary), **report.table_thumbnails(kept, shown)}
-            report.write_report_parts(fs, staging, summary, history, cfg, run_agg.histograms, run_agg.worst, thumbs)
-        else:
-            report.write_report(fs, staging, table, summary, history, cfg, group_thumbnails(cfg, table, summary))
+        write_report(summary, history)
         summary["seconds"]["total"] = time.perf_counter() - t0
         report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
         url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"

@@ -29,6 +29,14 @@ def damaged_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def submit_night(ray_head, tmp_path: Path, images: Path, *flag_args: str) -> tuple[int, str]:
+    """One quality night (2024-03-02) of ``images`` into ``tmp_path/quality`` through the wrapper."""
+    return submit(
+        ray_head, tmp_path, "--set", f"input.path={images}", "--set", f"output={tmp_path / 'quality'}",
+        "--run-date", "2024-03-02", *flag_args,
+    )  # fmt: skip
+
+
 def submit(ray_head, tmp_path: Path, *quality_args: str) -> tuple[int, str]:
     alert_file = tmp_path / "alert.txt"
     proc = subprocess.run(
@@ -70,20 +78,7 @@ def submit(ray_head, tmp_path: Path, *quality_args: str) -> tuple[int, str]:
 def test_warn_exit_code_through_ray_job_submit(ray_head, damaged_images, tmp_path):
     out = tmp_path / "quality"
     # 5% dead pixels (limit 1%) only warns; 5% blurry is not over blurry's 5% limit: no failure
-    code, text = submit(
-        ray_head,
-        tmp_path,
-        "--set",
-        f"input.path={damaged_images}",
-        "--set",
-        f"output={out}",
-        "--run-date",
-        "2024-03-02",
-        "--warn-on",
-        "dead_pixels",
-        "--fail-on",
-        "blurry",
-    )
+    code, text = submit_night(ray_head, tmp_path, damaged_images, "--warn-on", "dead_pixels", "--fail-on", "blurry")
     assert code == 3, text[-4000:]
     assert "exit code 3" in text, text[-4000:]  # Ray saw the job's own 3 (and still exited 1)
     quality_lines = [x for x in text.splitlines() if x.startswith("QUALITY ")]
@@ -101,20 +96,7 @@ def test_warn_exit_code_through_ray_job_submit(ray_head, damaged_images, tmp_pat
 @pytest.mark.timeout(900)
 def test_fail_and_error_exit_codes_through_ray_job_submit(ray_head, damaged_images, tmp_path):
     out = tmp_path / "quality"
-    code, text = submit(
-        ray_head,
-        tmp_path,
-        "--set",
-        f"input.path={damaged_images}",
-        "--set",
-        f"output={out}",
-        "--run-date",
-        "2024-03-02",
-        "--fail-on",
-        "dead_pixels",
-        "--warn-on",
-        "blurry",
-    )
+    code, text = submit_night(ray_head, tmp_path, damaged_images, "--fail-on", "dead_pixels", "--warn-on", "blurry")
     assert code == 1, text[-4000:]
     status = json.loads((out / "run=2024-03-02" / "status.json").read_text())
     assert status["verdict"] == "FAIL" and status["exit_code"] == 1 and len(status["failed"]) == 1
