@@ -259,6 +259,34 @@ def _box_least_squares(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.where(used, best, torch.zeros_like(best))
 
 
+def _probe_masks(d: torch.Tensor, shifts: int) -> list[torch.Tensor]:
+    """The probes' extra hidden pixels, bool (B, 1, h, w) each: the dead mask ``d`` shifted (by half
+    the window, then by other offsets when ``shifts`` > 1) hides observed pixels, each shift in
+    two probes that take half of the 8x8 tiles (a checkerboard), so a probe's damage stays near
+    the image's own."""
+    ph, pw = d.shape[-2:]
+    offsets = [(ph // 2, pw // 2), (ph // 2, 0), (0, pw // 2), (ph // 4, (3 * pw) // 4)][: max(1, shifts)]
+    yy = torch.arange(ph, device=d.device).view(ph, 1) // 8
+    xx = torch.arange(pw, device=d.device).view(1, pw) // 8
+    tiles = ((yy + xx) % 2 == 0).view(1, 1, ph, pw)
+    out = []
+    for dy, dx in offsets:
+        shifted = torch.roll(d, shifts=(dy, dx), dims=(2, 3)) & ~d
+        out += [shifted & tiles, shifted & ~tiles]
+    return out
+
+
+def _held_out_gain(grams: list[torch.Tensor], rhss: list[torch.Tensor]) -> torch.Tensor:
+    """Per image, the summed squared-error change (negative = better than the fill) of weights
+    fitted on all probes but one, measured on the one left out, over every probe. (B,) float64."""
+    total_g, total_r = sum(grams), sum(rhss)
+    change = torch.zeros_like(rhss[0][:, 0])
+    for g, r in zip(grams, rhss, strict=True):
+        w = _box_least_squares(total_g - g, total_r - r)
+        change = change + (w[:, None, :] @ g @ w[:, :, None])[:, 0, 0] - 2 * (w * r).sum(dim=1)
+    return change
+
+
 @torch.no_grad()
 def calibration(
     model: nn.Module,
@@ -266,6 +294,7 @@ def calibration(
     dead: torch.Tensor,
     bases: Bases | None = None,
     probe_size: int = 64,
+    shifts: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How much of the refiner's correction, and of the harmonic fill, to trust, per image:
     two (B,) weights in [0, 1], for ``fill + a * (refiner - fill) + h * (harmonic - fill)``.
@@ -276,29 +305,29 @@ def calibration(
     least-squares blend on them, each clipped to [0, 1] (0, 0 = the biharmonic fill). A
     refiner trained on other images can be wrong about this one (measured: -0.5 to -1.3 dB on
     sharp test photos where it gained on its own photos); the probe catches that, image by
-    image. Only the central ``probe_size`` window is probed (0 = all of it), so a large image
-    costs little more than one pass.
+    image. The weights are kept only when they also help on held-out probes (fitted on all
+    probes but one, measured on that one, for each): with few probe pixels (small images) a
+    blend fitted on them alone can be noise, and the image then gets its fill.
+    Only the central ``probe_size`` window is probed (0 = all of it), so a large image costs
+    little more than one pass; ``shifts`` offsets of the mask are probed, two probes each
+    (0 = 1 shift for windows of 64 x 64 pixels or more, 2 below).
     """
     h, w = images.shape[-2:]
     ys, xs = _probe_region(h, w, probe_size)
     x = images[..., ys, xs]
     d = dead.to(torch.bool)[..., ys, xs]
-    ph, pw = d.shape[-2:]
-    shifted = torch.roll(d, shifts=(ph // 2, pw // 2), dims=(2, 3)) & ~d
-    # two probes, each hiding the shifted mask on half of the 8x8 tiles (a checkerboard), so
-    # the probe's damage stays near the image's own; their normal equations are pooled
-    yy = torch.arange(ph, device=d.device).view(ph, 1) // 8
-    xx = torch.arange(pw, device=d.device).view(1, pw) // 8
-    tiles = ((yy + xx) % 2 == 0).view(1, 1, ph, pw)
-    gram = rhs = None
-    for half in (tiles, ~tiles):
-        hide = shifted & half
+    if shifts <= 0:
+        shifts = 1 if d.shape[-2] * d.shape[-1] >= 64 * 64 else 2
+    grams, rhss = [], []
+    for hide in _probe_masks(d, shifts):
         pred, filled, harmonic = _predict(model, x, d | hide, bases)
         where = hide.to(x.dtype).expand_as(x)
         g, r = _normal_equations([pred.clamp(0.0, 1.0) - filled, harmonic - filled], x - filled, where)
-        gram, rhs = (g, r) if gram is None or rhs is None else (gram + g, rhs + r)
-    assert gram is not None and rhs is not None
-    weights = _box_least_squares(gram, rhs).to(images.dtype)
+        grams.append(g)
+        rhss.append(r)
+    weights = _box_least_squares(sum(grams), sum(rhss))  # type: ignore[arg-type]
+    keep = _held_out_gain(grams, rhss) < 0
+    weights = torch.where(keep[:, None], weights, torch.zeros_like(weights)).to(images.dtype)
     return weights[:, 0], weights[:, 1]
 
 
@@ -310,6 +339,7 @@ def refine(
     bases: Bases | None = None,
     calibrate: bool = True,
     probe_size: int = 64,
+    shifts: int = 0,
 ) -> torch.Tensor:
     """Fill dead pixels with the refiner.
 
@@ -322,6 +352,7 @@ def refine(
     calibrate : blend the refiner's correction into its fill with a weight measured on each
         image itself (:func:`calibration`); False = the refiner's output as it is
     probe_size : side of the window :func:`calibration` probes (0 = the whole image)
+    shifts : offsets of the dead mask :func:`calibration` probes (0 = by the window's size)
 
     Returns
     -------
@@ -334,7 +365,7 @@ def refine(
         pred, filled, harmonic = _predict(model, images, dead, bases)
         pred = pred.clamp_(0.0, 1.0)
         if calibrate:
-            a, hw = (t.view(-1, 1, 1, 1) for t in calibration(model, images, dead, bases, probe_size))
+            a, hw = (t.view(-1, 1, 1, 1) for t in calibration(model, images, dead, bases, probe_size, shifts))
             pred = (filled + a * (pred - filled) + hw * (harmonic - filled)).clamp_(0.0, 1.0)
     finally:
         model.train(was_training)
