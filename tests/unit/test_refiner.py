@@ -102,6 +102,28 @@ def test_calibration_trusts_a_correction_that_helps():
     assert _psnr(refine(Oracle(), x, dead), x) > 60
 
 
+def test_small_windows_borrow_the_batchs_weights_large_ones_do_not():
+    """Per-image weights from few probe pixels are pulled towards the batch's pooled fit; a
+    64x64 window is fitted on its own, so its result does not depend on the rest of the batch."""
+    from restore_core.refiner import _shrunk_weights
+
+    eye = torch.eye(2, dtype=torch.float64).expand(2, 2, 2)
+    grams, rhss = [eye.clone()], [torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)]
+    alone = _shrunk_weights(grams, rhss, 0.0)
+    assert torch.allclose(alone, torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
+    pulled = _shrunk_weights(grams, rhss, 3.0)
+    assert torch.allclose(pulled[:, 0], torch.tensor([0.625, 0.375], dtype=torch.float64))  # (1 + 3 * 0.5) / 4
+    assert torch.equal(_shrunk_weights([eye[:1]], [rhss[0][:1]], 3.0), alone[:1])  # a batch of one: its own
+
+    model = build_refiner(RefinerSpec(width=4, levels=1))
+    torch.nn.init.constant_(model.out.bias, 0.05)
+    x = _smooth_images(2, 64, 4)
+    dead = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(5)) < 0.3
+    both = calibration(model, x, dead)
+    one = calibration(model, x[:1], dead[:1])
+    assert torch.allclose(both[0][:1], one[0]) and torch.allclose(both[1][:1], one[1])
+
+
 def test_random_training_mask_kinds_and_rates():
     g = torch.Generator().manual_seed(0)
     m = random_training_mask((64, 1, 32, 32), g, "cpu")
