@@ -27,6 +27,7 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
+from restore_core.io import datasets
 from restore_core.quality_summary import DATE
 
 RUN_PREFIX = "run="
@@ -70,8 +71,7 @@ def publish_run(fs: fsspec.AbstractFileSystem, staging: str, root: str, date: st
     last, so a reader that trusts only ``_SUCCESS`` never compares with a half-copied run.
     """
     final = posixpath.join(root, f"{RUN_PREFIX}{date}")
-    local = "file" in _protocols(fs)
-    if local:
+    if datasets.is_local(fs):
         trash = None
         if os.path.exists(final):
             trash = staging + ".old"
@@ -91,11 +91,6 @@ def publish_run(fs: fsspec.AbstractFileSystem, staging: str, root: str, date: st
         put(fs, posixpath.join(final, SUCCESS), fs.cat(success))
         fs.rm(staging, recursive=True)
     return final
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    p = fs.protocol
-    return (p,) if isinstance(p, str) else tuple(p)
 
 
 def put(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
