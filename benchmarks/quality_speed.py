@@ -142,9 +142,12 @@ def scale(args: argparse.Namespace) -> None:
         rows.append(("quality job (Ray, 2 CPUs)", n, code, wall, peak))
         print(rows[-1], flush=True)
         if n <= args.cleanvision_max:
-            code, wall, peak, tail = _watch([sys.executable, "-c", CLEANVISION, images], env)
+            cv_env = dict(env)
+            if args.cleanvision_path:  # cleanvision installed apart (pip install --target DIR cleanvision ...)
+                cv_env["PYTHONPATH"] = os.pathsep.join(p for p in (args.cleanvision_path, env.get("PYTHONPATH")) if p)
+            code, wall, peak, tail = _watch([sys.executable, "-c", CLEANVISION, images], cv_env)
             print(tail[-600:] if code else "", flush=True)
-            rows.append((f"cleanvision {_version('cleanvision')}", n, code, wall, peak))
+            rows.append((f"cleanvision {_version('cleanvision', args.cleanvision_path)}", n, code, wall, peak))
             print(rows[-1], flush=True)
     load1 = os.getloadavg()[0]
     head = (
@@ -271,10 +274,12 @@ def aggregate_only(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
-def _version(name: str) -> str:
-    from importlib.metadata import version
+def _version(name: str, path: str | None = None) -> str:
+    from importlib.metadata import distributions, version
 
     try:
+        if path:
+            return next(d.version for d in distributions(path=[path]) if d.metadata["Name"].lower() == name)
         return version(name)
     except Exception:
         return "?"
@@ -285,6 +290,7 @@ def main() -> None:
     ap.add_argument("--scale", type=int, nargs="*", help="at scale: these numbers of generated images (see above)")
     ap.add_argument("--folder", default="/tmp/quality_scale", help="at scale: where the images and runs go")
     ap.add_argument("--cleanvision-max", type=int, default=10000, help="at scale: cleanvision up to this size only")
+    ap.add_argument("--cleanvision-path", help="at scale: a folder to put on cleanvision's PYTHONPATH")
     ap.add_argument("--aggregate-rows", type=int, nargs="*", help="the run-wide step alone on this many staged rows")
     ap.add_argument("--write-docs", action="store_true", help="at scale: write the table into docs/nightly.md")
     ap.add_argument("--n", type=int, default=64)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from imrestore_data import synth
-from jobs import quality, quality_incremental
+from jobs import quality
 from restore_core.config import QualityConfig, from_dict
 from restore_core.io import file_identity as fid
 from tests.conftest import png_bytes
@@ -102,9 +102,8 @@ def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ra
     (data / "new-copy.png").write_bytes(blobs[4])  # an exact duplicate of an unchanged old image
     _rewrite(data / "im-02.png", blobs[23])  # new content under an old name
     (data / "sub" / "im-03.png").unlink()
-    with monkeypatch.context() as m:  # the new files through Ray Data's actor pool, not in the driver
-        m.setattr(quality_incremental, "IN_DRIVER_MAX_ROWS", 0)
-        second = quality.run(_cfg(data, out, "images", "2024-05-02"))
+    # the new files through Ray Data's actor pool, not in the driver
+    second = quality.run(_cfg(data, out, "images", "2024-05-02", local_score_max_rows=0))
     inc = _result(out, "2024-05-02")
     info = inc[0]["incremental"]
     assert info["mode"] == "incremental" and info["base_run"] == "2024-05-01", info
