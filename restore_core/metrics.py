@@ -12,8 +12,8 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 import pywt
+from PIL import Image
 from scipy import fft, ndimage
 from scipy.special import ndtri
 from skimage import feature
