@@ -67,16 +67,30 @@ class DriverAggregate:
 # ----------------------------------------------------------------------------- duplicates
 
 
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
 def hex_to_u64(values: pa.Array, digits: int = 16, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``digits`` hex digits from position ``skip`` of each string as uint64, and a validity mask."""
+    """``digits`` (at most 16) hex digits from position ``skip`` of each string as uint64, and a
+    validity mask (null, too short or not hex: invalid). Vectorised over the Arrow buffers."""
+    values = values.cast(pa.large_string())
+    n = len(values)
     valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
-    out = np.zeros(len(values), dtype=np.uint64)
-    for i, s in enumerate(values.to_pylist()):
-        if s is not None:
-            try:
-                out[i] = int(s[skip : skip + digits], 16)
-            except ValueError:
-                valid[i] = False
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + n + 1]
+    valid &= (offsets[1:] - offsets[:-1]) >= skip + digits
+    out = np.zeros(n, dtype=np.uint64)
+    if not valid.any():
+        return out, valid
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+    starts = np.where(valid, offsets[:-1] + skip, 0)
+    nibbles = _HEX[data[starts[:, None] + np.arange(digits)]]
+    valid &= (nibbles != 255).all(axis=1)
+    for k in range(digits):
+        out = (out << np.uint64(4)) | nibbles[:, k].astype(np.uint64)
+    out[~valid] = 0
     return out, valid
 
 
@@ -166,36 +180,37 @@ class _Keys:
 
 
 def _keys(fs: Any, files: list[str], cfg: QualityConfig) -> _Keys:
-    ids_parts, sha_parts, dh_parts, valid_parts = [], [], [], []
-    w_parts, h_parts, b_parts = [], [], []
-    cols = ["id", "sha256", "dhash", "width", "height", "blur_width"]
-    for t in staged.batches(fs, files, cols):
-        s_col = t.column("sha256").combine_chunks().cast(pa.string())
-        d_col = t.column("dhash").combine_chunks().cast(pa.string())
+    """The first pass: arrays filled in place (no per-batch parts kept, no concatenated copies),
+    each freed once the run-wide columns it feeds are computed."""
+    n = staged.row_count(fs, files)
+    sha = np.zeros((n, 2), dtype=np.uint64)
+    dhash = np.zeros(n, dtype=np.uint64)
+    valid = np.zeros(n, dtype=bool)
+    size = np.full((2, n), np.nan)
+    blur = np.full(n, np.nan)
+    ids_parts = []
+    offset = 0
+    for t in staged.batches(fs, files, ["id", "sha256", "dhash", "width", "height", "blur_width"]):
+        part = slice(offset, offset + t.num_rows)
+        s_col = t.column("sha256").combine_chunks()
         hi, ok_hi = hex_to_u64(s_col, 16, 0)
         lo, ok_lo = hex_to_u64(s_col, 16, 16)
-        dh, ok_d = hex_to_u64(d_col)
-        sha_parts.append(np.stack([hi, lo], axis=1))
-        dh_parts.append(dh)
-        valid_parts.append(ok_hi & ok_lo & ok_d)
+        dhash[part], ok_d = hex_to_u64(t.column("dhash").combine_chunks())
+        sha[part, 0], sha[part, 1], valid[part] = hi, lo, ok_hi & ok_lo & ok_d
         ids_parts.append(t.column("id").combine_chunks().cast(pa.string()))
-        w_parts.append(staged.floats(t, "width"))
-        h_parts.append(staged.floats(t, "height"))
-        b_parts.append(staged.floats(t, "blur_width"))
-    ids = pa.concat_arrays(ids_parts)
+        size[0, part], size[1, part] = staged.floats(t, "width"), staged.floats(t, "height")
+        blur[part] = staged.floats(t, "blur_width")
+        offset += t.num_rows
+    ids = pa.concat_arrays(ids_parts) if ids_parts else pa.array([], pa.string())
+    del ids_parts
     rank = np.empty(len(ids), dtype=np.int64)
     rank[pc.sort_indices(ids).to_numpy()] = np.arange(len(ids))  # nulls last, as Table.sort_by
-    sha = np.concatenate(sha_parts)
-    run = duplicate_arrays(
-        sha,
-        np.concatenate(dh_parts),
-        np.concatenate(valid_parts),
-        rank,
-        cfg.near_duplicate_distance,
-        cfg.near_duplicate_min_bits,
-    )
-    run.update(shape_columns(np.concatenate(w_parts), np.concatenate(h_parts), cfg.odd_spread_floor))
-    run.update(blur_columns(np.concatenate(b_parts), cfg.blur_spread_floor))
+    d, min_bits = cfg.near_duplicate_distance, cfg.near_duplicate_min_bits
+    run = duplicate_arrays(sha, dhash, valid, rank, d, min_bits)
+    del dhash, valid, rank
+    run.update(shape_columns(size[0], size[1], cfg.odd_spread_floor))
+    del size
+    run.update(blur_columns(blur, cfg.blur_spread_floor))
     return _Keys(ids, run, sha)
 
 

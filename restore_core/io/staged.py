@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from restore_core.errors import UserError
 
 #: Rows per batch read from a shard.
-BATCH_ROWS = 16384
+BATCH_ROWS = 4096
 
 
 def shard_files(fs: Any, data_dir: str) -> list[str]:
@@ -37,6 +37,15 @@ def column_names(fs: Any, files: Sequence[str]) -> list[str]:
         with fs.open(path, "rb") as f:
             names.update(dict.fromkeys(pq.read_schema(f).names))
     return list(names)
+
+
+def row_count(fs: Any, files: Sequence[str]) -> int:
+    """Rows of ``files``, from their footers."""
+    total = 0
+    for path in files:
+        with fs.open(path, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
 
 
 def batches(fs: Any, files: Sequence[str], columns: Sequence[str], rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
