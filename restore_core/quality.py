@@ -333,12 +333,14 @@ def near_duplicate_groups(hashes: Sequence[int] | np.ndarray, max_distance: int)
             key = (uniq >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
             order = np.argsort(key, kind="stable")
             sk = key[order]
-            starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-            sizes = np.diff(np.r_[starts, sk.size])
-            pos = np.arange(sk.size) - np.repeat(starts, sizes)  # place inside its bucket
-            left = np.repeat(sizes, sizes) - pos - 1  # members after it in its bucket
-            for step in range(1, int(sizes.max())):
-                a = np.flatnonzero(left >= step)
+            del key
+            cand = np.flatnonzero(sk[1:] == sk[:-1])  # not the last of its bucket: the few in shared buckets
+            if cand.size == 0:
+                continue
+            left = np.searchsorted(sk, sk[cand], side="right") - cand - 1  # members after it in its bucket
+            del sk
+            for step in range(1, int(left.max()) + 1):
+                a = cand[left >= step]
                 close = np.bitwise_count(uniq[order[a]] ^ uniq[order[a + step]]) <= max_distance
                 src.append(order[a[close]])
                 dst.append(order[a[close] + step])

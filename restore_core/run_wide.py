@@ -4,19 +4,21 @@ Below ``cluster_aggregation_rows`` the quality job computes duplicates, odd size
 blur against the run, flags, the summary and the report's histograms in its driver. This module
 does it without ever holding a whole shard or a Python object per row:
 
-1. one pass reads ``id, sha256, dhash, width, height, blur_width``; the hashes become ``uint64``
-   arrays (the first 128 bits of the SHA-256, the 64-bit perceptual hash), ids one Arrow array;
-   the run-wide columns (duplicate counts and groups, size, aspect and blur deviations) are
-   computed over those arrays, exactly as :func:`restore_core.report.with_run_flags` does;
-2. a second pass reads the flag metrics batch by batch, evaluates the flags with the run-wide
-   columns joined on, streams ``flags.parquet`` and merges per-batch counts and worst rows
-   (:class:`restore_core.aggregate.Partial`);
+1. one pass reads ``id, sha256, dhash, width, height, blur_width``: the hashes become ``uint64``
+   arrays (the first 128 bits of the SHA-256, the 64-bit perceptual hash; parsed from the Arrow
+   buffers), ids one Arrow array, sizes a ``(width, height) -> rows`` table, from which the
+   duplicate columns (vectorised :func:`restore_core.quality.near_duplicate_groups`), the run's
+   shape statistics (exact weighted medians) and its blur median and spread are computed;
+2. a second pass reads the flag metrics batch by batch, computes the size, aspect and blur
+   deviations of the batch, evaluates the flags, streams ``flags.parquet`` and merges per-batch
+   counts and worst rows (:class:`restore_core.aggregate.Partial`);
 3. each summary metric is then read alone: exact quantiles and the report's histogram counts.
 
-Its memory is ~60 bytes a row plus one metric column at a time (about 6 MB at 100,000 rows),
-against several hundred bytes and the thumbnails a row when every shard was read whole. The
-numbers equal the whole-table functions' (a test compares them); duplicate-group labels are
-the same too (the row number, in id order, of the group's first member).
+What it holds grows by ~60 bytes a row (ids, hashes, duplicate columns; about 6 MB at 100,000
+rows, plus transients of the duplicate step), against several hundred bytes and the thumbnails a
+row when every shard was read whole. The numbers equal the whole-table functions' (a test
+compares them); duplicate-group labels are the same too (the row number, in id order, of the
+group's first member).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ import pyarrow.compute as pc
 from restore_core import aggregate as agg
 from restore_core.config import QualityConfig
 from restore_core.io import staged
-from restore_core.quality import SUMMARY_METRICS, blur_columns, evaluate_flags, near_duplicate_groups, shape_columns
+from restore_core.quality import (
+    RUN_COLUMNS,
+    SUMMARY_METRICS,
+    blur_deviation,
+    blur_stats,
+    evaluate_flags,
+    near_duplicate_groups,
+)
 
 #: Columns of flags.parquet, with their types.
 FLAGS_SCHEMA = pa.schema(
@@ -117,24 +126,38 @@ def duplicate_arrays(
     if idx.size == 0:
         return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
     idx = idx[np.argsort(order_rank[idx], kind="stable")]  # id order, as the whole-table function
-    keys = np.ascontiguousarray(sha[idx]).view([("a", np.uint64), ("b", np.uint64)]).ravel()
-    _, sha_inv, sha_counts = np.unique(keys, return_inverse=True, return_counts=True)
-    sha_inv = sha_inv.ravel()
-    exact[idx] = sha_counts[sha_inv] - 1
+    m = idx.size
+    # Exact copies: only rows whose first 64 bits another row shares (few) are compared on 128.
+    # sha_first: the position (in idx) of the first row with the same pixel hash.
+    sha_first = np.arange(m, dtype=np.int64)
+    hi = sha[idx, 0]
+    o = np.argsort(hi, kind="stable")
+    same = hi[o[1:]] == hi[o[:-1]]
+    del hi
+    shared = np.zeros(m, dtype=bool)
+    shared[o[1:][same]] = True
+    shared[o[:-1][same]] = True
+    del o, same
+    few = np.flatnonzero(shared)
+    if few.size:
+        keys = np.ascontiguousarray(sha[idx[few]]).view([("a", np.uint64), ("b", np.uint64)]).ravel()
+        _, first, inv, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        inv = inv.ravel()
+        sha_first[few] = few[first][inv]
+        exact[idx[few]] = counts[inv] - 1
     values = dhash[idx]
     info = informative_mask(values, min_bits)
-    labels = np.arange(idx.size, dtype=np.int64)
+    labels = np.arange(m, dtype=np.int64)
     near_idx = np.flatnonzero(info)
     if near_idx.size:
         labels[near_idx] = near_idx[near_duplicate_groups(values[near_idx], max_distance)]
-    plain = np.flatnonzero(~info)
-    if plain.size:  # an uninformative hash is grouped with its exact copies only
-        _, first, inv = np.unique(sha_inv[plain], return_index=True, return_inverse=True)
-        labels[plain] = plain[first][inv.ravel()]
-    _, lab_inv, lab_counts = np.unique(labels, return_inverse=True, return_counts=True)
-    lab_inv = lab_inv.ravel()
-    near[idx] = lab_counts[lab_inv] - 1 - exact[idx]
-    in_group = lab_counts[lab_inv] > 1
+    del values, near_idx
+    plain = ~info  # an uninformative hash is grouped with its exact copies only (same pixels: same hash)
+    labels[plain] = sha_first[plain]
+    del sha_first, plain, info
+    size = np.bincount(labels, minlength=m)[labels]
+    near[idx] = size - 1 - exact[idx]
+    in_group = size > 1
     group[idx[in_group]] = order_rank[idx[labels[in_group]]]
     return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
 
@@ -175,8 +198,17 @@ class _Keys:
     """The first pass's arrays, one entry per staged row in the passes' order."""
 
     ids: pa.Array
-    run_columns: dict[str, np.ndarray]
+    run_columns: dict[str, np.ndarray]  # the duplicate columns
     sha: np.ndarray
+    shape: agg.ShapeStats
+    blur: tuple[float, float]  # the run's median log(blur_width) and its spread
+
+    def deviations(self, t: pa.Table) -> dict[str, np.ndarray]:
+        """``size_deviation``, ``aspect_deviation`` and ``blur_deviation`` of a batch holding
+        ``width``, ``height`` and ``blur_width``."""
+        cols = self.shape.columns(staged.floats(t, "width"), staged.floats(t, "height"))
+        cols["blur_deviation"] = blur_deviation(staged.floats(t, "blur_width"), *self.blur)
+        return cols
 
 
 def _keys(fs: Any, files: list[str], cfg: QualityConfig) -> _Keys:
@@ -186,8 +218,8 @@ def _keys(fs: Any, files: list[str], cfg: QualityConfig) -> _Keys:
     sha = np.zeros((n, 2), dtype=np.uint64)
     dhash = np.zeros(n, dtype=np.uint64)
     valid = np.zeros(n, dtype=bool)
-    size = np.full((2, n), np.nan)
     blur = np.full(n, np.nan)
+    sizes: dict[tuple[float, float], int] = {}  # the run's distinct (width, height): exact medians
     ids_parts = []
     offset = 0
     for t in staged.batches(fs, files, ["id", "sha256", "dhash", "width", "height", "blur_width"]):
@@ -198,7 +230,10 @@ def _keys(fs: Any, files: list[str], cfg: QualityConfig) -> _Keys:
         dhash[part], ok_d = hex_to_u64(t.column("dhash").combine_chunks())
         sha[part, 0], sha[part, 1], valid[part] = hi, lo, ok_hi & ok_lo & ok_d
         ids_parts.append(t.column("id").combine_chunks().cast(pa.string()))
-        size[0, part], size[1, part] = staged.floats(t, "width"), staged.floats(t, "height")
+        wh = np.stack([staged.floats(t, "width"), staged.floats(t, "height")], axis=1)
+        wh = wh[(wh[:, 0] > 0) & (wh[:, 1] > 0)]
+        for (w, h), c in zip(*np.unique(wh, axis=0, return_counts=True), strict=True):
+            sizes[(float(w), float(h))] = sizes.get((float(w), float(h)), 0) + int(c)
         blur[part] = staged.floats(t, "blur_width")
         offset += t.num_rows
     ids = pa.concat_arrays(ids_parts) if ids_parts else pa.array([], pa.string())
@@ -208,10 +243,9 @@ def _keys(fs: Any, files: list[str], cfg: QualityConfig) -> _Keys:
     d, min_bits = cfg.near_duplicate_distance, cfg.near_duplicate_min_bits
     run = duplicate_arrays(sha, dhash, valid, rank, d, min_bits)
     del dhash, valid, rank
-    run.update(shape_columns(size[0], size[1], cfg.odd_spread_floor))
-    del size
-    run.update(blur_columns(blur, cfg.blur_spread_floor))
-    return _Keys(ids, run, sha)
+    w_h = np.array(list(sizes), dtype=np.float64).reshape(-1, 2)
+    shape = agg.shape_stats(w_h[:, 0], w_h[:, 1], np.array(list(sizes.values()), np.int64), cfg.odd_spread_floor)
+    return _Keys(ids, run, sha, shape, blur_stats(blur, cfg.blur_spread_floor))
 
 
 def _flags_pass(fs: Any, files: list[str], cfg: QualityConfig, keys: _Keys, flags_path: str) -> agg.Partial:
@@ -219,17 +253,19 @@ def _flags_pass(fs: Any, files: list[str], cfg: QualityConfig, keys: _Keys, flag
     ``flags.parquet`` streamed; counts and worst rows merged."""
     names = set(staged.column_names(fs, files))
     metrics = list(dict.fromkeys(c.metric for r in cfg.flags.values() for c in r.all_conditions()))
-    stored = [m for m in metrics if m in names and m not in keys.run_columns]
+    stored = [m for m in metrics if m in names and m not in keys.run_columns and m not in RUN_COLUMNS]
     k = cfg.report.worst_per_flag
     total = agg.Partial()
     writer = staged.StreamWriter(fs, flags_path)
     offset = 0
     try:
-        for t in staged.batches(fs, files, ["status", "sha256", "dhash", *stored]):
+        read = list(dict.fromkeys(["status", "sha256", "dhash", "width", "height", "blur_width", *stored]))
+        for t in staged.batches(fs, files, read):
             n = t.num_rows
             part = slice(offset, offset + n)
             columns = {m: staged.floats(t, m) for m in stored}
             columns.update({m: v[part] for m, v in keys.run_columns.items()})
+            columns.update(keys.deviations(t))
             raised = evaluate_flags(columns, cfg.flags)
             tags = [",".join(name for name, hit in raised.items() if hit[i]) for i in range(n)]
             ids = keys.ids.slice(offset, n)
@@ -260,6 +296,9 @@ def _metric_stats(
     for m in SUMMARY_METRICS:
         if m in keys.run_columns:
             v = keys.run_columns[m]
+        elif m in RUN_COLUMNS:
+            parts = [keys.deviations(t)[m] for t in staged.batches(fs, files, ["width", "height", "blur_width"])]
+            v = np.concatenate(parts) if parts else np.empty(0)
         elif m in names:
             v = staged.column(fs, files, m)
         else:
