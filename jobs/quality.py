@@ -31,10 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+import imrestore_report as report
 from jobs import logs, quality_aggregate, quality_incremental, quality_score, verdict
 from jobs.common import Summary, format_table
 from jobs.ray_utils import arrow_filesystem, init_ray, is_process_local, report_progress
-from restore_core import codec, report, run_wide
+from restore_core import codec, run_wide
 from restore_core.codec import cell_bytes
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError

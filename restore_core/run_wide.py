@@ -42,6 +42,7 @@ from restore_core.quality import (
     evaluate_flags,
     near_duplicate_groups,
 )
+from restore_core.quality_summary import QUANTILES
 
 #: Columns of flags.parquet, with their types.
 FLAGS_SCHEMA = pa.schema(
@@ -55,8 +56,6 @@ FLAGS_SCHEMA = pa.schema(
         ("dhash", pa.string()),
     ]
 )
-#: Quantiles in summaries (as ``report.QUANTILES``).
-QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 #: Ids listed per duplicate group in the summary (as ``report.duplicate_groups``).
 GROUP_IDS = 20
 

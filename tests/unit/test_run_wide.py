@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import imrestore_report as report
 from imrestore_data import synth
-from restore_core import masks, quality, report, run_wide
+from restore_core import masks, quality, run_wide
 from restore_core.config import QualityConfig, from_dict
 from tests.conftest import png_bytes
 
