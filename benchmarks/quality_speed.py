@@ -142,9 +142,12 @@ def scale(args: argparse.Namespace) -> None:
         rows.append(("quality job (Ray, 2 CPUs)", n, code, wall, peak))
         print(rows[-1], flush=True)
         if n <= args.cleanvision_max:
-            code, wall, peak, tail = _watch([sys.executable, "-c", CLEANVISION, images], env)
+            cv_env = dict(env)
+            if args.cleanvision_path:  # cleanvision installed apart (pip install --target DIR cleanvision ...)
+                cv_env["PYTHONPATH"] = os.pathsep.join(p for p in (args.cleanvision_path, env.get("PYTHONPATH")) if p)
+            code, wall, peak, tail = _watch([sys.executable, "-c", CLEANVISION, images], cv_env)
             print(tail[-600:] if code else "", flush=True)
-            rows.append((f"cleanvision {_version('cleanvision')}", n, code, wall, peak))
+            rows.append((f"cleanvision {_version('cleanvision', args.cleanvision_path)}", n, code, wall, peak))
             print(rows[-1], flush=True)
     load1 = os.getloadavg()[0]
     head = (
@@ -180,7 +183,8 @@ def scale(args: argparse.Namespace) -> None:
 
 def synthetic_shards(folder: str, n: int, per_shard: int = 10000, seed: int = 0) -> None:
     """``n`` scored rows as the scoring step stages them (every quality column, random metrics,
-    64x64 sizes with 0.5% odd ones, 1% exact and 1% near copies), in shards of ``per_shard``."""
+    64x64 sizes with 0.5% odd ones, 1% exact and 1% near copies, a 2 KB thumbnail on every 20th),
+    in shards of ``per_shard``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -208,7 +212,8 @@ def synthetic_shards(folder: str, n: int, per_shard: int = 10000, seed: int = 0)
             {
                 **{c: pa.array(v, pa.string()) for c, v in text.items()},
                 **{c: pa.array(v) for c, v in cols.items()},
-                "thumbnail": pa.array([None] * m, pa.binary()),
+                # flagged rows keep a small PNG: 2 KB on every 20th row here
+                "thumbnail": pa.array([rng.bytes(2000) if i % 20 == 0 else None for i in k], pa.binary()),
             }
         )
         pq.write_table(table, os.path.join(folder, f"part-{s0 // per_shard:05d}.parquet"))
@@ -223,6 +228,15 @@ init_ray(RayConfig(num_cpus=2))
 staging = sys.argv[1]
 out_fs, _ = arrow_filesystem(staging, {})
 r = quality_aggregate.aggregate_run(QualityConfig(), fsspec.filesystem("file"), out_fs, staging, "2024-01-02")
+print("rows", r.summary["rows"], "groups", r.summary["duplicate_groups"]["count"])
+"""
+
+STREAMING = """
+import sys, fsspec, pyarrow.parquet as pq
+from restore_core import run_wide
+from restore_core.config import QualityConfig
+staging = sys.argv[1]
+r = run_wide.aggregate(fsspec.filesystem("file"), staging, QualityConfig(), "2024-01-02", None)
 print("rows", r.summary["rows"], "groups", r.summary["duplicate_groups"]["count"])
 """
 
@@ -253,7 +267,13 @@ def aggregate_only(args: argparse.Namespace) -> None:
         staging = os.path.join(args.folder, f"staged{n}")
         if not os.path.isdir(os.path.join(staging, "data")):
             synthetic_shards(os.path.join(staging, "data"), n)
-        for name, code_text in (("Ray aggregation (this job)", AGGREGATE), ("in the driver (before)", IN_DRIVER)):
+        variants = [
+            ("in the driver, streaming (this job)", STREAMING),
+            ("in the driver, whole table (before)", IN_DRIVER),
+        ]
+        if args.with_ray:
+            variants.append(("Ray aggregation (this job from cluster_aggregation_rows)", AGGREGATE))
+        for name, code_text in variants:
             shutil.rmtree(os.path.join(staging, "_flags"), ignore_errors=True)
             code, wall, peak, tail = _watch([sys.executable, "-c", code_text, staging])
             print(tail[-400:] if code else "", flush=True)
@@ -268,13 +288,21 @@ def aggregate_only(args: argparse.Namespace) -> None:
         "|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {t} | {n:,} | {c} | {w:.1f} | {p:.0f} |" for t, n, c, w, p in rows]
+    peaks = {(t, n): p for t, n, c, _, p in rows if c == 0}
+    lo, hi = min(args.aggregate_rows), max(args.aggregate_rows)
+    lines.append("")
+    for t in dict.fromkeys(t for t, _, _, _, _ in rows):
+        if (t, lo) in peaks and (t, hi) in peaks and lo != hi:
+            lines.append(f"{t}: driver peak RSS at {hi:,} rows / at {lo:,}: {peaks[(t, hi)] / peaks[(t, lo)]:.3f}")
     print("\n".join(lines))
 
 
-def _version(name: str) -> str:
-    from importlib.metadata import version
+def _version(name: str, path: str | None = None) -> str:
+    from importlib.metadata import distributions, version
 
     try:
+        if path:
+            return next(d.version for d in distributions(path=[path]) if d.metadata["Name"].lower() == name)
         return version(name)
     except Exception:
         return "?"
@@ -285,7 +313,9 @@ def main() -> None:
     ap.add_argument("--scale", type=int, nargs="*", help="at scale: these numbers of generated images (see above)")
     ap.add_argument("--folder", default="/tmp/quality_scale", help="at scale: where the images and runs go")
     ap.add_argument("--cleanvision-max", type=int, default=10000, help="at scale: cleanvision up to this size only")
+    ap.add_argument("--cleanvision-path", help="at scale: a folder to put on cleanvision's PYTHONPATH")
     ap.add_argument("--aggregate-rows", type=int, nargs="*", help="the run-wide step alone on this many staged rows")
+    ap.add_argument("--with-ray", action="store_true", help="--aggregate-rows: the Ray aggregation too (slow here)")
     ap.add_argument("--write-docs", action="store_true", help="at scale: write the table into docs/nightly.md")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--size", type=int, default=256)

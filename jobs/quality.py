@@ -32,20 +32,10 @@ import pyarrow.parquet as pq
 import ray
 
 import imrestore_report as report
-from jobs import logs, quality_aggregate, quality_incremental, verdict
+from jobs import logs, quality_aggregate, quality_incremental, quality_score, verdict
 from jobs.common import Summary, format_table
-from jobs.ray_utils import (
-    actor_pool_args,
-    arrow_filesystem,
-    init_ray,
-    input_rows,
-    is_process_local,
-    pool_size,
-    read_dataset,
-    remote_progress,
-    report_progress,
-)
-from restore_core import codec
+from jobs.ray_utils import arrow_filesystem, init_ray, is_process_local, report_progress
+from restore_core import codec, run_wide
 from restore_core.codec import cell_bytes
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
@@ -157,7 +147,7 @@ def group_thumbnails(cfg: QualityConfig, table: pa.Table, summary: dict[str, Any
             files = lookup.images_in_folder(cfg.input, missing)
             return {i: t for i, t in ((i, _thumbnail(b, cfg)) for i, b in files.items()) if t}
         paths = datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)
-        if is_process_local(cfg.input.path):
+        if is_process_local(cfg.input.path) or not ray.is_initialized():  # no Ray started for a small run
             parts = [_thumbnails_in_file(p, cfg, missing) for p in paths]
         else:
             task = ray.remote(num_cpus=0.25)(_thumbnails_in_file)
@@ -186,20 +176,27 @@ ReportWriter = Callable[[dict[str, Any], list[dict[str, Any]]], Any]
 def _aggregate_in_driver(
     cfg: QualityConfig, fs: Any, out_fs: Any, root: str, staging: str, date: str, previous_date: str | None
 ) -> tuple[dict[str, Any], ReportWriter]:
-    """The run-wide step below ``cluster_aggregation_rows``: the metric table read into the driver
-    (seconds, where a dozen Ray Data executions take minutes); writes ``flags.parquet``."""
-    table = report.with_run_flags(_read_shards(fs, posixpath.join(staging, "data")), cfg)
-    summary = report.summarize(table, cfg, date)
+    """The run-wide step below ``cluster_aggregation_rows``, in this process (seconds, where a
+    dozen Ray Data executions take minutes), compact and streaming (``restore_core.run_wide``:
+    a few columns at a time, ~60 bytes a row); writes ``flags.parquet``."""
+    previous_ids = None
+    if previous_date:
+        with fs.open(posixpath.join(root, f"{report.RUN_PREFIX}{previous_date}", "flags.parquet"), "rb") as f:
+            previous_ids = pq.read_table(f, columns=["id"]).column("id").combine_chunks()
+    result = run_wide.aggregate(fs, staging, cfg, date, previous_ids, report.GROUP_THUMBS)
+    summary = result.summary
     previous = report.read_summary(fs, root, previous_date) if previous_date else None
-    previous_ids = report.read_ids(fs, root, previous_date) if previous_date else None
-    summary["drift"] = report.compare(summary, previous, table.column("id").to_pylist(), previous_ids)
-    keep = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
-    buf = pa.BufferOutputStream()
-    pq.write_table(table.select(keep), buf)
-    report.put(fs, posixpath.join(staging, "flags.parquet"), buf.getvalue().to_pybytes())
+    summary["drift"] = report.compare(summary, previous, (), None, id_diff=result.id_diff)
 
     def write_report(full: dict[str, Any], history: list[dict[str, Any]]) -> Any:
-        return report.write_report(fs, staging, table, full, history, cfg, group_thumbnails(cfg, table, full))
+        kept = pa.table(
+            {
+                "id": pa.array(list(result.kept_thumbs), pa.string()),
+                "thumbnail": pa.array(list(result.kept_thumbs.values()), pa.binary()),
+            }
+        )
+        thumbs = {**group_thumbnails(cfg, kept, full), **result.kept_thumbs}
+        return report.write_report_parts(fs, staging, full, history, cfg, result.histograms, result.worst, thumbs)
 
     return summary, write_report
 
@@ -299,34 +296,21 @@ def _write_error_status(cfg: QualityConfig, fs: Any, root: str, date: str, start
 
 def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Summary:
     t0 = time.perf_counter()
-    init_ray(cfg.ray)
-    pool = actor_pool_args(cfg.ray)
     staging = report.staging_path(root, date)
     # Incremental: the last finished run's rows of unchanged files are copied into staging/data;
-    # only new and changed files are scored (all of them on a full rescan).
+    # only new and changed files are scored (all of them on a full rescan): in this process when
+    # they are few (no Ray started), else by the actor pool.
     inc = quality_incremental.prepare(cfg, date, fs, root, staging)
     out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
-    n_rows = quality_incremental.rows_in(cfg, inc.to_score) if inc.to_score is not None else None
-    small = n_rows is not None and n_rows <= quality_incremental.IN_DRIVER_MAX_ROWS
-    if small and inc.to_score:  # a few hundred rows: no actor pool to start
-        quality_incremental.score_in_driver(cfg, inc.to_score, fs, posixpath.join(staging, "data"), ScoreActor)
-    elif not small:
-        # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
-        with remote_progress(n_rows if n_rows is not None else input_rows(cfg.input), "scoring") as counter:
-            scored = read_dataset(cfg.input, inc.to_score).map_batches(
-                ScoreActor,
-                fn_constructor_kwargs={"cfg": cfg, "progress": counter},
-                batch_size=cfg.ray.batch_size,
-                batch_format="numpy",
-                **pool,
-            )
-            scored.write_parquet(posixpath.join(staging, "data"), filesystem=out_fs)
+    scored = quality_score.score(cfg, inc, fs, out_fs, staging, ScoreActor)
     t_score = time.perf_counter() - t0
 
     try:
         earlier = [d for d in report.list_runs(fs, root) if d < date]
         history = [report.read_summary(fs, root, d) for d in earlier[-max(cfg.report.history_runs - 1, 0) :]]
         on_cluster = _aggregate_on_cluster(cfg, fs, staging)
+        if on_cluster:
+            init_ray(cfg.ray)
         aggregate = _aggregate_with_ray if on_cluster else _aggregate_in_driver
         summary, write_report = aggregate(cfg, fs, out_fs, root, staging, date, earlier[-1] if earlier else None)
         decision = verdict.decide(summary, cfg.fail_on, cfg.warn_on)
@@ -337,6 +321,7 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
         summary["warn_on"] = list(cfg.warn_on)
         summary["verdict"] = decision.verdict
         summary["seconds"] = {"score_and_write": t_score}
+        summary["scored_in"] = scored.where
         inc.rows_scored = summary["rows"] - inc.rows_reused
         summary["incremental"] = inc.as_dict()
         summary["images_per_second"] = inc.rows_scored / t_score if t_score > 0 else 0.0
@@ -375,7 +360,7 @@ def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Sum
         "unreadable": summary["errors"],
         "compared with": summary["drift"].get("previous_run") or "(no earlier run)",
         "scanned": inc.sentence(),
-        "actors": pool_size(pool),
+        "actors": scored.actors if scored.where == "ray" else f"none (scored {scored.where}: no Ray started)",
         "images/s (score+write)": summary["images_per_second"],
         "seconds": summary["seconds"]["total"],
     }

@@ -24,10 +24,8 @@ import dataclasses
 import logging
 import posixpath
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -42,9 +40,6 @@ log = logging.getLogger("jobs.quality")
 
 #: Name prefix of the shards copied from the previous run into ``<staging>/data``.
 REUSED_PREFIX = "reused-"
-#: An increment of at most this many rows is scored in the driver process: starting Ray Data's
-#: actor pool costs more than scoring a few hundred small images on one core.
-IN_DRIVER_MAX_ROWS = 500
 
 
 @dataclasses.dataclass
@@ -155,7 +150,7 @@ def _plan(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str, plan:
     }
     rows_before = dict(zip(prev.column("file").to_pylist(), prev.column("rows").to_pylist(), strict=True))
     changes = fid.compare(plan.files, previous)
-    if icfg.format == "parquet" and _points_at_files(cfg, [plan.files[0].path, *changes.to_score]):
+    if icfg.format == "parquet" and points_at_files(cfg, [plan.files[0].path, *changes.to_score]):
         _full(plan, "the image cells point at other files, whose changes a file listing does not see")
         return
     if not changes.unchanged:
@@ -177,7 +172,7 @@ def _plan(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str, plan:
     plan.reason = f"reused run={base}'s rows of {len(changes.unchanged)} unchanged files"
 
 
-def _points_at_files(cfg: QualityConfig, files: list[str]) -> bool:
+def points_at_files(cfg: QualityConfig, files: list[str]) -> bool:
     icfg = cfg.input
     fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
     columns = (icfg.image_column, icfg.reference_column, icfg.mask_column)
@@ -274,84 +269,3 @@ def _write_files_table(cfg: QualityConfig, fs: Any, root: str, staging: str, pla
                     part = batch.filter(pc.is_in(batch.column(0), value_set=keep))
                     if part.num_rows:
                         writer.write_batch(pa.RecordBatch.from_arrays(part.columns, schema=fid.FILES_SCHEMA))
-
-
-# ----------------------------------------------------------------------------- small increments
-
-
-def rows_in(cfg: QualityConfig, paths: list[str]) -> int:
-    """How many rows ``paths`` hold (Parquet: from the footers)."""
-    icfg = cfg.input
-    if icfg.format == "images":
-        return len(paths)
-    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
-
-    def one(path: str) -> int:
-        with fs.open(path, "rb") as f:
-            return int(pq.ParquetFile(f).metadata.num_rows)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
-        return sum(pool.map(one, paths))
-
-
-def _batches(cfg: QualityConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of ``paths`` as numpy batches, as Ray Data hands them to the scoring actor."""
-    icfg = cfg.input
-    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
-    step = cfg.ray.batch_size
-    if icfg.format == "images":
-        ids = fid.image_ids(icfg.path, paths, icfg.storage_options)
-        for start in range(0, len(paths), step):
-            blobs = fs.cat(paths[start : start + step], on_error="raise")
-            chunk = paths[start : start + step]
-            yield {
-                icfg.id_column: _objects(ids[start : start + step]),
-                icfg.image_column: _objects([blobs[p] for p in chunk]),
-            }
-        return
-    schema = datasets.parquet_input_schema(icfg.path, icfg.storage_options, icfg.id_column, icfg.image_column, paths)
-    for path in paths:
-        with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=step):
-                table = datasets.conform(pa.Table.from_batches([batch]), schema, where=path)
-                yield {name: _column(table.column(name)) for name in table.column_names}
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
-
-
-def _column(col: pa.ChunkedArray) -> np.ndarray:
-    t = col.type
-    if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)) and col.null_count == 0:
-        return np.asarray(col.to_numpy())
-    return _objects(col.to_pylist())
-
-
-def score_in_driver(cfg: QualityConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any) -> int:
-    """Score ``paths`` in this process into ``<folder>/scored-<k>.parquet``, batch by batch; the row count.
-
-    ``make_scorer(cfg)`` is the job's scoring actor class: the rows come out as the actor pool
-    would write them.
-    """
-    scorer = make_scorer(cfg)
-    rows = 0
-    writer = None
-    try:
-        for batch in _batches(cfg, paths):
-            table = scorer(batch)
-            if writer is None:
-                out_fs.makedirs(folder, exist_ok=True)
-                sink = out_fs.open(posixpath.join(folder, "scored-00000.parquet"), "wb")
-                writer = pq.ParquetWriter(sink, table.schema)
-            elif table.schema != writer.schema:
-                table = datasets.conform(table, writer.schema.remove_metadata(), where="scored rows")
-            writer.write_table(table)
-            rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-            sink.close()
-    return rows

@@ -558,6 +558,7 @@ class QualityConfig:
     calibrate: str = ""  # a known-good run folder: print suggested thresholds from it instead of scoring
     full: bool = False  # true = score every image; false = reuse the last finished run's rows of unchanged files
     cluster_aggregation_rows: int = ranged(10**6, 0)  # rows from which the run-wide step runs on Ray (0 = always)
+    local_score_max_rows: int = ranged(1000, 0)  # at most this many rows to score: in the driver, no Ray (0 = never)
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 

@@ -12,9 +12,11 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+import pywt
 from PIL import Image
 from scipy import fft, ndimage
-from skimage import feature, restoration
+from scipy.special import ndtri
+from skimage import feature
 from skimage.metrics import structural_similarity
 
 
@@ -370,6 +372,10 @@ def blur_width(gray: np.ndarray, reblur: float = 1.5, quantile: float = 0.1, min
     return float(np.quantile(sigma, quantile))
 
 
+#: The 75th percentile of the standard normal (Donoho's MAD estimator divides by it).
+_NORMAL_Q75 = float(ndtri(0.75))
+
+
 def noise_level(img: np.ndarray, dead: np.ndarray | None = None) -> float:
     """Pixel noise of an image: the standard deviation of its luminance noise, in 8-bit levels.
 
@@ -385,7 +391,11 @@ def noise_level(img: np.ndarray, dead: np.ndarray | None = None) -> float:
         return float("nan")
     if dead is not None and dead.any():
         gray = fill_from_neighbours(gray, dead)
-    return float(restoration.estimate_sigma(gray)) * 255.0
+    # scikit-image's estimate_sigma(gray), bit for bit, without its per-call overhead (half its
+    # time at 64x64): the finest diagonal db2 band, its nonzero coefficients' median |d| / ndtri(0.75).
+    diag = pywt.dwt(pywt.dwt(gray, "db2", axis=0)[1], "db2", axis=1)[1]
+    diag = diag[np.nonzero(diag)]
+    return float(np.median(np.abs(diag)) / _NORMAL_Q75) * 255.0 if diag.size else float("nan")
 
 
 def detail_ratio(img: np.ndarray, reference: np.ndarray, ignore: np.ndarray | None = None) -> float:

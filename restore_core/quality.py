@@ -306,10 +306,6 @@ def _objects(values: list[Any]) -> np.ndarray:
 # ----------------------------------------------------------------------------- duplicates
 
 
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(x.astype(np.uint64))
-
-
 def near_duplicate_groups(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndarray:
     """Group labels (int64, (n,)) joining hashes within ``max_distance`` bits of one another.
 
@@ -317,50 +313,44 @@ def near_duplicate_groups(hashes: Sequence[int] | np.ndarray, max_distance: int)
     pairwise comparison by the pigeonhole rule: two 64-bit hashes within ``d`` bits agree exactly
     on at least one of ``d + 1`` disjoint bit bands, so only hashes sharing a band value are
     compared. Equal hashes are merged first, so a run of identical (e.g. flat) images costs one
-    comparison, not n².
+    comparison, not n². Vectorised: the pairs inside the buckets are compared a distance in the
+    sorted order at a time, and the links joined by ``scipy.sparse.csgraph.connected_components``.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     h = np.asarray(hashes, dtype=np.uint64)
     n = h.size
-    parent = np.arange(n, dtype=np.int64)
-
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = int(parent[root])
-        while parent[i] != root:  # path compression
-            parent[i], i = root, int(parent[i])
-        return root
-
-    def union(a: int, b: int) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
     if n == 0:
-        return parent
-    uniq, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-    for i in range(n):
-        union(i, int(first[inverse[i]]))
+        return np.arange(0, dtype=np.int64)
+    uniq, inverse = np.unique(h, return_inverse=True)
+    inverse = inverse.ravel()
+    src, dst = [np.arange(0, dtype=np.int64)], [np.arange(0, dtype=np.int64)]
     if max_distance > 0 and uniq.size > 1:
         bands = min(max_distance + 1, 64)
         edges = np.linspace(0, 64, bands + 1).astype(int)
         for lo, hi in itertools.pairwise(edges.tolist()):
-            width = hi - lo
-            key = (uniq >> np.uint64(lo)) & np.uint64((1 << width) - 1)
+            key = (uniq >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
             order = np.argsort(key, kind="stable")
-            sorted_keys = key[order]
-            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-            stops = np.r_[starts[1:], sorted_keys.size]
-            for s, e in zip(starts, stops, strict=True):
-                if e - s < 2:
-                    continue
-                members = order[s:e]
-                vals = uniq[members]
-                for j in range(len(members) - 1):
-                    close = _popcount64(vals[j + 1 :] ^ vals[j]) <= max_distance
-                    for k in np.flatnonzero(close):
-                        union(int(first[members[j]]), int(first[members[j + 1 + k]]))
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
+            sk = key[order]
+            del key
+            cand = np.flatnonzero(sk[1:] == sk[:-1])  # not the last of its bucket: the few in shared buckets
+            if cand.size == 0:
+                continue
+            left = np.searchsorted(sk, sk[cand], side="right") - cand - 1  # members after it in its bucket
+            del sk
+            for step in range(1, int(left.max()) + 1):
+                a = cand[left >= step]
+                close = np.bitwise_count(uniq[order[a]] ^ uniq[order[a + step]]) <= max_distance
+                src.append(order[a[close]])
+                dst.append(order[a[close] + step])
+    s, d = np.concatenate(src), np.concatenate(dst)
+    graph = coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(uniq.size, uniq.size))
+    _, comp = connected_components(graph, directed=False)
+    comp = comp[inverse]  # each hash's component, per input position
+    smallest = np.full(int(comp.max()) + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, comp, np.arange(n, dtype=np.int64))
+    return smallest[comp]
 
 
 def duplicate_columns(

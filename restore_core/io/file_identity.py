@@ -65,6 +65,7 @@ NOT_SCORING_KEYS = (
     "fail_on",
     "calibrate",
     "full",
+    "local_score_max_rows",
     "report.history_runs",
     "report.worst_per_flag",
     "report.max_duplicate_groups",

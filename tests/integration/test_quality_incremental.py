@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from imrestore_data import synth
-from jobs import quality, quality_incremental
+from jobs import quality
 from restore_core.config import QualityConfig, from_dict
 from restore_core.io import file_identity as fid
 from tests.conftest import png_bytes
@@ -87,7 +87,7 @@ def _folder_and_first_runs(tmp_path: Path) -> tuple[Path, Path, list[bytes]]:
 
 
 @pytest.mark.timeout(900)
-def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ray, monkeypatch):
+def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ray):
     # ---- an image folder: 20 files, then 4 added (one a copy of an old one), 1 rewritten, 1 removed
     data, out, blobs = _folder_and_first_runs(tmp_path)
     out_full = tmp_path / "q_full"
@@ -95,6 +95,7 @@ def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ra
     assert first.exit_code == 0
     s1, _ = _result(out, "2024-05-01")
     assert s1["incremental"]["mode"] == "full" and "no earlier finished run" in s1["incremental"]["reason"]
+    assert s1["scored_in"] == "driver"  # 20 images: under local_score_max_rows, no actor pool
     assert (out / "run=2024-05-01" / fid.FILES_NAME).exists()
 
     for k in (20, 21, 22):
@@ -102,14 +103,14 @@ def test_incremental_equals_full_on_image_folders_and_parquet(tmp_path, local_ra
     (data / "new-copy.png").write_bytes(blobs[4])  # an exact duplicate of an unchanged old image
     _rewrite(data / "im-02.png", blobs[23])  # new content under an old name
     (data / "sub" / "im-03.png").unlink()
-    with monkeypatch.context() as m:  # the new files through Ray Data's actor pool, not in the driver
-        m.setattr(quality_incremental, "IN_DRIVER_MAX_ROWS", 0)
-        second = quality.run(_cfg(data, out, "images", "2024-05-02"))
+    # the new files through Ray Data's actor pool, not in the driver
+    second = quality.run(_cfg(data, out, "images", "2024-05-02", local_score_max_rows=0))
     inc = _result(out, "2024-05-02")
     info = inc[0]["incremental"]
     assert info["mode"] == "incremental" and info["base_run"] == "2024-05-01", info
     assert info["files"] == {"unchanged": 18, "changed": 1, "added": 4, "removed": 1}
     assert info["rows_reused"] == 18 and info["rows_scored"] == 5
+    assert inc[0]["scored_in"] == "ray"  # so the comparison below holds rows of both scoring paths
     assert "incremental from run=2024-05-01" in second.values["scanned"].lower()
     assert "Incremental from run=2024-05-01" in (out / "run=2024-05-02" / "report.html").read_text()
     assert inc[1]["new-copy.png"][1] == 1 and inc[1]["im-04.png"][1] == 1  # found across old and new

@@ -238,3 +238,21 @@ def test_plain_hashes_are_not_informative(rng):
         assert not metrics.hash_is_informative(metrics.phash(plain))
     assert metrics.hash_is_informative(metrics.dhash(synth.photo_crops(1, 64, names=("camera",), seed=0)[0]))
     assert metrics.hash_is_informative(metrics.phash(synth.photo_crops(1, 64, names=("camera",), seed=0)[0]))
+
+
+def test_noise_level_is_scikit_images_estimate_sigma_bit_for_bit():
+    """noise_level computes estimate_sigma's wavelet MAD itself (faster); the blurry rule's
+    noise_level < 0.22 must keep every decision, so the numbers must be the same."""
+    from skimage import restoration
+
+    from restore_core import metrics as m
+
+    rng = np.random.default_rng(3)
+    for k in range(20):
+        h, w = (int(x) for x in rng.integers(8, 70, 2))
+        img = rng.random((h, w, 3)).astype(np.float32)
+        if k % 2:
+            img = np.round(img * 255) / 255  # 8-bit levels, as decoded
+        want = float(restoration.estimate_sigma(m.luminance(img).astype(np.float64))) * 255.0
+        assert m.noise_level(img) == want
+    assert np.isnan(m.noise_level(np.zeros((16, 16), np.float32)))  # no detail at all: as estimate_sigma
