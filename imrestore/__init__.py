@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from jobs.config_learn_bases import LearnBasesConfig
+from jobs.config_ray import RayConfig
 from restore_core import __version__, codec, masks, metrics, sr
 from restore_core.bases import Bases
 from restore_core.config import (
     FitConfig,
     InputConfig,
-    LearnBasesConfig,
     MaskConfig,
     NMFLearnConfig,
     OutputConfig,
     QualityConfig,
-    RayConfig,
     RestoreConfig,
     SRConfig,
     load_config,

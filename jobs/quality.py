@@ -33,6 +33,7 @@ import ray
 
 from jobs import logs, quality_aggregate, quality_incremental, verdict
 from jobs.common import Summary, format_table
+from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import (
     actor_pool_args,
     arrow_filesystem,
@@ -52,7 +53,7 @@ from restore_core.io import datasets, lease, locations, lookup
 from restore_core.io.shards import probe_writable
 from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_png
 
-CONFIG = QualityConfig
+CONFIG = QualityJobConfig
 log = logging.getLogger("jobs.quality")
 
 #: Exit code when a --fail-on limit is passed (2 stays "the job failed", 3 is a --warn-on limit).
@@ -245,7 +246,7 @@ def calibrate(cfg: QualityConfig) -> Summary:
     )
 
 
-def run(cfg: QualityConfig) -> Summary:
+def run(cfg: QualityJobConfig) -> Summary:
     check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
     if cfg.calibrate:
         return calibrate(cfg)
@@ -296,7 +297,7 @@ def _write_error_status(cfg: QualityConfig, fs: Any, root: str, date: str, start
         log.warning("could not write %s: %s", verdict.status_path(root, date), write_exc)
 
 
-def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Summary:
+def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> Summary:
     t0 = time.perf_counter()
     init_ray(cfg.ray)
     pool = actor_pool_args(cfg.ray)

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import is_process_local
 from restore_core import report
 from restore_core.config import QualityConfig, to_dict
@@ -294,7 +295,7 @@ def rows_in(cfg: QualityConfig, paths: list[str]) -> int:
         return sum(pool.map(one, paths))
 
 
-def _batches(cfg: QualityConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
+def _batches(cfg: QualityJobConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """The rows of ``paths`` as numpy batches, as Ray Data hands them to the scoring actor."""
     icfg = cfg.input
     fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
@@ -330,7 +331,7 @@ def _column(col: pa.ChunkedArray) -> np.ndarray:
     return _objects(col.to_pylist())
 
 
-def score_in_driver(cfg: QualityConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any) -> int:
+def score_in_driver(cfg: QualityJobConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any) -> int:
     """Score ``paths`` in this process into ``<folder>/scored-<k>.parquet``, batch by batch; the row count.
 
     ``make_scorer(cfg)`` is the job's scoring actor class: the rows come out as the actor pool

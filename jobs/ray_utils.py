@@ -26,7 +26,8 @@ import ray
 import ray.data
 
 from jobs import logs
-from restore_core.config import InputConfig, RayConfig
+from jobs.config_ray import RayConfig
+from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets
 

@@ -116,7 +116,8 @@ def reference_markdown() -> str:
     from jobs.cli import COMMANDS
 
     lines = [
-        "Generated from the config dataclasses in `restore_core/config.py`; a test keeps it in sync.",
+        "Generated from the config dataclasses (`restore_core/config_sections.py`, `restore_core/quality_config.py`, "
+        "each job's `jobs/config_<job>.py`); a test keeps it in sync.",
         "Nested keys are set in YAML as sections or on the command line as `--set section.key=value`.",
         "",
     ]
