@@ -147,9 +147,9 @@ def training_steps(cfg: DemoConfig, p: Paths) -> list[Step]:
         steps.append(Step("train-sr", marker, lambda: train_sr_job.run(sr_cfg), ("data",), dataclasses.asdict(cfg.sr)))
     if "learned" in cfg.methods and cfg.inpaint.enabled:
         ti_cfg = train_inpaint_cfg(cfg, p.under("data", "train_damaged"), p.under("refiner"))
-        run_ti = lambda: train_inpaint_job.run(ti_cfg)  # noqa: E731
         marker = p.under("refiner", "meta.json")
-        steps.append(Step("train-inpaint", marker, run_ti, ("data",), dataclasses.asdict(cfg.inpaint)))
+        settings = dataclasses.asdict(cfg.inpaint)
+        steps.append(Step("train-inpaint", marker, lambda: train_inpaint_job.run(ti_cfg), ("data",), settings))
     return steps
 
 

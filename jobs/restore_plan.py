@@ -22,6 +22,7 @@ from jobs.config_restore import RestoreJobConfig
 from restore_core import checks
 from restore_core.bases import Bases
 from restore_core.config import RestoreConfig, check_ranges, to_dict
+from restore_core.device import resolve_device
 from restore_core.errors import UserError
 from restore_core.io import datasets, locations, sr_models
 from restore_core.io import shards as shard_io
@@ -186,6 +187,7 @@ def _check_first_image(cfg: RestoreConfig, bases: Bases) -> None:
 def _check_method(cfg: RestoreConfig, bases: Bases | None, refiner: RefinerArtifact | None) -> str:
     """The resolved method, refused when its artifacts are missing or do not fit together."""
     method = resolve_method(cfg.fit.method, bases is not None, refiner is not None)
+    resolve_device(cfg.device)  # device: cuda without a GPU is one line here, not an error in every actor
     if refiner is not None:
         build_from_artifact(refiner)  # the weights fit the spec in meta.json
         if method == "learned" and refiner.spec().use_bases and bases is None:
