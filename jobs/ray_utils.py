@@ -30,6 +30,7 @@ from jobs.config_ray import RayConfig
 from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets
+from restore_core.io.locations import is_process_local
 
 log = logging.getLogger("jobs.ray")
 
@@ -163,11 +164,6 @@ def arrow_filesystem(url: str, storage_options: dict[str, Any] | None) -> tuple[
     """A pyarrow filesystem (wrapping fsspec, so every fsspec URL works) and the path inside it."""
     fs, root = datasets.filesystem(url, storage_options)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
-
-
-def is_process_local(url: str) -> bool:
-    """True for URLs only this process can see (``memory://``): Ray workers cannot read them."""
-    return url.startswith("memory://")
 
 
 def read_dataset(input_cfg: InputConfig, files: Sequence[str] | None = None) -> ray.data.Dataset:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from jobs import ray_utils
 from jobs.config_restore import RestoreJobConfig
 from restore_core import checks
 from restore_core.bases import Bases
@@ -66,7 +65,7 @@ def check_config(cfg: RestoreConfig) -> None:
         raise UserError("input.path is empty: point it at the images to restore (Parquet files or a folder)")
     if not cfg.output.path:
         raise UserError("output.path is empty: set it to the folder (or s3://bucket/prefix) for the restored shards")
-    if ray_utils.is_process_local(cfg.output.path):
+    if locations.is_process_local(cfg.output.path):
         raise UserError(
             "output.path memory:// lives in one process; Ray workers cannot write it: use a folder or s3://"
         )
