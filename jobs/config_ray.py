@@ -14,7 +14,7 @@ class RayConfig:
     num_cpus: int = ranged(0, 0)  # in-process Ray only: CPUs it may use; 0 = every core of this machine
     num_actors: int = ranged(0, 0)  # 0 = derive from the cluster's resources
     num_cpus_per_actor: float = ranged(0.5, 0.0, low_open=True)
-    num_gpus_per_actor: float = ranged(0.0, 0.0)  # whole or fractional; 0 = CPU actors
+    num_gpus_per_actor: float = ranged(0.0, 0.0, whole_above=1.0)  # whole or fractional; 0 = CPU actors
     batch_size: int = ranged(16, 1)  # rows per map_batches call
 
 

@@ -43,9 +43,12 @@ class Range:
     high: float | None = None
     low_open: bool = False  # True: low itself is refused
     high_open: bool = False
+    whole_above: float | None = None  # numbers above this must be whole (a GPU share: 0.5, 1, 2, not 1.5)
 
     def __contains__(self, value: float) -> bool:
         if not math.isfinite(value):
+            return False
+        if self.whole_above is not None and value > self.whole_above and not float(value).is_integer():
             return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
@@ -56,7 +59,8 @@ class Range:
         hi = "inf" if self.high is None else f"{self.high:g}"
         left = "(" if self.low is None or self.low_open else "["
         right = ")" if self.high is None or self.high_open else "]"
-        return f"{left}{lo}, {hi}{right}"
+        whole = "" if self.whole_above is None else f", whole above {self.whole_above:g}"
+        return f"{left}{lo}, {hi}{right}{whole}"
 
 
 def ranged(
@@ -66,9 +70,11 @@ def ranged(
     *,
     low_open: bool = False,
     high_open: bool = False,
+    whole_above: float | None = None,
 ) -> Any:
     """A dataclass field holding a number that must lie in a range."""
-    return dataclasses.field(default=default, metadata=each_in(low, high, low_open=low_open, high_open=high_open))
+    rng = Range(low, high, low_open, high_open, whole_above)
+    return dataclasses.field(default=default, metadata={"range": rng})
 
 
 def each_in(

@@ -175,8 +175,6 @@ class QualityConfig:
             rule = from_dict(FlagRule, both, prefix=f"flags.{name}.")
             if not all(c.metric for c in rule.all_conditions()):
                 raise ConfigError(f"config key 'flags.{name}.metric' is missing: name a metric column")
-            if not 0.0 <= rule.max_share <= 1.0:
-                raise ConfigError(f"config key 'flags.{name}.max_share' must lie in [0, 1], got {rule.max_share}")
             merged[name] = rule
         object.__setattr__(self, "flags", merged)
         for name, rule in merged.items():

@@ -143,6 +143,7 @@ def test_every_number_of_every_config_declares_a_range():
         (RestoreConfig, "fit.min_observed_fraction=1.5", "fit.min_observed_fraction", "[0, 1]"),
         (RestoreJobConfig, "ray.num_cpus=-1", "ray.num_cpus", "-1"),
         (RestoreJobConfig, "ray.num_cpus_per_actor=0", "ray.num_cpus_per_actor", "(0, inf)"),
+        (RestoreJobConfig, "ray.num_gpus_per_actor=1.5", "ray.num_gpus_per_actor", "whole above 1"),
         (RestoreConfig, "input.limit=-1", "input.limit", "-1"),
         (RestoreConfig, "decode.max_pixels=0", "decode.max_pixels", "0"),
         (RestoreConfig, "sr.scale=0", "sr.scale", "(0, 16]"),
