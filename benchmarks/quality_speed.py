@@ -231,7 +231,7 @@ print("rows", r.summary["rows"], "groups", r.summary["duplicate_groups"]["count"
 
 IN_DRIVER = """
 import sys, os, pyarrow as pa, pyarrow.parquet as pq
-from restore_core import report
+import imrestore_report as report
 from jobs.config_quality import QualityJobConfig
 d = os.path.join(sys.argv[1], "data")
 t = pa.concat_tables([pq.read_table(os.path.join(d, f)) for f in sorted(os.listdir(d))]).sort_by("id")

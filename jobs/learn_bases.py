@@ -137,6 +137,35 @@ def _learn(X: np.ndarray, cfg: LearnBasesConfig, device: str) -> nmf.NMFResult:
 
 
 def run(cfg: LearnBasesConfig) -> Summary:
+    _preflight(cfg)
+    t0 = time.perf_counter()
+    ray_utils.init_ray(cfg.ray)
+    X, n_images, used_images = _training_rows(cfg)
+    t_read = time.perf_counter() - t0
+    result, where = _learn_on_cluster(X, cfg)
+    meta = meta_for(cfg, X, result)
+    meta = dataclasses.replace(
+        meta, extra={**meta.extra, "n_samples_requested": cfg.nmf.n_samples, "images": used_images, "learned_on": where}
+    )
+    bases = Bases(H=result.H_.astype(np.float32), meta=meta)
+    save_bases(bases, cfg.output, cfg.input.storage_options)
+    values: dict[str, Any] = {
+        "images": n_images,
+        "undecodable images skipped": n_images - used_images,
+        "training rows": X.shape[0],
+        "bases": bases.meta.describe(),
+        "final loss": bases.meta.loss,
+        "epochs": result.n_iter_,
+        "read + sample seconds": t_read,
+        "fit seconds": result.seconds_,
+        "learned on": where,
+    }
+    return Summary(job="learn-bases", values=values, outputs={"bases": cfg.output})
+
+
+def _preflight(cfg: LearnBasesConfig) -> None:
+    """Every check that needs no Ray: paths set, ranges, k against n_samples, input and output
+    apart, the output writable."""
     if not cfg.input.path:
         raise UserError("input.path is empty: point it at clean images (Parquet or a folder)")
     if not cfg.output:
@@ -151,10 +180,11 @@ def run(cfg: LearnBasesConfig) -> Summary:
     nest = cfg.input.format == "parquet"
     locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)], output_may_nest=nest)
     probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any work, not after it
-    t0 = time.perf_counter()
-    ray_utils.init_ray(cfg.ray)
-    import ray
 
+
+def _training_rows(cfg: LearnBasesConfig) -> tuple[np.ndarray, int, int]:
+    """The training rows sampled from the input with Ray Data (reproducible order), the number
+    of images read and the number that gave rows."""
     input_cfg = cfg.input
     if cfg.nmf.mode == "global" and not input_cfg.limit:
         # one row an image: reading more images than samples is wasted work
@@ -189,36 +219,20 @@ def run(cfg: LearnBasesConfig) -> Summary:
     rng = np.random.default_rng(cfg.nmf.seed)
     if X.shape[0] > cfg.nmf.n_samples:
         X = X[np.sort(rng.choice(X.shape[0], cfg.nmf.n_samples, replace=False))]
-    used_images = len(set(ids))
     check_training_rows(X, cfg.nmf.k, cfg.input.path)
-    t_read = time.perf_counter() - t0
+    return X, n_images, len(set(ids))
+
+
+def _learn_on_cluster(X: np.ndarray, cfg: LearnBasesConfig) -> tuple[nmf.NMFResult, str]:
+    """Learn on a GPU task when the cluster has a GPU (and ``device`` allows), else in the driver;
+    the result and where it ran."""
+    import ray
 
     _, gpus = ray_utils.cluster_resources()
     if gpus >= 1 and cfg.device != "cpu":
         # One learning task on a GPU node; X travels once through the object store.
         learn_remote = ray.remote(num_gpus=1, num_cpus=1)(_learn)
-        result: nmf.NMFResult = ray.get(learn_remote.remote(ray.put(X), cfg, "cuda"))
-        where = "GPU task"
-    else:
-        if cfg.device == "cuda":
-            raise UserError("device: cuda but the Ray cluster has no GPU; set device: auto or cpu")
-        result = _learn(X, cfg, str(resolve_device(cfg.device)))
-        where = f"driver ({resolve_device(cfg.device)})"
-    meta = meta_for(cfg, X, result)
-    meta = dataclasses.replace(
-        meta, extra={**meta.extra, "n_samples_requested": cfg.nmf.n_samples, "images": used_images, "learned_on": where}
-    )
-    bases = Bases(H=result.H_.astype(np.float32), meta=meta)
-    save_bases(bases, cfg.output, cfg.input.storage_options)
-    values: dict[str, Any] = {
-        "images": n_images,
-        "undecodable images skipped": n_images - used_images,
-        "training rows": X.shape[0],
-        "bases": bases.meta.describe(),
-        "final loss": bases.meta.loss,
-        "epochs": result.n_iter_,
-        "read + sample seconds": t_read,
-        "fit seconds": result.seconds_,
-        "learned on": where,
-    }
-    return Summary(job="learn-bases", values=values, outputs={"bases": cfg.output})
+        return ray.get(learn_remote.remote(ray.put(X), cfg, "cuda")), "GPU task"
+    if cfg.device == "cuda":
+        raise UserError("device: cuda but the Ray cluster has no GPU; set device: auto or cpu")
+    return _learn(X, cfg, str(resolve_device(cfg.device))), f"driver ({resolve_device(cfg.device)})"

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+import imrestore_report as report
 from jobs import logs, quality_aggregate, quality_incremental, verdict
 from jobs.common import Summary, format_table
 from jobs.config_quality import QualityJobConfig
@@ -45,7 +46,7 @@ from jobs.ray_utils import (
     remote_progress,
     report_progress,
 )
-from restore_core import codec, report
+from restore_core import codec
 from restore_core.codec import cell_bytes
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError

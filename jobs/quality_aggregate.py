@@ -47,7 +47,7 @@ from restore_core import aggregate as agg
 from restore_core.config import QualityConfig
 from restore_core.errors import UserError
 from restore_core.quality import SUMMARY_METRICS, evaluate_flags
-from restore_core.report import QUANTILES
+from restore_core.quality_summary import QUANTILES
 
 log = logging.getLogger("jobs.quality")
 

@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import imrestore_report as report
 from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import is_process_local
-from restore_core import report
 from restore_core.config import QualityConfig, to_dict
 from restore_core.io import datasets
 from restore_core.io import file_identity as fid

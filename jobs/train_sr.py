@@ -20,6 +20,7 @@ import os
 import posixpath
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -157,26 +158,8 @@ def train_loop(config: dict[str, Any]) -> None:
             loss_sum += sr.train_step(state, x) * x.shape[0]
             n_train += int(x.shape[0])
         train_seconds = time.perf_counter() - t0
-        sums = {"n": 0.0, "loss": 0.0, "psnr": 0.0, "psnr_input": 0.0, "psnr_bicubic": 0.0}
-        for batch in val_shard.iter_torch_batches(batch_size=256, dtypes=torch.float32):
-            for k, v in sr.evaluate_batch(base, batch["data"][:, None], cfg.degrade, device, t.amp).items():
-                sums[k] += v
-        keys = list(sums)
-        totals = dict(zip(keys, all_sum([sums[k] for k in keys]), strict=True))
-        train_totals = all_sum([loss_sum, float(n_train)])
-        n_val = max(totals["n"], 1.0)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_totals[0] / max(train_totals[1], 1.0),
-            "val_loss": totals["loss"] / n_val,
-            "val_psnr": totals["psnr"] / n_val,
-            "val_psnr_input": totals["psnr_input"] / n_val,
-            "val_psnr_bicubic": totals["psnr_bicubic"] / n_val,
-            "train_images": train_totals[1],
-            "val_images": totals["n"],
-            "epoch_seconds": time.perf_counter() - t0,
-            "train_seconds": train_seconds,
-        }
+        metrics = _epoch_metrics(cfg, base, val_shard, device, all_sum, (loss_sum, n_train))
+        metrics.update(epoch=epoch, epoch_seconds=time.perf_counter() - t0, train_seconds=train_seconds)
         history.append(metrics)
         line = (
             f"[train-sr] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.5f}  "
@@ -199,6 +182,41 @@ def train_loop(config: dict[str, Any]) -> None:
             )
 
         training.report_epoch(config, line, metrics, write_model, state.optimizer, state.scaler, history)
+
+
+def _epoch_metrics(
+    cfg: TrainSRConfig,
+    net: Any,
+    val_shard: Any,
+    device: Any,
+    all_sum: Callable[[list[float]], list[float]],
+    train: tuple[float, int],
+) -> dict[str, Any]:
+    """An epoch's numbers summed over all workers: train loss (from this worker's ``(loss sum,
+    images)``) and the validation loss and PSNRs (model, bicubic, input) over the val shards, in
+    the history's key order; ``epoch`` and the seconds are placeholders the caller sets."""
+    import torch
+
+    sums = {"n": 0.0, "loss": 0.0, "psnr": 0.0, "psnr_input": 0.0, "psnr_bicubic": 0.0}
+    for batch in val_shard.iter_torch_batches(batch_size=256, dtypes=torch.float32):
+        for k, v in sr.evaluate_batch(net, batch["data"][:, None], cfg.degrade, device, cfg.train.amp).items():
+            sums[k] += v
+    keys = list(sums)
+    totals = dict(zip(keys, all_sum([sums[k] for k in keys]), strict=True))
+    train_totals = all_sum([train[0], float(train[1])])
+    n_val = max(totals["n"], 1.0)
+    return {
+        "epoch": 0,
+        "train_loss": train_totals[0] / max(train_totals[1], 1.0),
+        "val_loss": totals["loss"] / n_val,
+        "val_psnr": totals["psnr"] / n_val,
+        "val_psnr_input": totals["psnr_input"] / n_val,
+        "val_psnr_bicubic": totals["psnr_bicubic"] / n_val,
+        "train_images": train_totals[1],
+        "val_images": totals["n"],
+        "epoch_seconds": 0.0,
+        "train_seconds": 0.0,
+    }
 
 
 # ----------------------------------------------------------------------------- driver

@@ -20,7 +20,7 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from restore_core import report
+import imrestore_report as report
 from restore_core.checks import explain_exception
 from restore_core.errors import UserError
 

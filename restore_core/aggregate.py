@@ -4,7 +4,7 @@ The quality job (``jobs.quality_aggregate``) computes everything that needs the 
 counts, metric quantiles and histograms, duplicate groups, odd size and aspect ratio) as Ray Data
 operations over the staged shards; the driver only ever holds small summaries. This module holds
 the parts that need no Ray, so they are tested in-process and give the same numbers as the
-in-memory functions of :mod:`restore_core.quality` and :mod:`restore_core.report`:
+in-memory functions of :mod:`restore_core.quality` and :mod:`restore_core.quality_summary`:
 
 - **Near duplicates by locality-sensitive hashing.** Two 64-bit hashes within ``d`` bits of each
   other agree exactly on at least one of ``d + 1`` disjoint bit bands (pigeonhole), so hashes are

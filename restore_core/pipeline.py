@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from restore_core import codec, masks, metrics
+from restore_core import codec, masks, metrics, rows
 from restore_core.bases import Bases, validate_bases
 from restore_core.codec import cell_bytes
 from restore_core.config import RestoreConfig
@@ -39,36 +39,10 @@ from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.quality import restore_only_flagged
 from restore_core.refiner import RefinerSpec, refine
+from restore_core.rows import OUTPUT_COLUMNS
 
-#: Metric columns written for every row (NaN where not applicable).
-METRIC_COLUMNS = (
-    "dead_fraction_in",
-    "dead_fraction_out",
-    "psnr_in",
-    "psnr_out",
-    "psnr_dead_out",
-    "ssim_in",
-    "ssim_out",
-)
-OUTPUT_COLUMNS = (
-    "id",
-    "image",
-    "status",
-    "error",
-    "method",
-    "mask_source",
-    "width",
-    "height",
-    "channels",
-    *METRIC_COLUMNS,
-    "bytes_in",  # encoded size of the input image (0 when unreadable)
-    "bytes_out",  # encoded size of the restored image, in output.image_format (0 on error)
-    "seconds",
-)
-#: ``mask_source`` values: the row's mask cell, or the ``masks.rule`` detection.
-MASK_FROM_COLUMN = "column"
-MASK_DETECTED = "detected"
-
+#: A decoded row: the image, its info, its dead mask and where the mask came from.
+Decoded = tuple[np.ndarray, codec.ImageInfo, np.ndarray, str]
 SRApply = Callable[[np.ndarray], np.ndarray]
 #: Pixels (times channels) per batched fill or refiner call: bounds memory, amortises the calls.
 PIXEL_BUDGET = 4 * 2**20
@@ -191,43 +165,6 @@ class Restorer:
         # restore.only_flagged: when given, only these ids are restored; the rest pass through
         self.flagged_ids = frozenset(flagged_ids) if flagged_ids is not None else None
 
-    # ------------------------------------------------------------------ rows
-    def _dead_mask(self, img: np.ndarray, mask_cell: Any) -> tuple[np.ndarray, str]:
-        """The (H, W) dead mask and where it came from: the mask cell when it holds bytes, else
-        detection (a null or empty cell falls back to detection; ``mask_source`` says which)."""
-        raw = cell_bytes(mask_cell) if mask_cell is not None else None
-        if raw:
-            try:
-                m, _ = codec.decode(raw, self.cfg.decode.max_pixels)
-                return masks.mask_from_png(m, img.shape[:2]), MASK_FROM_COLUMN
-            except ImageDecodeError as exc:
-                raise ImageDecodeError(f"mask column '{self.cfg.input.mask_column}': {exc}") from None
-        mc = self.cfg.masks
-        return masks.detect(img, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than), MASK_DETECTED
-
-    def _too_little_observed(self, dead: np.ndarray, source: str) -> str | None:
-        """Why a row cannot be filled (nothing, or too little, observed), or None."""
-        if self.method == "none":
-            return None
-        observed = 1.0 - metrics.dead_fraction(dead)
-        where = (
-            f"the mask column '{self.cfg.input.mask_column}'"
-            if source == MASK_FROM_COLUMN
-            else f"masks.rule {self.cfg.masks.rule!r}"
-        )
-        if observed <= 0.0:
-            return (
-                f"nothing observed: every pixel is dead by {where}, so there is nothing to fill from; "
-                "the input is passed through"
-            )
-        floor = self.cfg.fit.min_observed_fraction
-        if observed < floor:
-            return (
-                f"only {observed:.2%} of pixels observed (dead by {where}), under fit.min_observed_fraction="
-                f"{floor:g}; the input is passed through"
-            )
-        return None
-
     def _refine(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         assert self.refiner is not None
         spec: RefinerSpec = self.refiner.spec  # type: ignore[assignment]
@@ -275,131 +212,79 @@ class Restorer:
     def restore_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Restore every row of ``batch`` (``__call__`` without the only-flagged filter)."""
         t0 = time.perf_counter()
-        if self.cfg.input.id_column not in batch:
-            raise UserError(
-                f"input has no '{self.cfg.input.id_column}' column (columns: {sorted(batch)}); set input.id_column"
-            )
-        ids = batch[self.cfg.input.id_column]
+        icfg = self.cfg.input
+        if icfg.id_column not in batch:
+            raise UserError(f"input has no '{icfg.id_column}' column (columns: {sorted(batch)}); set input.id_column")
+        ids = batch[icfg.id_column]
         n = len(ids)
-        images_col = batch.get(self.cfg.input.image_column)
-        ref_col = batch.get(self.cfg.input.reference_column)
-        mask_col = batch.get(self.cfg.input.mask_column)
-
-        out: dict[str, list[Any]] = {c: [None] * n for c in OUTPUT_COLUMNS}
-        # A null id stays null (str() would make it the id "None"); the row is an error row.
-        out["id"] = [None if i is None else str(i) for i in ids]
-        for c in METRIC_COLUMNS:
-            out[c] = [float("nan")] * n
-        for c in ("width", "height", "channels", "bytes_in", "bytes_out"):
-            out[c] = [0] * n
-        out["method"] = [self.method] * n
-        out["status"] = ["ok"] * n
+        images_col = batch.get(icfg.image_column)
+        ref_col = batch.get(icfg.reference_column)
+        mask_col = batch.get(icfg.mask_column)
+        out = rows.new_rows(ids, self.method)
 
         # row -> (image, info, dead mask, mask source); the fill sees colour channels only
-        decoded: dict[int, tuple[np.ndarray, codec.ImageInfo, np.ndarray, str]] = {}
+        decoded: dict[int, Decoded] = {}
         for i in range(n):
             try:
-                if out["id"][i] is None:
-                    raise ValueError(
-                        f"the row has no id (null in column '{self.cfg.input.id_column}'); give every row an id"
-                    )
-                if images_col is None:
-                    raise ImageDecodeError(f"no '{self.cfg.input.image_column}' column")
-                raw = cell_bytes(images_col[i])
-                out["bytes_in"][i] = len(raw) if raw is not None else 0
-                img, info = codec.decode(raw, self.cfg.decode.max_pixels)
-                out["width"][i], out["height"][i], out["channels"][i] = info.width, info.height, info.channels
-                dead, source = self._dead_mask(img, mask_col[i] if mask_col is not None else None)
-                out["mask_source"][i] = source
-                out["dead_fraction_in"][i] = metrics.dead_fraction(dead)
-                why = self._too_little_observed(dead, source)
-                if why is not None:
-                    out["status"][i], out["error"][i], out["image"][i] = "error", why, raw
-                    continue
-                decoded[i] = (img, info, dead, source)
+                row = self._decode_row(out, i, images_col, mask_col[i] if mask_col is not None else None)
+                if row is not None:
+                    decoded[i] = row
             except Exception as exc:
-                self._error(out, i, exc)
+                rows.row_error(out, i, exc)
 
         order = sorted(decoded)
         filled = self._fill([masks.colour_channels(decoded[i][0]) for i in order], [decoded[i][2] for i in order])
         for i, result in zip(order, filled, strict=True):
-            img, info, dead, source = decoded[i]
             try:
-                if isinstance(result, Exception):
-                    raise result
-                restored = finish_image(
-                    result,
-                    img,
-                    dead,
-                    self.method,
-                    info.bit_depth,
-                    self.sr_apply,
-                    mask_given=source == MASK_FROM_COLUMN and self.keeps_observed,
-                )
-                self._metrics(out, i, img, restored, dead, source, ref_col[i] if ref_col is not None else None)
-                ocfg = self.cfg.output
-                out["image"][i] = codec.encode_like(restored, info, ocfg.image_format, ocfg.quality)
-                out["bytes_out"][i] = len(out["image"][i])
+                self._finish_row(out, i, decoded[i], result, ref_col[i] if ref_col is not None else None)
             except Exception as exc:
-                self._error(out, i, exc)
+                rows.row_error(out, i, exc)
 
         seconds = (time.perf_counter() - t0) / max(n, 1)
         out["seconds"] = [seconds] * n
-        result_batch = {k: _column(v) for k, v in out.items()}
-        for name, col in batch.items():
-            if name not in result_batch and name != self.cfg.input.image_column:
-                result_batch[name] = col
-        return result_batch
+        return rows.to_batch(out, batch, icfg.image_column)
 
-    def _metrics(
-        self,
-        out: dict[str, list[Any]],
-        i: int,
-        img: np.ndarray,
-        restored: np.ndarray,
-        dead: np.ndarray,
-        source: str,
-        ref_cell: Any,
+    def _decode_row(
+        self, out: dict[str, list[Any]], i: int, images_col: np.ndarray | None, mask_cell: Any
+    ) -> Decoded | None:
+        """Decode row ``i`` and find its dead pixels; None (an error row) when it cannot be filled."""
+        if out["id"][i] is None:
+            raise ValueError(f"the row has no id (null in column '{self.cfg.input.id_column}'); give every row an id")
+        if images_col is None:
+            raise ImageDecodeError(f"no '{self.cfg.input.image_column}' column")
+        raw = cell_bytes(images_col[i])
+        out["bytes_in"][i] = len(raw) if raw is not None else 0
+        img, info = codec.decode(raw, self.cfg.decode.max_pixels)
+        out["width"][i], out["height"][i], out["channels"][i] = info.width, info.height, info.channels
+        dead, source = rows.dead_mask(img, mask_cell, self.cfg)
+        out["mask_source"][i] = source
+        out["dead_fraction_in"][i] = metrics.dead_fraction(dead)
+        why = rows.too_little_observed(dead, source, self.cfg, self.method)
+        if why is not None:
+            out["status"][i], out["error"][i], out["image"][i] = "error", why, raw
+            return None
+        return img, info, dead, source
+
+    def _finish_row(
+        self, out: dict[str, list[Any]], i: int, row: Decoded, result: np.ndarray | Exception, ref_cell: Any
     ) -> None:
-        if restored.shape[:2] == img.shape[:2]:
-            mc = self.cfg.masks
-            after = masks.detect(restored, mc.rule, mc.saturated_level, mc.ignore_zero_regions_larger_than)
-            if source == MASK_FROM_COLUMN:
-                # the user's mask says which pixels were dead: count those still dead, nothing else
-                # (a black pixel the mask calls good is content, not a dead pixel)
-                after = dead if self.method == "none" else dead & after
-            out["dead_fraction_out"][i] = metrics.dead_fraction(after)
-        try:
-            ref_bytes = cell_bytes(ref_cell) if ref_cell is not None else None
-            ref = codec.decode(ref_bytes, self.cfg.decode.max_pixels)[0] if ref_bytes else None
-        except Exception as exc:
-            # The restored image is good without its reference: keep it, leave the metrics null.
-            out["error"][i] = f"reference not used ({type(exc).__name__}: {exc}); psnr/ssim left empty"[:500]
-            return
-        if ref is not None:
-            if ref.shape != img.shape:
-                out["error"][i] = (
-                    f"reference not used: it is {_shape(ref)}, the image is {_shape(img)}; psnr/ssim left empty"
-                )
-            if ref.shape == img.shape:
-                out["psnr_in"][i] = metrics.psnr(ref, img)
-                out["ssim_in"][i] = metrics.ssim(ref, img)
-            if ref.shape == restored.shape:
-                out["psnr_out"][i] = metrics.psnr(ref, restored)
-                out["ssim_out"][i] = metrics.ssim(ref, restored)
-                if restored.shape[:2] == dead.shape:
-                    out["psnr_dead_out"][i] = metrics.psnr(ref, restored, dead)
-
-    @staticmethod
-    def _error(out: dict[str, list[Any]], i: int, exc: BaseException) -> None:
-        out["status"][i] = "error"
-        out["error"][i] = f"{type(exc).__name__}: {exc}"[:500]
-        out["image"][i] = None
-        out["bytes_out"][i] = 0
-
-
-def _shape(a: np.ndarray) -> str:
-    return f"{a.shape[1]}x{a.shape[0]}" + (f"x{a.shape[2]}" if a.ndim == 3 else "")
+        """Row ``i`` from its fill: SR, no new dead pixel, metrics, the encoded image."""
+        img, info, dead, source = row
+        if isinstance(result, Exception):
+            raise result
+        restored = finish_image(
+            result,
+            img,
+            dead,
+            self.method,
+            info.bit_depth,
+            self.sr_apply,
+            mask_given=source == rows.MASK_FROM_COLUMN and self.keeps_observed,
+        )
+        rows.add_metrics(out, i, img, restored, dead, source, ref_cell, self.cfg, self.method)
+        ocfg = self.cfg.output
+        out["image"][i] = codec.encode_like(restored, info, ocfg.image_format, ocfg.quality)
+        out["bytes_out"][i] = len(out["image"][i])
 
 
 def finish_image(
@@ -456,13 +341,3 @@ def no_new_dead(restored: np.ndarray, img: np.ndarray, dead: np.ndarray | None, 
     out = restored.copy()
     out[lift] = np.maximum(out[lift], step)
     return out
-
-
-def _column(values: list[Any]) -> np.ndarray:
-    if values and all(isinstance(v, float) for v in values):
-        return np.asarray(values, dtype=np.float64)
-    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64)
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr

@@ -154,7 +154,7 @@ def list_files(url: str, fmt: str, storage_options: dict[str, Any] | None = None
     if fs.isfile(root):
         files = [root]
     else:
-        files = dataset_files(_find_local(root) if _is_local(fs) else fs.find(root), fmt)
+        files = dataset_files(_find_local(root) if is_local(fs) else fs.find(root), fmt)
     files.sort()
     if not files:
         kind = "*.parquet files" if fmt == "parquet" else "image files"
@@ -171,10 +171,6 @@ def dataset_files(listed: Iterable[str], fmt: str) -> list[str]:
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """True for the local filesystem (``file://`` or a plain path)."""
-    return _is_local(fs)
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     return bool({"file", "local"} & set(protocols))
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from restore_core.errors import UserError
 from restore_core.io import datasets
+from restore_core.io.resume import changed_settings, settings_document, settings_fingerprint
 
 #: ``<run>/files.parquet``: the input files a run read, their identity, and the ids each gave.
 FILES_NAME = "files.parquet"
@@ -208,19 +209,12 @@ def scoring_settings(config: dict[str, Any]) -> dict[str, Any]:
 
     ``config`` is the quality config as plain data (``config.to_dict``).
     """
-    from restore_core.io.shards import settings_document
-
     doc = settings_document(config, {"scorer_code": scorer_code_hash()}, exclude=NOT_SCORING_KEYS)
     return {k: v for k, v in doc.items() if not k.endswith(".max_share")}
 
 
-def settings_fingerprint(settings: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def changed_keys(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    keys = set(before) | set(now)
-    return sorted(k for k in keys if json.dumps(before.get(k), default=str) != json.dumps(now.get(k), default=str))
+#: The keys whose values differ between two settings documents (the resume check's own function).
+changed_keys = changed_settings
 
 
 def files_metadata(settings: Mapping[str, Any]) -> dict[bytes, bytes]:

@@ -29,6 +29,7 @@ from typing import Any
 import fsspec
 
 from restore_core.errors import UserError
+from restore_core.io import datasets
 
 LEASE_FILE = "_lease.json"
 STALE_AFTER_S = 120.0
@@ -52,11 +53,6 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # no user name in some containers
         return str(os.getuid()) if hasattr(os, "getuid") else "?"
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return bool({"file", "local"} & set(protocols))
 
 
 def stale_reason(doc: dict[str, Any], now: float, stale_after_s: float = STALE_AFTER_S) -> str:
@@ -125,7 +121,7 @@ class Lease:
 
     def _write(self, exclusive: bool) -> bool:
         payload = json.dumps(self.doc).encode()
-        if exclusive and _is_local(self.fs):
+        if exclusive and datasets.is_local(self.fs):
             self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -159,7 +155,7 @@ class Lease:
                     )
                 log.warning("taking over the lease on %s: %s (%s)", self.url, reason, describe(held, now))
                 self._write(exclusive=False)
-            if not _is_local(self.fs):
+            if not datasets.is_local(self.fs):
                 time.sleep(0.5)  # let a concurrent writer's lease land, then see whose survived
             mine = self.read() or {}
             if mine.get("run_id") == self.doc["run_id"]:

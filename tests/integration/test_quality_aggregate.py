@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import imrestore_report as report
 from imrestore_data import synth
 from jobs.config_quality import QualityJobConfig
-from restore_core import masks, quality, report
+from restore_core import masks, quality
 from restore_core.config import from_dict
 from tests.conftest import png_bytes
 

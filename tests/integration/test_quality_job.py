@@ -134,9 +134,10 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys, monkeypatch, where):
 def test_duplicate_group_thumbnails_read_back_with_ray_tasks(tmp_path, local_ray):
     """Members of a duplicate group that kept no thumbnail (no per-image flag) are read back from
     the Parquet input by id, one Ray task per file, for the report's side-by-side pictures."""
+    import imrestore_report as report
     from jobs import quality as quality_job
     from jobs.config_quality import QualityJobConfig
-    from restore_core import codec, quality, report
+    from restore_core import codec, quality
     from restore_core.config import from_dict
 
     imgs = synth.photo_crops(4, 40, names=("grass", "gravel"), seed=5)

@@ -19,5 +19,6 @@ def test_wheel_holds_every_config_and_package(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
     assert configs and all(f"jobs/default_configs/{name}" in names for name in configs)
-    for package in ("jobs", "restore_core", "restore_core/io", "imrestore", "imrestore_data"):
+    for package in ("jobs", "restore_core", "restore_core/io", "imrestore", "imrestore_data", "imrestore_report"):
         assert f"{package}/__init__.py" in names
+    assert "imrestore_report/templates/report.html.j2" in names  # the report page renders from it

@@ -215,7 +215,7 @@ def test_old_flag_names_are_aliases():
 
 def test_every_issue_kind_on_small_images(rng):
     """One image per kind through the scorer: each raises its own flag and no other."""
-    from restore_core import report
+    import imrestore_report as report
 
     base = synth.photo_crops(12, 64, rgb=True, names=("astronaut", "coffee", "chelsea"), seed=3)
     odd = synth.photo_crops(2, 96, rgb=True, names=("coffee",), seed=4)

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import imrestore_report as report
 from imrestore_data import synth
 from jobs import cli, logs, verdict
 from jobs import quality as quality_job
-from restore_core import codec, quality, report
+from restore_core import codec, quality
 from restore_core.config import ConfigError, QualityConfig, from_dict
 from restore_core.errors import UserError
 from tests.conftest import png_bytes

@@ -1,4 +1,4 @@
-"""Summary, flags, drift and the static HTML report (restore_core/report.py)."""
+"""Summary, flags, drift and the static HTML report (imrestore_report and the core modules it gathers)."""
 
 import json
 import os
@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 from scipy import ndimage
 
+import imrestore_report as report
 from imrestore_data import synth
-from restore_core import masks, quality, report
+from restore_core import masks, quality
 from restore_core.config import QualityConfig, from_dict
 from restore_core.errors import UserError
 from tests.conftest import png_bytes
