@@ -28,9 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imrestore_data import synth
+from jobs.config_restore import RestoreJobConfig
 from restore_core import masks, nmf, sampling
 from restore_core.bases import Bases, BasesMeta
-from restore_core.config import RestoreConfig, from_dict
+from restore_core.config import from_dict
 from restore_core.io.artifacts import save_bases
 
 
@@ -113,9 +114,9 @@ def tree_rss(root: int) -> int:
     return total
 
 
-def job_config(data: Path, bases: Path, out: Path, cpus: int, batch: int) -> RestoreConfig:
+def job_config(data: Path, bases: Path, out: Path, cpus: int, batch: int) -> RestoreJobConfig:
     return from_dict(
-        RestoreConfig,
+        RestoreJobConfig,
         {
             "input": {"path": str(data)},
             "output": {"path": str(out), "overwrite": True},
@@ -126,7 +127,7 @@ def job_config(data: Path, bases: Path, out: Path, cpus: int, batch: int) -> Res
     )
 
 
-def in_process(cfg: RestoreConfig, cpus: int) -> tuple[float, int]:
+def in_process(cfg: RestoreJobConfig, cpus: int) -> tuple[float, int]:
     """Seconds for ``Restorer`` over every row, read + restore + encode, no writing."""
     import torch
 

@@ -36,9 +36,11 @@ import numpy as np
 import torch
 
 from imrestore_data import synth
+from jobs.config_quality import QualityJobConfig
+from jobs.config_restore import RestoreJobConfig
 from restore_core import codec, masks, nmf, sampling
 from restore_core.bases import Bases, BasesMeta
-from restore_core.config import QualityConfig, RestoreConfig, from_dict
+from restore_core.config import from_dict
 from restore_core.pipeline import Restorer
 from restore_core.quality import QualityScorer
 
@@ -223,11 +225,12 @@ AGGREGATE = """
 import sys, fsspec, ray
 from jobs import quality_aggregate
 from jobs.ray_utils import arrow_filesystem, init_ray
-from restore_core.config import QualityConfig, RayConfig
+from jobs.config_ray import RayConfig
+from jobs.config_quality import QualityJobConfig
 init_ray(RayConfig(num_cpus=2))
 staging = sys.argv[1]
 out_fs, _ = arrow_filesystem(staging, {})
-r = quality_aggregate.aggregate_run(QualityConfig(), fsspec.filesystem("file"), out_fs, staging, "2024-01-02")
+r = quality_aggregate.aggregate_run(QualityJobConfig(), fsspec.filesystem("file"), out_fs, staging, "2024-01-02")
 print("rows", r.summary["rows"], "groups", r.summary["duplicate_groups"]["count"])
 """
 
@@ -243,10 +246,10 @@ print("rows", r.summary["rows"], "groups", r.summary["duplicate_groups"]["count"
 IN_DRIVER = """
 import sys, os, pyarrow as pa, pyarrow.parquet as pq
 import imrestore_report as report
-from restore_core.config import QualityConfig
+from jobs.config_quality import QualityJobConfig
 d = os.path.join(sys.argv[1], "data")
 t = pa.concat_tables([pq.read_table(os.path.join(d, f)) for f in sorted(os.listdir(d))]).sort_by("id")
-cfg = QualityConfig()
+cfg = QualityJobConfig()
 t = report.with_run_flags(t, cfg)
 s = report.summarize(t, cfg, "2024-01-02")
 report.worst_rows(t, cfg)
@@ -332,14 +335,14 @@ def main() -> None:
     torch.set_num_threads(1)
 
     rows = make_rows(args.n, args.size, args.rgb, seed=1)
-    scorer = QualityScorer(QualityConfig())
+    scorer = QualityScorer(QualityJobConfig())
     q = time_step(scorer, rows, args.batch, args.repeats)
 
     bases = learn_bases(args.k, 8)
-    restorer = Restorer(bases, None, from_dict(RestoreConfig, {"device": "cpu", "fit": {"method": "nmf"}}))
+    restorer = Restorer(bases, None, from_dict(RestoreJobConfig, {"device": "cpu", "fit": {"method": "nmf"}}))
     few = {k: v[: args.restore_n] for k, v in rows.items()}
     r = time_step(restorer, few, min(args.batch, args.restore_n), 1)
-    median = Restorer(None, None, from_dict(RestoreConfig, {"fit": {"method": "median"}}))
+    median = Restorer(None, None, from_dict(RestoreJobConfig, {"fit": {"method": "median"}}))
     m = time_step(median, few, min(args.batch, args.restore_n), 1)
 
     shape = f"{args.size}x{args.size}{'x3' if args.rgb else ''}"

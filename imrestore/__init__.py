@@ -22,17 +22,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from jobs.config_learn_bases import LearnBasesConfig
+from jobs.config_quality import QualityJobConfig
+from jobs.config_ray import RayConfig
+from jobs.config_restore import RestoreJobConfig
 from restore_core import __version__, codec, masks, metrics, sr
 from restore_core.bases import Bases
 from restore_core.config import (
     FitConfig,
     InputConfig,
-    LearnBasesConfig,
     MaskConfig,
     NMFLearnConfig,
     OutputConfig,
     QualityConfig,
-    RayConfig,
     RestoreConfig,
     SRConfig,
     load_config,
@@ -56,8 +58,10 @@ __all__ = [
     "NMFLearnConfig",
     "OutputConfig",
     "QualityConfig",
+    "QualityJobConfig",
     "RayConfig",
     "RestoreConfig",
+    "RestoreJobConfig",
     "SRConfig",
     "__version__",
     "job_config",
@@ -235,7 +239,7 @@ def job_config(command: str, config: str | None = "default", overrides: Sequence
 
     Returns
     -------
-    The job's frozen config dataclass (e.g. :class:`RestoreConfig`); change it with
+    The job's frozen config dataclass (e.g. :class:`RestoreJobConfig`); change it with
     ``dataclasses.replace`` or build one directly.
     """
     from jobs import cli  # here, not at the top: jobs imports ray, which restore() and score() never need
@@ -247,12 +251,12 @@ def job_config(command: str, config: str | None = "default", overrides: Sequence
 
 
 def run_job(cfg: Any, *, verbose: bool = False) -> Summary:
-    """Run the job that ``cfg`` configures (a :class:`RestoreConfig` runs the restore job...) on
+    """Run the job that ``cfg`` configures (a :class:`RestoreJobConfig` runs the restore job...) on
     Ray: an embedded one unless ``cfg.ray.address`` or ``$RAY_ADDRESS`` names a cluster.
 
     Parameters
     ----------
-    cfg : RestoreConfig, LearnBasesConfig, QualityConfig, TrainSRConfig, ...
+    cfg : RestoreJobConfig, LearnBasesConfig, QualityJobConfig, TrainSRConfig, ...
         The job's config (:func:`job_config`, or built directly).
     verbose : bool
         Show Ray's own output (worker lines, Ray's info logs) as ``--verbose`` does.

@@ -19,11 +19,13 @@ import numpy as np
 
 from imrestore_data import synth
 from jobs.common import Summary, format_table
+from jobs.config_benchmark import BenchmarkConfig
+from jobs.config_learn_bases import LearnBasesConfig
 from jobs.learn_bases import build_rows, check_training_rows
 from restore_core import codec, masks, metrics, nmf
 from restore_core.bases import Bases, BasesMeta
 from restore_core.codec import cell_bytes
-from restore_core.config import BenchmarkConfig, FitConfig, LearnBasesConfig
+from restore_core.config import FitConfig
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.io import datasets, locations

@@ -19,10 +19,11 @@ import numpy as np
 
 from jobs import ray_utils
 from jobs.common import Summary
+from jobs.config_learn_bases import LearnBasesConfig
 from restore_core import codec, nmf, sampling
 from restore_core.bases import Bases, BasesMeta, data_fingerprint
 from restore_core.codec import cell_bytes
-from restore_core.config import LearnBasesConfig, check_ranges
+from restore_core.config import check_ranges
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io import locations

@@ -34,6 +34,7 @@ import ray
 import imrestore_report as report
 from jobs import logs, quality_aggregate, quality_incremental, quality_score, verdict
 from jobs.common import Summary, format_table
+from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import arrow_filesystem, init_ray, is_process_local, report_progress
 from restore_core import codec, run_wide
 from restore_core.codec import cell_bytes
@@ -43,7 +44,7 @@ from restore_core.io import datasets, lease, locations, lookup
 from restore_core.io.shards import probe_writable
 from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_png
 
-CONFIG = QualityConfig
+CONFIG = QualityJobConfig
 log = logging.getLogger("jobs.quality")
 
 #: Exit code when a --fail-on limit is passed (2 stays "the job failed", 3 is a --warn-on limit).
@@ -243,7 +244,7 @@ def calibrate(cfg: QualityConfig) -> Summary:
     )
 
 
-def run(cfg: QualityConfig) -> Summary:
+def run(cfg: QualityJobConfig) -> Summary:
     check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
     if cfg.calibrate:
         return calibrate(cfg)
@@ -294,7 +295,7 @@ def _write_error_status(cfg: QualityConfig, fs: Any, root: str, date: str, start
         log.warning("could not write %s: %s", verdict.status_path(root, date), write_exc)
 
 
-def _run(cfg: QualityConfig, date: str, fs: Any, root: str, started: str) -> Summary:
+def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> Summary:
     t0 = time.perf_counter()
     staging = report.staging_path(root, date)
     # Incremental: the last finished run's rows of unchanged files are copied into staging/data;

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import logs, quality_incremental
+from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import (
     actor_pool_args,
     init_ray,
@@ -32,7 +33,6 @@ from jobs.ray_utils import (
     read_dataset,
     remote_progress,
 )
-from restore_core.config import QualityConfig
 from restore_core.io import datasets
 from restore_core.io import file_identity as fid
 
@@ -48,7 +48,9 @@ class Scored:
     actors: int = 0
 
 
-def score(cfg: QualityConfig, inc: quality_incremental.Plan, fs: Any, out_fs: Any, staging: str, actor: Any) -> Scored:
+def score(
+    cfg: QualityJobConfig, inc: quality_incremental.Plan, fs: Any, out_fs: Any, staging: str, actor: Any
+) -> Scored:
     """Score the rows ``inc`` leaves to score into ``<staging>/data`` (``fs``: fsspec, ``out_fs``:
     pyarrow, both the output's); ``actor`` is the job's scoring class (``actor(cfg)`` maps a
     numpy batch to an Arrow table)."""
@@ -78,7 +80,7 @@ def score(cfg: QualityConfig, inc: quality_incremental.Plan, fs: Any, out_fs: An
     return Scored(time.perf_counter() - t0, "ray", pool_size(pool))
 
 
-def _all_files_if_local(cfg: QualityConfig) -> list[str] | None:
+def _all_files_if_local(cfg: QualityJobConfig) -> list[str] | None:
     """Every input file when the whole input may be scored in this process: not a ``memory://``
     input (the actor pool gets those), no ``input.limit``, no cells that point at other files."""
     icfg = cfg.input
@@ -90,7 +92,7 @@ def _all_files_if_local(cfg: QualityConfig) -> list[str] | None:
     return list(files)
 
 
-def rows_in(cfg: QualityConfig, paths: list[str]) -> int:
+def rows_in(cfg: QualityJobConfig, paths: list[str]) -> int:
     """How many rows ``paths`` hold (Parquet: from the footers)."""
     icfg = cfg.input
     if icfg.format == "images":
@@ -105,7 +107,7 @@ def rows_in(cfg: QualityConfig, paths: list[str]) -> int:
         return sum(pool.map(one, paths))
 
 
-def _batches(cfg: QualityConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
+def _batches(cfg: QualityJobConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """The rows of ``paths`` as numpy batches, as Ray Data hands them to the scoring actor."""
     icfg = cfg.input
     fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
@@ -141,7 +143,7 @@ def _column(col: pa.ChunkedArray) -> np.ndarray:
     return _objects(col.to_pylist())
 
 
-def score_in_driver(cfg: QualityConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any) -> int:
+def score_in_driver(cfg: QualityJobConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any) -> int:
     """Score ``paths`` in this process into ``<folder>/scored-00000.parquet``, batch by batch; the
     row count. ``make_scorer(cfg)`` is the job's scoring actor class: the rows come out as the
     actor pool would write them."""

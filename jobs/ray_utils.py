@@ -26,9 +26,11 @@ import ray
 import ray.data
 
 from jobs import logs
-from restore_core.config import InputConfig, RayConfig
+from jobs.config_ray import RayConfig
+from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets
+from restore_core.io.locations import is_process_local
 
 log = logging.getLogger("jobs.ray")
 
@@ -164,11 +166,6 @@ def arrow_filesystem(url: str, storage_options: dict[str, Any] | None) -> tuple[
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
 
 
-def is_process_local(url: str) -> bool:
-    """True for URLs only this process can see (``memory://``): Ray workers cannot read them."""
-    return url.startswith("memory://")
-
-
 def read_dataset(input_cfg: InputConfig, files: Sequence[str] | None = None) -> ray.data.Dataset:
     """The input as a Ray Dataset with the configured id and image columns.
 
@@ -255,15 +252,12 @@ def actor_pool_args(ray_cfg: RayConfig) -> dict[str, Any]:
     most) actors of ``ray.num_cpus_per_actor`` CPUs each, always leaving ``MIN_FREE_CPUS`` for
     the read and write tasks, without which the pipeline deadlocks. GPU actors: one per
     ``num_gpus_per_actor`` share of the cluster's GPUs. A request the cluster cannot hold is a
-    UserError naming the key to change. ``batch_size`` is left to the caller.
+    UserError naming the key to change (the shares' own ranges are declared in ``RayConfig``).
+    ``batch_size`` is left to the caller.
     """
     cpus, gpus = cluster_resources()
     cpu_per = float(ray_cfg.num_cpus_per_actor)
     gpu_per = float(ray_cfg.num_gpus_per_actor)
-    if cpu_per <= 0:
-        raise UserError(f"ray.num_cpus_per_actor must be > 0, got {cpu_per}")
-    if gpu_per < 0 or (gpu_per > 1 and gpu_per != int(gpu_per)):
-        raise UserError(f"ray.num_gpus_per_actor must be a fraction in (0, 1] or a whole number, got {gpu_per}")
     room = cpus - MIN_FREE_CPUS
     fits_cpu = math.floor(room / cpu_per + 1e-9) if room > 0 else 0
     args: dict[str, Any] = {"num_cpus": cpu_per}

@@ -28,9 +28,10 @@ import numpy as np
 
 from jobs import training
 from jobs.common import Summary, format_table
+from jobs.config_train_inpaint import TrainInpaintConfig
 from restore_core import codec, masks
 from restore_core.codec import cell_bytes
-from restore_core.config import TrainInpaintConfig, check_ranges, from_dict, to_dict
+from restore_core.config import check_ranges, from_dict, to_dict
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io import datasets
 from restore_core.io.artifacts import load_bases

@@ -28,9 +28,10 @@ import numpy as np
 from imrestore_data.digits import digits
 from jobs import ray_utils, training
 from jobs.common import Summary, format_table
+from jobs.config_train_sr import TrainSRConfig
 from restore_core import codec, sr
 from restore_core.codec import cell_bytes
-from restore_core.config import SRDegradeConfig, TrainSRConfig, from_dict, to_dict
+from restore_core.config import SRDegradeConfig, check_ranges, from_dict, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets, locations, sr_models
 from restore_core.io.artifacts import load_sr_model, save_sr_model
@@ -89,8 +90,6 @@ def build_datasets(cfg: TrainSRConfig) -> tuple[Any, Any]:
 
     if not cfg.input.path:
         d = cfg.digits
-        if d.n_train < 1 or d.n_val < 1:
-            raise UserError("digits.n_train and digits.n_val must be >= 1")
         make = _MakeDigits(d.size, d.seed)
         # Validation digits use indices after the training ones: same generator, disjoint images.
         train = ray.data.range(d.n_train).map_batches(make, batch_size=512, batch_format="numpy")
@@ -252,14 +251,9 @@ def plot_history(history: list[dict[str, float]], path: str) -> None:
 def _check(cfg: TrainSRConfig) -> None:
     if not cfg.output:
         raise UserError("output is empty: set it to the folder where the SR model will be written")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise UserError("train.epochs and train.batch_size must be >= 1")
-    if cfg.workers.num_workers < 1:
-        raise UserError("workers.num_workers must be >= 1")
-    if cfg.degrade.scale <= 1.0:
-        raise UserError(f"degrade.scale must be > 1 (a shrink factor), got {cfg.degrade.scale}")
-    if not cfg.net.channels or min(cfg.net.channels) < 1:
-        raise UserError(f"net.channels must be a list of positive widths, got {cfg.net.channels}")
+    check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
+    if not cfg.net.channels:
+        raise UserError("net.channels is empty: give the CNN's hidden widths, e.g. [16, 32, 64]")
     nest = cfg.input.format == "parquet"  # model.safetensors and a PNG plot are never read as Parquet
     locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)], output_may_nest=nest)
     probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any training

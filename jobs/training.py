@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from restore_core.config import TrainCheckpointConfig, TrainWorkersConfig
+from jobs.config_ray import TrainCheckpointConfig, TrainWorkersConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets
 

@@ -117,3 +117,8 @@ def check_apart(
                     f"{rkey} ({rurl}) is inside {wkey} ({wurl}): the job would read and write the same files; "
                     f"choose an {wkey} that does not contain its inputs"
                 )
+
+
+def is_process_local(url: str) -> bool:
+    """True for URLs only this process can see (``memory://``): Ray workers cannot read them."""
+    return url.startswith("memory://")

@@ -121,7 +121,7 @@ def local_ray() -> Iterator[None]:
     import ray
 
     from jobs import ray_utils
-    from restore_core.config import RayConfig
+    from jobs.config_ray import RayConfig
 
     if ray.is_initialized():
         ray.shutdown()

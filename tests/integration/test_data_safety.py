@@ -22,8 +22,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import learn_bases, quality, restore
-from restore_core.config import LearnBasesConfig, QualityConfig, RestoreConfig, from_dict
+from jobs import learn_bases, quality, restore, restore_plan
+from jobs.config_learn_bases import LearnBasesConfig
+from jobs.config_quality import QualityJobConfig
+from jobs.config_restore import RestoreJobConfig
+from restore_core.config import from_dict
 from restore_core.errors import UserError
 from restore_core.io import lease
 from restore_core.io.artifacts import save_bases
@@ -35,7 +38,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_cfg(input_path, out_path, /, bases="", **sections) -> RestoreConfig:
+def make_cfg(input_path, out_path, /, bases="", **sections) -> RestoreJobConfig:
     data = {
         "input": {"path": str(input_path)},
         "output": {"path": str(out_path)},
@@ -46,7 +49,7 @@ def make_cfg(input_path, out_path, /, bases="", **sections) -> RestoreConfig:
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.__setitem__(key, value)
-    return from_dict(RestoreConfig, data)
+    return from_dict(RestoreJobConfig, data)
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -174,7 +177,7 @@ def test_quality_output_inside_its_input_is_refused(tmp_path):
     for i in range(3):
         (images / f"{i}.png").write_bytes(png_bytes(np.full((8, 8), 40 * i + 10, np.uint8)))
     for out in (images / "quality", images, tmp_path):
-        cfg = from_dict(QualityConfig, {"input": {"path": str(images), "format": "images"}, "output": str(out)})
+        cfg = from_dict(QualityJobConfig, {"input": {"path": str(images), "format": "images"}, "output": str(out)})
         with pytest.raises(UserError, match=r"inside|same folder"):
             quality.run(cfg)
     assert sorted(p.name for p in images.iterdir()) == ["0.png", "1.png", "2.png"]
@@ -186,7 +189,7 @@ def test_quality_never_replaces_a_run_folder_it_did_not_write(restore_dataset, t
     theirs.mkdir(parents=True)
     (theirs / "notes.txt").write_text("mine")
     cfg = from_dict(
-        QualityConfig,
+        QualityJobConfig,
         {"input": {"path": str(restore_dataset.path)}, "output": str(tmp_path / "q"), "run_date": "2024-06-30"},
     )
     with pytest.raises(UserError, match="not a quality run"):
@@ -492,5 +495,5 @@ def test_no_credential_in_any_output_at_any_log_level(moto_s3, level, tmp_path):
 def test_manifest_and_plan_have_no_secrets_pure(tmp_path):
     """The settings stored in _plan.json come from the redacted config."""
     cfg = make_cfg(tmp_path / "in", tmp_path / "out", input={"storage_options": {"secret": FAKE_SECRET}})
-    shown = restore.resume_settings(cfg, None, None, None, redacted=True)
+    shown = restore_plan.resume_settings(cfg, None, None, None, redacted=True)
     assert FAKE_SECRET not in json.dumps(shown)

@@ -29,14 +29,15 @@ import pytest
 import s3fs
 
 from jobs import restore
-from restore_core.config import RestoreConfig, from_dict
+from jobs.config_restore import RestoreJobConfig
+from restore_core.config import from_dict
 from restore_core.io.artifacts import save_bases
 from tests.integration.conftest import BAD_IDS, free_port, make_bases, make_dataset_tables
 
 pytestmark = pytest.mark.integration
 
 
-def _cfg(input_path: str, bases: str, out: str, storage_options: dict | None = None, **extra) -> RestoreConfig:
+def _cfg(input_path: str, bases: str, out: str, storage_options: dict | None = None, **extra) -> RestoreJobConfig:
     so = storage_options or {}
     data: dict[str, Any] = {
         "input": {"path": input_path, "storage_options": so},
@@ -48,7 +49,7 @@ def _cfg(input_path: str, bases: str, out: str, storage_options: dict | None = N
     }
     for key, value in extra.items():
         data[key].update(value)
-    return from_dict(RestoreConfig, data)
+    return from_dict(RestoreJobConfig, data)
 
 
 def _check_every_id_once(table: pa.Table, want_ids: list[str]) -> None:

@@ -8,7 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import quality, restore
-from restore_core.config import QualityConfig, RestoreConfig, from_dict
+from jobs.config_quality import QualityJobConfig
+from jobs.config_restore import RestoreJobConfig
+from restore_core.config import from_dict
 from tests.unit.test_datasets import path_only_folder
 
 pytestmark = pytest.mark.integration
@@ -20,7 +22,7 @@ BAD = {"missing", "climb", "outside", "null"}
 def test_restore_and_quality_read_path_only_cells(local_ray, tmp_path):
     root = path_only_folder(tmp_path)
     rcfg = from_dict(
-        RestoreConfig,
+        RestoreJobConfig,
         {
             "input": {"path": str(root)},
             "output": {"path": str(tmp_path / "restored")},
@@ -41,7 +43,7 @@ def test_restore_and_quality_read_path_only_cells(local_ray, tmp_path):
     assert all(widths[i] == 5 for i in GOOD)
 
     qcfg = from_dict(
-        QualityConfig,
+        QualityJobConfig,
         {"input": {"path": str(root)}, "output": str(tmp_path / "quality"), "run_date": "2000-01-01",
          "ray": {"batch_size": 4, "num_cpus": 2}},
     )  # fmt: skip

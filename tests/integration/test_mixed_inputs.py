@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import quality, restore
-from restore_core.config import QualityConfig, RestoreConfig, from_dict
+from jobs.config_quality import QualityJobConfig
+from jobs.config_restore import RestoreJobConfig
+from restore_core.config import from_dict
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.integration
@@ -50,7 +52,7 @@ def _mixed_parquet(folder: Path) -> list[str]:
 def test_restore_and_quality_read_files_whose_types_differ(local_ray, tmp_path: Path):
     ids = _mixed_parquet(tmp_path / "in")
     cfg = from_dict(
-        RestoreConfig,
+        RestoreJobConfig,
         {
             "input": {"path": str(tmp_path / "in")},
             "output": {"path": str(tmp_path / "out")},
@@ -67,7 +69,7 @@ def test_restore_and_quality_read_files_whose_types_differ(local_ray, tmp_path: 
     assert set(table.column("mask_source").to_pylist()) == {"detected"}
 
     qcfg = from_dict(
-        QualityConfig,
+        QualityJobConfig,
         {"input": {"path": str(tmp_path / "in")}, "output": str(tmp_path / "q"), "run_date": "2024-06-30"},
     )
     quality.run(qcfg)
@@ -88,7 +90,7 @@ def test_quality_keeps_every_odd_name_and_follows_symlinked_folders(local_ray, t
     os.symlink(elsewhere, root / "link")
     os.symlink(root, root / "sub" / "loop")  # must not hang or repeat
     cfg = from_dict(
-        QualityConfig,
+        QualityJobConfig,
         {
             "input": {"path": str(root), "format": "images"},
             "output": str(tmp_path / "q"),

@@ -16,8 +16,9 @@ import pytest
 
 import imrestore_report as report
 from imrestore_data import synth
+from jobs.config_quality import QualityJobConfig
 from restore_core import masks, quality
-from restore_core.config import QualityConfig, from_dict
+from restore_core.config import from_dict
 from tests.conftest import png_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # minutes on a busy 2-CPU machine
@@ -27,7 +28,7 @@ def enc(img: np.ndarray) -> bytes:
     return png_bytes(np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8))
 
 
-def scored_rows(cfg: QualityConfig) -> pa.Table:
+def scored_rows(cfg: QualityJobConfig) -> pa.Table:
     rng = np.random.default_rng(4)
     imgs = list(synth.photo_crops(36, 48, names=("grass", "gravel", "coins", "text", "brick"), seed=11))
     blobs = [enc(i) for i in imgs]
@@ -53,7 +54,7 @@ def test_aggregation_on_ray_equals_the_in_memory_run(tmp_path, local_ray):
     from jobs.ray_utils import arrow_filesystem
 
     cfg = from_dict(
-        QualityConfig,
+        QualityJobConfig,
         {"flags": {"blurry": {"value": 1.0}, "grayscale": {"enabled": False}}, "report": {"worst_per_flag": 3}},
     )
     table = scored_rows(cfg)

@@ -17,7 +17,8 @@ import pytest
 
 from imrestore_data import synth
 from jobs import quality
-from restore_core.config import QualityConfig, from_dict
+from jobs.config_quality import QualityJobConfig
+from restore_core.config import from_dict
 from restore_core.io import file_identity as fid
 from tests.conftest import png_bytes
 
@@ -34,9 +35,9 @@ def _images(n: int, seed: int) -> list[bytes]:
     return out
 
 
-def _cfg(data: Path, out: Path, fmt: str, date: str, **extra: object) -> QualityConfig:
+def _cfg(data: Path, out: Path, fmt: str, date: str, **extra: object) -> QualityJobConfig:
     return from_dict(
-        QualityConfig,
+        QualityJobConfig,
         {
             "input": {"path": str(data), "format": fmt},
             "output": str(out),
@@ -202,9 +203,9 @@ def test_incremental_run_with_input_and_output_on_s3(tmp_path, local_ray, moto_s
     fs.pipe({f"inc-in/d/im-{k:02d}.png": blobs[k] for k in range(10)})
     opts = moto_s3.storage_options
 
-    def cfg(date: str) -> QualityConfig:
+    def cfg(date: str) -> QualityJobConfig:
         return from_dict(
-            QualityConfig,
+            QualityJobConfig,
             {
                 "input": {"path": "s3://inc-in/d", "format": "images", "storage_options": opts},
                 "output": "s3://inc-out/q",

@@ -136,8 +136,9 @@ def test_duplicate_group_thumbnails_read_back_with_ray_tasks(tmp_path, local_ray
     the Parquet input by id, one Ray task per file, for the report's side-by-side pictures."""
     import imrestore_report as report
     from jobs import quality as quality_job
+    from jobs.config_quality import QualityJobConfig
     from restore_core import codec, quality
-    from restore_core.config import QualityConfig, from_dict
+    from restore_core.config import from_dict
 
     imgs = synth.photo_crops(4, 40, names=("grass", "gravel"), seed=5)
     blobs = [png_bytes(np.rint(i * 255).astype(np.uint8)) for i in imgs]
@@ -149,7 +150,7 @@ def test_duplicate_group_thumbnails_read_back_with_ray_tasks(tmp_path, local_ray
             pa.table({"id": ids[part], "image": pa.array(blobs[part], pa.binary())}), tmp_path / "in" / f"p{k}.parquet"
         )
     cfg = from_dict(
-        QualityConfig, {"input": {"path": str(tmp_path / "in")}, "flags": {"grayscale": {"enabled": False}}}
+        QualityJobConfig, {"input": {"path": str(tmp_path / "in")}, "flags": {"grayscale": {"enabled": False}}}
     )
     batch = {"id": np.array(ids, dtype=object), "image": np.array(blobs, dtype=object)}
     table = report.with_run_flags(quality.table_from_columns(quality.QualityScorer(cfg)(batch)), cfg)

@@ -12,8 +12,9 @@ from PIL import Image
 
 from imrestore_data import synth
 from jobs import restore
+from jobs.config_restore import RestoreJobConfig
 from restore_core import codec, masks
-from restore_core.config import RestoreConfig, from_dict
+from restore_core.config import from_dict
 from restore_core.errors import UserError
 from restore_core.io.shards import image_relpath
 
@@ -35,7 +36,7 @@ def test_image_tree_in_same_tree_out(local_ray, tmp_path):
     src, out = tmp_path / "photos", tmp_path / "restored"
     _write_tree(src)
     cfg = from_dict(
-        RestoreConfig,
+        RestoreJobConfig,
         {
             "input": {"path": str(src), "format": "images"},
             "output": {"path": str(out), "format": "images"},
@@ -80,7 +81,7 @@ def test_image_tree_in_same_tree_out(local_ray, tmp_path):
 
 def test_images_output_needs_an_image_folder_input(tmp_path):
     cfg = from_dict(
-        RestoreConfig,
+        RestoreJobConfig,
         {"input": {"path": str(tmp_path)}, "output": {"path": str(tmp_path / "o"), "format": "images"},
          "fit": {"method": "median"}},
     )  # fmt: skip

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import restore
-from restore_core.config import RestoreConfig, from_dict
+from jobs.config_restore import RestoreJobConfig
+from restore_core.config import from_dict
 from restore_core.errors import UserError
 from restore_core.io.artifacts import load_bases
 from restore_core.pipeline import Restorer
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 IGNORED = {"seconds"}  # wall-clock per row: the only column allowed to differ between runs
 
 
-def make_cfg(input_path, bases_path, out_path, /, **sections) -> RestoreConfig:
+def make_cfg(input_path, bases_path, out_path, /, **sections) -> RestoreJobConfig:
     data = {
         "input": {"path": str(input_path)},
         "output": {"path": str(out_path)},
@@ -42,7 +43,7 @@ def make_cfg(input_path, bases_path, out_path, /, **sections) -> RestoreConfig:
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.__setitem__(key, value)
-    return from_dict(RestoreConfig, data)
+    return from_dict(RestoreJobConfig, data)
 
 
 def read_output(folder: Path) -> pa.Table:

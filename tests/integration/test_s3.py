@@ -11,7 +11,8 @@ import pytest
 import s3fs
 
 from jobs import restore
-from restore_core.config import RestoreConfig, from_dict
+from jobs.config_restore import RestoreJobConfig
+from restore_core.config import from_dict
 from restore_core.errors import UserError
 from restore_core.io.artifacts import save_bases
 from tests.integration.conftest import BAD_IDS, make_bases, make_dataset_tables
@@ -31,7 +32,7 @@ def s3_dataset(moto_s3):
     return fs
 
 
-def s3_cfg(moto_s3, **extra) -> RestoreConfig:
+def s3_cfg(moto_s3, **extra) -> RestoreJobConfig:
     opts = moto_s3.storage_options
     data = {
         "input": {"path": "s3://in-bucket/data", "storage_options": opts},
@@ -43,7 +44,7 @@ def s3_cfg(moto_s3, **extra) -> RestoreConfig:
     }
     for key, value in extra.items():
         data[key].update(value)
-    return from_dict(RestoreConfig, data)
+    return from_dict(RestoreJobConfig, data)
 
 
 @pytest.mark.timeout(900)  # ~30 s on an idle machine; Ray start-up under heavy load takes minutes

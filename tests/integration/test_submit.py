@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import restore
-from restore_core.config import RestoreConfig, from_dict
+from jobs.config_restore import RestoreJobConfig
+from restore_core.config import from_dict
 from tests.integration.conftest import BAD_IDS, RAY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -88,7 +89,7 @@ def test_two_nodes_share_one_bases_object(restore_dataset, tmp_path):
         cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()
         cfg = from_dict(
-            RestoreConfig,
+            RestoreJobConfig,
             {
                 "input": {"path": str(restore_dataset.path)},
                 "output": {"path": str(tmp_path / "out"), "rows_per_shard": 1},

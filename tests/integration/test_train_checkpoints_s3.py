@@ -9,7 +9,8 @@ import pytest
 import s3fs
 
 from jobs import train_sr
-from restore_core.config import TrainSRConfig, from_dict
+from jobs.config_train_sr import TrainSRConfig
+from restore_core.config import from_dict
 from restore_core.io.artifacts import load_sr_model
 
 # slow: ~50 s idle, ~2 min on a loaded 2-CPU machine; the S3 checkpoint path of train-inpaint shares jobs/training.py

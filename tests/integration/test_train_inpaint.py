@@ -18,8 +18,10 @@ import pytest
 
 from imrestore_data import synth
 from jobs import restore, train_inpaint
+from jobs.config_restore import RestoreJobConfig
+from jobs.config_train_inpaint import TrainInpaintConfig
 from restore_core import masks
-from restore_core.config import RestoreConfig, TrainInpaintConfig, from_dict
+from restore_core.config import from_dict
 from restore_core.errors import UserError
 from restore_core.io.refiners import refiner_artifact, save_refiner
 from restore_core.refiner import RefinerSpec, build_refiner
@@ -63,9 +65,9 @@ def inpaint_cfg(data: Path, out: Path, epochs: int) -> TrainInpaintConfig:
     )
 
 
-def restore_cfg(data: Path, out: Path, refiner: Path, **extra) -> RestoreConfig:
+def restore_cfg(data: Path, out: Path, refiner: Path, **extra) -> RestoreJobConfig:
     return from_dict(
-        RestoreConfig,
+        RestoreJobConfig,
         {
             "input": {"path": str(data)},
             "output": {"path": str(out), **extra},

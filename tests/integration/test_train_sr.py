@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs.config_restore import RestoreJobConfig
 from restore_core import codec
-from restore_core.config import FitConfig, RestoreConfig, SRConfig
+from restore_core.config import FitConfig, SRConfig
 from restore_core.io import sr_models
 from restore_core.pipeline import Restorer
 
@@ -55,7 +56,7 @@ def test_train_sr_cli_then_restore_pipeline(tmp_path):
     assert np.isfinite(meta["val_psnr"]) and meta["history"][0]["val_images"] == 64
     assert meta["history"][0]["train_images"] == 256  # both workers' shards together
 
-    cfg = RestoreConfig(fit=FitConfig(method="none"), sr=SRConfig(enabled=True, model=str(out)))
+    cfg = RestoreJobConfig(fit=FitConfig(method="none"), sr=SRConfig(enabled=True, model=str(out)))
     apply = sr_models.load_sr_apply(str(out), cfg.sr, "cpu")
     restorer = Restorer(None, apply, cfg)
     rng = np.random.default_rng(0)

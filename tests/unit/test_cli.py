@@ -93,12 +93,13 @@ def test_learn_bases_then_benchmark(tmp_path):
 
 def test_config_by_name_resolves_the_packaged_configs(capsys):
     from jobs import cli
-    from restore_core.config import RestoreConfig, load_config
+    from jobs.config_restore import RestoreJobConfig
+    from restore_core.config import load_config
 
     assert sorted(p.name for p in (ROOT / "configs").glob("*.yaml")) == [f"{n}.yaml" for n in cli.packaged_configs()]
     path = cli.resolve_config("restore", "default")
     assert path is not None and path.endswith("default_configs/restore.yaml")
-    cfg = load_config(RestoreConfig, path)
+    cfg = load_config(RestoreJobConfig, path)
     assert cfg.bases == "artifacts/bases"  # the value in configs/restore.yaml, not the dataclass default
     assert cli.resolve_config("train-sr", "sr_seed") == str(cli.PACKAGED_CONFIGS / "sr_seed.yaml")
     own_file = str(ROOT / "configs" / "quality.yaml")

@@ -77,26 +77,36 @@ def test_section_override_keeps_the_parents_defaults():
 import dataclasses  # noqa: E402
 import typing  # noqa: E402
 
+from jobs.config_benchmark import BenchmarkConfig  # noqa: E402
+from jobs.config_demo import DemoConfig  # noqa: E402
+from jobs.config_learn_bases import LearnBasesConfig  # noqa: E402
+from jobs.config_restore import RestoreJobConfig  # noqa: E402
+from jobs.config_train_sr import TrainSRConfig  # noqa: E402
 from restore_core import config as config_module  # noqa: E402
-from restore_core.config import (  # noqa: E402
-    BenchmarkConfig,
-    DemoConfig,
-    LearnBasesConfig,
-    QualityConfig,
-    TrainSRConfig,
-    field_range,
-)
+from restore_core.config import QualityConfig, field_range  # noqa: E402
 
 
 def _config_classes() -> list[type]:
-    return [
+    """Every config dataclass: the core's sections and each job's tree."""
+    import importlib
+    import pkgutil
+
+    import jobs
+
+    names = ["restore_core.config_loader", "restore_core.config_sections", "restore_core.quality_config"]
+    names += [f"jobs.{m.name}" for m in pkgutil.iter_modules(jobs.__path__) if m.name.startswith("config_")]
+    modules = [importlib.import_module(n) for n in names]
+    found = [
         obj
-        for obj in vars(config_module).values()
+        for module in modules
+        for obj in vars(module).values()
         if isinstance(obj, type)
         and dataclasses.is_dataclass(obj)
-        and obj.__module__ == config_module.__name__
+        and obj.__module__ == module.__name__
         and obj.__name__ != "Range"
     ]
+    assert len(found) > 25, [c.__name__ for c in found]  # the collection itself works
+    return found
 
 
 def _is_number(tp: typing.Any) -> bool:
@@ -131,8 +141,9 @@ def test_every_number_of_every_config_declares_a_range():
         (RestoreConfig, "fit.tol=.inf", "fit.tol", "inf, must be a finite number"),
         (RestoreConfig, "fit.stride=0", "fit.stride", "0"),
         (RestoreConfig, "fit.min_observed_fraction=1.5", "fit.min_observed_fraction", "[0, 1]"),
-        (RestoreConfig, "ray.num_cpus=-1", "ray.num_cpus", "-1"),
-        (RestoreConfig, "ray.num_cpus_per_actor=0", "ray.num_cpus_per_actor", "(0, inf)"),
+        (RestoreJobConfig, "ray.num_cpus=-1", "ray.num_cpus", "-1"),
+        (RestoreJobConfig, "ray.num_cpus_per_actor=0", "ray.num_cpus_per_actor", "(0, inf)"),
+        (RestoreJobConfig, "ray.num_gpus_per_actor=1.5", "ray.num_gpus_per_actor", "whole above 1"),
         (RestoreConfig, "input.limit=-1", "input.limit", "-1"),
         (RestoreConfig, "decode.max_pixels=0", "decode.max_pixels", "0"),
         (RestoreConfig, "sr.scale=0", "sr.scale", "(0, 16]"),
@@ -205,7 +216,7 @@ def test_whole_numbers_written_as_floats_are_integers(tmp_path):
 def test_the_write_ups_method_is_called_reference_and_its_old_name_seed_still_loads_with_a_warning(caplog):
     import logging
 
-    from restore_core.config import BenchmarkConfig
+    from jobs.config_benchmark import BenchmarkConfig
 
     with caplog.at_level(logging.WARNING, logger="restore_core.config"):
         cfg = from_dict(RestoreConfig, {"fit": {"method": "seed", "seed_iter": 7, "seed_lr": 0.5}})

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from restore_core.config import QualityConfig, from_dict, to_dict
+from jobs.config_quality import QualityJobConfig
+from restore_core.config import from_dict, to_dict
 from restore_core.errors import UserError
 from restore_core.io import file_identity as fid
 
@@ -64,7 +65,7 @@ def test_compare_sorts_files_into_unchanged_changed_added_removed() -> None:
 
 
 def test_scoring_settings_cover_what_a_row_depends_on_only() -> None:
-    cfg = from_dict(QualityConfig, {"input": {"path": "/in"}, "output": "/out"})
+    cfg = from_dict(QualityJobConfig, {"input": {"path": "/in"}, "output": "/out"})
     base = fid.scoring_settings(to_dict(cfg))
     assert "dark_level" in base and "masks.rule" in base and "artifact.scorer_code" in base
     assert not any(k.startswith(("ray.", "output", "run_date", "fail_on", "full")) for k in base)
@@ -73,14 +74,14 @@ def test_scoring_settings_cover_what_a_row_depends_on_only() -> None:
         dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, num_cpus=7)),
         dataclasses.replace(cfg, fail_on=["dark"], full=True, run_date="2024-01-02", near_duplicate_distance=9),
         dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, path="s3://b/in", storage_options={"key": "k"})),
-        from_dict(QualityConfig, {"input": {"path": "/in"}, "output": "/o", "flags": {"dark": {"max_share": 0.5}}}),
+        from_dict(QualityJobConfig, {"input": {"path": "/in"}, "output": "/o", "flags": {"dark": {"max_share": 0.5}}}),
     ]
     for other in same:
         assert fid.settings_fingerprint(fid.scoring_settings(to_dict(other))) == fid.settings_fingerprint(base)
     for other in (
         dataclasses.replace(cfg, dark_level=0.1),
         dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, max_pixels=1000)),
-        from_dict(QualityConfig, {"input": {"path": "/in"}, "output": "/o", "flags": {"dark": {"value": 0.5}}}),
+        from_dict(QualityJobConfig, {"input": {"path": "/in"}, "output": "/o", "flags": {"dark": {"value": 0.5}}}),
     ):
         now = fid.scoring_settings(to_dict(other))
         assert fid.settings_fingerprint(now) != fid.settings_fingerprint(base)
@@ -101,7 +102,7 @@ def test_quality_config_full_key_and_cli_flag() -> None:
 
     from jobs import quality
 
-    assert from_dict(QualityConfig, {"full": True}).full is True
+    assert from_dict(QualityJobConfig, {"full": True}).full is True
     parser = argparse.ArgumentParser()
     quality.add_arguments(parser)
     assert "full=true" in quality.apply_arguments(parser.parse_args(["--full"]))

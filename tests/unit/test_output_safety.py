@@ -21,8 +21,9 @@ import fsspec
 import pytest
 
 from jobs import logs
+from jobs.config_restore import RestoreJobConfig
 from restore_core.checks import explain_exception
-from restore_core.config import InputConfig, RestoreConfig
+from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import lease, locations
 from restore_core.io import shards as shard_io
@@ -176,7 +177,7 @@ def test_heartbeat_renews_the_lease(tmp_path: Path) -> None:
 def test_every_result_setting_is_in_the_fingerprint_and_nothing_else() -> None:
     import dataclasses
 
-    cfg = RestoreConfig(input=InputConfig(path="/data/in", storage_options={"key": "K", "secret": "S"}))
+    cfg = RestoreJobConfig(input=InputConfig(path="/data/in", storage_options={"key": "K", "secret": "S"}))
     doc = shard_io.settings_document(dataclasses.asdict(cfg), {"bases": "h1"})
     assert {"fit.method", "fit.max_iter", "fit.stride", "masks.rule", "decode.max_pixels", "sr.scale"} <= set(doc)
     assert {"output.rows_per_shard", "input.limit", "input.format", "artifact.bases"} <= set(doc)

@@ -249,10 +249,10 @@ def test_every_issue_kind_on_small_images(rng):
 def test_demo_blurred_images_are_flagged_blurry_and_its_clean_ones_are_not(tmp_path):
     """The demo's own data (python -m jobs demo): its 32 test images are blurred (shrunk and
     enlarged by 2, 64 px) then given 15% dead pixels; its training images are clean."""
-    from jobs import demo
-    from restore_core.config import DemoConfig
+    from jobs import demo_jobs
+    from jobs.config_demo import DemoConfig
 
-    demo.make_data(DemoConfig(), str(tmp_path))
+    demo_jobs.make_data(DemoConfig(), str(tmp_path))
     scorer = quality.QualityScorer(QualityConfig())
     flagged = {}
     for part in ("train", "test"):

@@ -27,7 +27,19 @@ END = "<!-- config-reference:end -->"
 
 
 def _comments(cls: type) -> dict[str, str]:
-    """Field name -> the comment on its line(s) in the class body (the source's own words)."""
+    """Field name -> the comment on its line(s) in the class body (the source's own words).
+
+    A subclass (a job's config adding its Ray section to the core's) inherits the comments of the
+    fields it inherits, read from the class that declares them.
+    """
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object and dataclasses.is_dataclass(klass):
+            out.update(_own_comments(klass))
+    return out
+
+
+def _own_comments(cls: type) -> dict[str, str]:
     import inspect
 
     path = inspect.getsourcefile(cls)
@@ -116,7 +128,8 @@ def reference_markdown() -> str:
     from jobs.cli import COMMANDS
 
     lines = [
-        "Generated from the config dataclasses in `restore_core/config.py`; a test keeps it in sync.",
+        "Generated from the config dataclasses (`restore_core/config_sections.py`, `restore_core/quality_config.py`, "
+        "each job's `jobs/config_<job>.py`); a test keeps it in sync.",
         "Nested keys are set in YAML as sections or on the command line as `--set section.key=value`.",
         "",
     ]

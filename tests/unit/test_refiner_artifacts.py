@@ -119,7 +119,7 @@ def test_another_artifact_kind_is_refused(tmp_path):
 
 @pytest.mark.parametrize(("fill_psnr", "used_by_auto"), [(30.0, True), (30.5, False), (None, True)])
 def test_auto_uses_a_refiner_only_when_it_beat_its_fill_on_held_out_rows(tmp_path, fill_psnr, used_by_auto):
-    from jobs.restore import load_refiner_artifact
+    from jobs.restore_plan import load_refiner_artifact
     from restore_core.config import RestoreConfig, from_dict
 
     history = [] if fill_psnr is None else [{"val_psnr_hidden": 30.2, "val_psnr_hidden_fill": fill_psnr}]

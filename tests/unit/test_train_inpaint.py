@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from jobs import train_inpaint, training
-from restore_core.config import TrainCheckpointConfig, TrainInpaintConfig, from_dict, load_config, to_dict
+from jobs.config_ray import TrainCheckpointConfig
+from jobs.config_train_inpaint import TrainInpaintConfig
+from restore_core.config import from_dict, load_config, to_dict
 from restore_core.errors import ConfigError, UserError
 from tests.conftest import png_bytes
 
@@ -143,7 +145,7 @@ def test_checkpoint_place_refuses_other_settings_and_can_start_afresh(tmp_path):
 
 
 def test_restore_refuses_a_refiner_with_other_bases_than_it_was_trained_with():
-    from jobs.restore import check_refiner_bases
+    from jobs.restore_plan import check_refiner_bases
     from restore_core.bases import Bases, BasesMeta
     from restore_core.config import RestoreConfig
     from restore_core.io.refiners import RefinerArtifact
