@@ -315,42 +315,81 @@ def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> 
         aggregate = _aggregate_with_ray if on_cluster else _aggregate_in_driver
         summary, write_report = aggregate(cfg, fs, out_fs, root, staging, date, earlier[-1] if earlier else None)
         decision = verdict.decide(summary, cfg.fail_on, cfg.warn_on)
-        fails = decision.failed
-        summary["failures"] = fails
-        summary["warnings"] = decision.warned
-        summary["fail_on"] = list(cfg.fail_on)
-        summary["warn_on"] = list(cfg.warn_on)
-        summary["verdict"] = decision.verdict
-        summary["seconds"] = {"score_and_write": t_score}
-        summary["scored_in"] = scored.where
-        inc.rows_scored = summary["rows"] - inc.rows_reused
-        summary["incremental"] = inc.as_dict()
-        summary["images_per_second"] = inc.rows_scored / t_score if t_score > 0 else 0.0
-        summary["config"] = to_dict(cfg)
-        summary["aggregated_on"] = "cluster" if on_cluster else "driver"
+        _annotate(summary, cfg, decision, inc, scored.where, t_score, on_cluster)
         write_report(summary, history)
         summary["seconds"]["total"] = time.perf_counter() - t0
-        report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
-        url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"
-        status = verdict.record(
-            decision,
-            run_date=date,
-            started=started,
-            finished=verdict.now(),
-            summary=summary,
-            run=url,
-            fail_on=cfg.fail_on,
-            warn_on=cfg.warn_on,
-        )
-        report.write_json(fs, posixpath.join(staging, verdict.STATUS_FILE), status)
-        report.put(fs, posixpath.join(staging, report.SUCCESS), f"{date}\n".encode())
-        final = report.publish_run(fs, staging, root, date)
-        report.write_json(fs, verdict.status_path(root, date), status)
+        url, final = _publish(cfg, fs, root, staging, date, started, decision, summary)
     except BaseException:
         if fs.exists(staging):  # leave no half-built staging folder behind
             fs.rm(staging, recursive=True)
         raise
+    log.info("quality run published at %s", final)
+    return _job_summary(summary, date, inc, scored, decision, url)
 
+
+def _annotate(
+    summary: dict[str, Any],
+    cfg: QualityJobConfig,
+    decision: verdict.Verdict,
+    inc: quality_incremental.Plan,
+    scored_in: str,
+    t_score: float,
+    on_cluster: bool,
+) -> None:
+    """The verdict, timings, incremental counts and config added to the run's summary."""
+    summary["failures"] = decision.failed
+    summary["warnings"] = decision.warned
+    summary["fail_on"] = list(cfg.fail_on)
+    summary["warn_on"] = list(cfg.warn_on)
+    summary["verdict"] = decision.verdict
+    summary["seconds"] = {"score_and_write": t_score}
+    summary["scored_in"] = scored_in
+    inc.rows_scored = summary["rows"] - inc.rows_reused
+    summary["incremental"] = inc.as_dict()
+    summary["images_per_second"] = inc.rows_scored / t_score if t_score > 0 else 0.0
+    summary["config"] = to_dict(cfg)
+    summary["aggregated_on"] = "cluster" if on_cluster else "driver"
+
+
+def _publish(
+    cfg: QualityJobConfig,
+    fs: Any,
+    root: str,
+    staging: str,
+    date: str,
+    started: str,
+    decision: verdict.Verdict,
+    summary: dict[str, Any],
+) -> tuple[str, str]:
+    """summary.json, the status and _SUCCESS written to staging, the run published: ``(url, final path)``."""
+    report.write_json(fs, posixpath.join(staging, "summary.json"), summary)
+    url = cfg.output.rstrip("/") + f"/{report.RUN_PREFIX}{date}"
+    status = verdict.record(
+        decision,
+        run_date=date,
+        started=started,
+        finished=verdict.now(),
+        summary=summary,
+        run=url,
+        fail_on=cfg.fail_on,
+        warn_on=cfg.warn_on,
+    )
+    report.write_json(fs, posixpath.join(staging, verdict.STATUS_FILE), status)
+    report.put(fs, posixpath.join(staging, report.SUCCESS), f"{date}\n".encode())
+    final = report.publish_run(fs, staging, root, date)
+    report.write_json(fs, verdict.status_path(root, date), status)
+    return url, final
+
+
+def _job_summary(
+    summary: dict[str, Any],
+    date: str,
+    inc: quality_incremental.Plan,
+    scored: quality_score.Scored,
+    decision: verdict.Verdict,
+    url: str,
+) -> Summary:
+    """The job's closing table: flag counts, the run's numbers, failures and warnings."""
     rows = [
         [n, f["rule"], f["count"], f"{100 * f['share']:.2f}%", f"{100 * f['max_share']:.2f}%"]
         for n, f in summary["flags"].items()
@@ -367,11 +406,10 @@ def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> 
     }
     for k, sentence in enumerate(summary["drift"]["sentences"], 1):
         values[f"change {k}"] = sentence
-    for k, line in enumerate(fails, 1):
+    for k, line in enumerate(decision.failed, 1):
         values[f"FAILED {k}"] = line
     for k, line in enumerate(decision.warned, 1):
         values[f"WARNING {k}"] = line
-    log.info("quality run published at %s", final)
     return Summary(
         job="quality",
         values=values,

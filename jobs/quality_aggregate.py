@@ -28,10 +28,9 @@ Thumbnails are read for the worst rows only. See ``restore_core.aggregate`` for 
 from __future__ import annotations
 
 import functools
-import heapq
 import logging
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -41,8 +40,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import ray.data
-from ray.data.aggregate import AggregateFnV2, Count, Max, Min, Sum
+from ray.data.aggregate import Count, Sum
 
+from jobs.quality_aggregate_stats import GROUP_IDS as GROUP_IDS
+from jobs.quality_aggregate_stats import PartialAggregate as PartialAggregate
+from jobs.quality_aggregate_stats import (
+    _first_pass,
+    _floats,
+    _metric_columns,
+    _partitions,
+    _run_partial,
+    _second_pass,
+    _where,
+)
+from jobs.quality_aggregate_stats import duplicate_groups as duplicate_groups
+from jobs.quality_aggregate_stats import id_changes as id_changes
 from restore_core import aggregate as agg
 from restore_core.config import QualityConfig
 from restore_core.errors import UserError
@@ -53,8 +65,6 @@ log = logging.getLogger("jobs.quality")
 
 #: Columns of flags.parquet.
 FLAG_COLUMNS = ["id", "flags", "exact_duplicates", "near_duplicates", "duplicate_group", "sha256", "dhash"]
-#: Ids listed per group in the summary (as ``report.duplicate_groups``).
-GROUP_IDS = 20
 
 
 @dataclass
@@ -66,42 +76,6 @@ class RunAggregate:
     histograms: dict[str, tuple[np.ndarray, np.ndarray, bool]] = field(default_factory=dict)
     worst: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     id_diff: dict[str, Any] | None = None
-
-
-class PartialAggregate(AggregateFnV2):
-    """A Ray Data aggregation whose accumulator is a serialised :class:`restore_core.aggregate.Partial`."""
-
-    def __init__(self, name: str, block_fn: Callable[[pa.Table], agg.Partial], k: int) -> None:
-        self._block_fn = block_fn
-        self._k = k
-        super().__init__(name, zero_factory=lambda: agg.Partial().to_bytes(), on=None, ignore_nulls=False)
-
-    def aggregate_block(self, block: Any) -> bytes:
-        from ray.data.block import BlockAccessor
-
-        table = BlockAccessor.for_block(block).to_arrow()
-        return self._block_fn(table).to_bytes()
-
-    def combine(self, current_accumulator: bytes, new: bytes) -> bytes:
-        a, b = agg.Partial.from_bytes(current_accumulator), agg.Partial.from_bytes(new)
-        return a.merge(b, self._k).to_bytes()
-
-    def finalize(self, accumulator: bytes) -> bytes:  # type: ignore[override]
-        return accumulator
-
-
-def _partitions() -> int:
-    """Shuffle partitions for the groupbys: a few per CPU (Ray's default of 200 is for big clusters)."""
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(2, min(64, 2 * cpus))
-
-
-def _floats(table: pa.Table, name: str) -> np.ndarray:
-    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def _metric_columns(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:
-    return {m: _floats(table, m) for m in names if m in table.column_names}
 
 
 def read_staged(fs: Any, out_fs: Any, data_dir: str) -> ray.data.Dataset:
@@ -126,11 +100,6 @@ def staged_rows(fs: Any, data_dir: str) -> int:
 
 
 # ----------------------------------------------------------------------------- duplicates
-
-
-def _where(ds: ray.data.Dataset, keep: Callable[[pa.Table], Any]) -> ray.data.Dataset:
-    """The rows of ``ds`` where ``keep(batch)`` (a boolean Arrow array) is true."""
-    return ds.map_batches(lambda t: t.filter(keep(t)), batch_format="pyarrow")
 
 
 def _more_than_one(t: pa.Table) -> Any:
@@ -251,167 +220,6 @@ def _enrich(
     return table.set_column(table.column_names.index("flags"), "flags", pa.array(tags, pa.string()))
 
 
-# ----------------------------------------------------------------------------- summaries
-
-
-def _first_pass(cfg: QualityConfig) -> Callable[[pa.Table], agg.Partial]:
-    names = list(dict.fromkeys([*SUMMARY_METRICS, *(c.metric for r in cfg.flags.values() for c in r.all_conditions())]))
-
-    def fn(t: pa.Table) -> agg.Partial:
-        return agg.first_pass(
-            _metric_columns(t, names),
-            t.column("id").to_pylist(),
-            t.column("status").to_pylist(),
-            list(SUMMARY_METRICS),
-            cfg.flags,
-            cfg.report.worst_per_flag,
-        )
-
-    return fn
-
-
-def _second_pass(ranges: dict[str, tuple[float, float]]) -> Callable[[pa.Table], agg.Partial]:
-    def fn(t: pa.Table) -> agg.Partial:
-        return agg.second_pass(_metric_columns(t, list(ranges)), ranges)
-
-    return fn
-
-
-def _run_partial(ds: ray.data.Dataset, name: str, fn: Callable[[pa.Table], agg.Partial], k: int) -> agg.Partial:
-    result = ds.aggregate(PartialAggregate(name, fn, k))
-    return agg.Partial.from_bytes(result[name])
-
-
-def _group_rows(group: pa.Table) -> pa.Table:
-    ids = sorted(str(i) for i in group.column("id").to_pylist() if i is not None)
-    shas = pc.count_distinct(group.column("sha256")).as_py()
-    return pa.table(
-        {
-            "label": pa.array([group.column("duplicate_group")[0].as_py()], pa.int64()),
-            "size": pa.array([group.num_rows], pa.int64()),
-            "first": pa.array([ids[0] if ids else ""], pa.string()),
-            "ids": pa.array([ids[:GROUP_IDS]], pa.list_(pa.string())),
-            "exact": pa.array([shas == 1], pa.bool_()),
-        }
-    )
-
-
-def duplicate_groups(ds: ray.data.Dataset, limit: int) -> dict[str, Any]:
-    """``report.duplicate_groups``'s result: groups largest first (ties by first id), ``limit`` listed."""
-    groups = (
-        _where(
-            ds.select_columns(["id", "sha256", "duplicate_group"]),
-            lambda t: pc.greater_equal(t.column("duplicate_group"), 0),
-        )
-        .groupby("duplicate_group", num_partitions=_partitions())
-        .map_groups(_group_rows, batch_format="pyarrow")
-    )
-    count = images = 0
-    heap: list[tuple[int, _Desc, int, list[str], bool]] = []  # the `limit` largest, smallest on top
-
-    def rows() -> Iterator[dict[str, Any]]:
-        for batch in groups.iter_batches(batch_format="pyarrow", batch_size=4096):
-            yield from cast(pa.Table, batch).to_pylist()
-
-    for r in rows():
-        count += 1
-        images += int(r["size"])
-        # heap order: smaller size first, then larger first-id first (those drop out first)
-        item = (int(r["size"]), _Desc(r["first"]), int(r["label"]), r["ids"], bool(r["exact"]))
-        if limit <= 0:
-            continue
-        if len(heap) < limit:
-            heapq.heappush(heap, item)
-        elif item[:2] > heap[0][:2]:
-            heapq.heapreplace(heap, item)
-    listed = sorted(heap, key=lambda g: (-g[0], g[1].value))
-    return {
-        "count": count,
-        "images": images,
-        "groups": [{"size": s, "kind": "exact" if e else "near", "ids": list(ids)} for s, _, _, ids, e in listed],
-    }
-
-
-class _Desc:
-    """Reverses string order inside a heap tuple."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __lt__(self, other: _Desc) -> bool:
-        return self.value > other.value
-
-    def __gt__(self, other: _Desc) -> bool:
-        return self.value < other.value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Desc) and self.value == other.value
-
-    def __hash__(self) -> int:
-        return hash(self.value)
-
-
-def id_changes(
-    ds: ray.data.Dataset, previous_flags: str | None, out_fs: Any, examples: int = 10
-) -> dict[str, Any] | None:
-    """Ids added and removed since the run whose ``flags.parquet`` is ``previous_flags``:
-    counts and the first ``examples`` of each (a distributed anti-join; no id list in the driver)."""
-    if previous_flags is None:
-        return None
-
-    def side(value: int) -> Callable[[pa.Table], pa.Table]:
-        def fn(t: pa.Table) -> pa.Table:
-            t = t.select(["id"]).filter(pc.is_valid(t.column("id")))
-            return t.append_column("side", pa.array(np.full(t.num_rows, value, dtype=np.int8)))
-
-        return fn
-
-    now = ds.select_columns(["id"]).map_batches(side(1), batch_format="pyarrow")
-    before = (
-        ray.data.read_parquet(previous_flags, filesystem=out_fs)
-        .select_columns(["id"])
-        .map_batches(side(2), batch_format="pyarrow")
-    )
-    sides = (
-        now.union(before)
-        .groupby("id", num_partitions=_partitions())
-        .aggregate(Min("side", alias_name="lo"), Max("side", alias_name="hi"))
-    )
-
-    def only(t: pa.Table) -> pa.Table:
-        lo, hi = t.column("lo").to_numpy(), t.column("hi").to_numpy()
-        out = []
-        for s, name in ((1, "added"), (2, "removed")):
-            ids = t.column("id").filter(pa.array((lo == s) & (hi == s)))
-            first = pc.array_sort_indices(ids)[:examples]
-            out.append(
-                pa.table(
-                    {
-                        "kind": pa.array([name] * (len(first) or 1)),
-                        "n": pa.array([len(ids)] + [0] * (max(len(first), 1) - 1), pa.int64()),
-                        "id": pa.array([ids[int(i)].as_py() for i in first.to_pylist()] or [None], pa.string()),
-                    }
-                )
-            )
-        return pa.concat_tables(out)
-
-    counts = {"added": 0, "removed": 0}
-    firsts: dict[str, list[str]] = {"added": [], "removed": []}
-    for batch in sides.map_batches(only, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
-        for r in cast(pa.Table, batch).to_pylist():
-            counts[r["kind"]] += int(r["n"])
-            if r["id"] is not None:
-                firsts[r["kind"]] = heapq.nsmallest(examples, [*firsts[r["kind"]], r["id"]])
-    return {
-        "ids_added": counts["added"],
-        "ids_removed": counts["removed"],
-        "examples_added": firsts["added"],
-        "examples_removed": firsts["removed"],
-    }
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -488,7 +296,27 @@ def aggregate_run(
     first = _run_partial(enriched, "quality_first_pass", _first_pass(cfg), k)
     ranges = {m: (first.lo[m], first.hi[m]) for m in SUMMARY_METRICS if first.count.get(m, 0) > 0}
     second = _run_partial(enriched, "quality_second_pass", _second_pass(ranges), k)
+    quantiles, histograms = _quantiles_and_histograms(first, second, ranges)
+    n = first.rows
+    summary: dict[str, Any] = {
+        "run_date": run_date,
+        "rows": n,
+        "ok": first.ok,
+        "errors": n - first.ok,
+        "quantiles": quantiles,
+        "flags": _flag_counts(cfg, first),
+        "duplicate_groups": duplicate_groups(enriched, cfg.report.max_duplicate_groups),
+    }
+    worst = _worst_rows(cfg, first, out_fs, data_dir)
+    diff = id_changes(enriched, previous_flags, out_fs)
+    log.info("aggregated %d rows on the cluster: %d duplicate groups", n, summary["duplicate_groups"]["count"])
+    return RunAggregate(summary=summary, histograms=histograms, worst=worst, id_diff=diff)
 
+
+def _quantiles_and_histograms(
+    first: agg.Partial, second: agg.Partial, ranges: dict[str, tuple[float, float]]
+) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray, bool]]]:
+    """The summary's quantiles (with mean, min, max, count) and the report's histograms per metric."""
     quantiles: dict[str, dict[str, float]] = {}
     histograms: dict[str, tuple[np.ndarray, np.ndarray, bool]] = {}
     for m, (lo, hi) in ranges.items():
@@ -498,6 +326,11 @@ def aggregate_run(
         quantiles[m].update(mean=first.total[m] / n, min=lo, max=hi, count=n)
         edges, log_scale = agg.plot_edges(m, lo, hi)
         histograms[m] = (edges, second.plot[m], log_scale)
+    return quantiles, histograms
+
+
+def _flag_counts(cfg: QualityConfig, first: agg.Partial) -> dict[str, dict[str, Any]]:
+    """Each enabled flag's count, share of the run's rows, rule and allowed share."""
     n = first.rows
     flags = {}
     for name, rule in cfg.flags.items():
@@ -510,15 +343,11 @@ def aggregate_run(
             "rule": rule.describe(),
             "max_share": rule.max_share,
         }
-    summary: dict[str, Any] = {
-        "run_date": run_date,
-        "rows": n,
-        "ok": first.ok,
-        "errors": n - first.ok,
-        "quantiles": quantiles,
-        "flags": flags,
-        "duplicate_groups": duplicate_groups(enriched, cfg.report.max_duplicate_groups),
-    }
+    return flags
+
+
+def _worst_rows(cfg: QualityConfig, first: agg.Partial, out_fs: Any, data_dir: str) -> dict[str, list[dict[str, Any]]]:
+    """The worst rows per flag with their thumbnails and errors, read for those rows only."""
     thumbs = _thumbnails(out_fs, data_dir, {i for rows in first.top.values() for _, i, _ in rows})
     worst: dict[str, list[dict[str, Any]]] = {}
     for name in cfg.flags:
@@ -533,9 +362,7 @@ def aggregate_run(
                 }
                 for _, i, v in rows
             ]
-    diff = id_changes(enriched, previous_flags, out_fs)
-    log.info("aggregated %d rows on the cluster: %d duplicate groups", n, summary["duplicate_groups"]["count"])
-    return RunAggregate(summary=summary, histograms=histograms, worst=worst, id_diff=diff)
+    return worst
 
 
 __all__ = ["FLAG_COLUMNS", "RunAggregate", "aggregate_run", "duplicate_groups", "duplicate_index"]

@@ -1,31 +1,41 @@
-"""The per-batch quality step, flag rules, duplicate groups, and restoring only flagged rows.
+"""The per-batch quality step, its columns and flag rules.
 
 ``QualityScorer`` is what the quality job maps over the dataset (``map_batches`` with an actor
 pool) and what tests and benchmarks call in-process: a batch of rows in (``dict[str,
 np.ndarray]``, Ray Data's numpy format), one row of no-reference metrics out for every row in.
 A row that cannot be decoded gets ``status = "error"``, ``decode_error = 1`` and a message; the
 others go on. Nothing here imports ray.
+
+The run-wide helpers live in :mod:`restore_core.duplicates` (duplicate columns),
+:mod:`restore_core.run_columns` (odd size, aspect ratio and blur against the run) and
+:mod:`restore_core.only_flagged` (restoring only flagged rows); they are re-exported here under
+their old names.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
-import posixpath
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from restore_core import codec, masks, metrics
 from restore_core.codec import cell_bytes as _cell_bytes  # the restore step's cell rules
 from restore_core.config import FlagRule, QualityConfig
-from restore_core.errors import ConfigError, ImageDecodeError, UserError
-from restore_core.io import datasets
+from restore_core.duplicates import duplicate_columns as duplicate_columns
+from restore_core.duplicates import near_duplicate_groups as near_duplicate_groups
+from restore_core.errors import ConfigError, ImageDecodeError
+from restore_core.only_flagged import read_flagged_ids as read_flagged_ids
+from restore_core.only_flagged import restore_only_flagged as restore_only_flagged
+from restore_core.run_columns import blur_columns as blur_columns
+from restore_core.run_columns import blur_deviation as blur_deviation
+from restore_core.run_columns import blur_stats as blur_stats
+from restore_core.run_columns import robust_deviation as robust_deviation
+from restore_core.run_columns import shape_columns as shape_columns
 
 #: Numeric per-image columns (float64; NaN where not applicable, e.g. after a decode error).
 NUMERIC_COLUMNS = (
@@ -301,254 +311,6 @@ def _objects(values: list[Any]) -> np.ndarray:
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
     return arr
-
-
-# ----------------------------------------------------------------------------- duplicates
-
-
-def near_duplicate_groups(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndarray:
-    """Group labels (int64, (n,)) joining hashes within ``max_distance`` bits of one another.
-
-    Transitive (single-link) groups; label = the smallest index in the group. Scales past
-    pairwise comparison by the pigeonhole rule: two 64-bit hashes within ``d`` bits agree exactly
-    on at least one of ``d + 1`` disjoint bit bands, so only hashes sharing a band value are
-    compared. Equal hashes are merged first, so a run of identical (e.g. flat) images costs one
-    comparison, not n². Vectorised: the pairs inside the buckets are compared a distance in the
-    sorted order at a time, and the links joined by ``scipy.sparse.csgraph.connected_components``.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    h = np.asarray(hashes, dtype=np.uint64)
-    n = h.size
-    if n == 0:
-        return np.arange(0, dtype=np.int64)
-    uniq, inverse = np.unique(h, return_inverse=True)
-    inverse = inverse.ravel()
-    src, dst = [np.arange(0, dtype=np.int64)], [np.arange(0, dtype=np.int64)]
-    if max_distance > 0 and uniq.size > 1:
-        bands = min(max_distance + 1, 64)
-        edges = np.linspace(0, 64, bands + 1).astype(int)
-        for lo, hi in itertools.pairwise(edges.tolist()):
-            key = (uniq >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-            order = np.argsort(key, kind="stable")
-            sk = key[order]
-            del key
-            cand = np.flatnonzero(sk[1:] == sk[:-1])  # not the last of its bucket: the few in shared buckets
-            if cand.size == 0:
-                continue
-            left = np.searchsorted(sk, sk[cand], side="right") - cand - 1  # members after it in its bucket
-            del sk
-            for step in range(1, int(left.max()) + 1):
-                a = cand[left >= step]
-                close = np.bitwise_count(uniq[order[a]] ^ uniq[order[a + step]]) <= max_distance
-                src.append(order[a[close]])
-                dst.append(order[a[close] + step])
-    s, d = np.concatenate(src), np.concatenate(dst)
-    graph = coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(uniq.size, uniq.size))
-    _, comp = connected_components(graph, directed=False)
-    comp = comp[inverse]  # each hash's component, per input position
-    smallest = np.full(int(comp.max()) + 1, n, dtype=np.int64)
-    np.minimum.at(smallest, comp, np.arange(n, dtype=np.int64))
-    return smallest[comp]
-
-
-def duplicate_columns(
-    sha256: Sequence[str | None], dhash_hex: Sequence[str | None], max_distance: int, min_bits: int = 0
-) -> dict[str, np.ndarray]:
-    """Duplicate columns over a whole run.
-
-    Near duplicates are looked for among informative hashes only (``min_bits`` ones and zeros at
-    least, :func:`restore_core.metrics.hash_is_informative`): flat images, smooth skies and small
-    objects on plain backgrounds all hash alike without being copies of one another. Exact
-    duplicates (the same pixels) are found among every row.
-
-    Returns ``exact_duplicates`` (float64: how many *other* rows have the same pixels),
-    ``near_duplicates`` (float64: how many other rows are perceptually close, exact copies of
-    this row not counted) and ``duplicate_group`` (int64: the near-duplicate group label, -1 for
-    rows in no group or without a hash).
-    """
-    n = len(sha256)
-    valid = np.array([s is not None and d is not None for s, d in zip(sha256, dhash_hex, strict=True)], dtype=bool)
-    exact = np.zeros(n, dtype=np.float64)
-    near = np.zeros(n, dtype=np.float64)
-    group = np.full(n, -1, dtype=np.int64)
-    idx = np.flatnonzero(valid)
-    if idx.size == 0:
-        return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
-    shas = np.array([str(sha256[int(i)]) for i in idx])
-    _, sha_inv, sha_counts = np.unique(shas, return_inverse=True, return_counts=True)
-    exact[idx] = sha_counts[sha_inv] - 1
-    values = [int(str(dhash_hex[int(i)]), 16) for i in idx]
-    informative = np.array([metrics.hash_is_informative(v, min_bits) for v in values], dtype=bool)
-    # An uninformative hash is grouped with its exact copies only: its own pixel hash stands in.
-    keys = [v if ok else f"sha:{shas[j]}" for j, (v, ok) in enumerate(zip(values, informative, strict=True))]
-    hashes = np.array([v if ok else 0 for v, ok in zip(values, informative, strict=True)], dtype=np.uint64)
-    labels = np.arange(idx.size, dtype=np.int64)
-    near_idx = np.flatnonzero(informative)
-    if near_idx.size:
-        labels[near_idx] = near_idx[near_duplicate_groups(hashes[near_idx], max_distance)]
-    first_by_key: dict[Any, int] = {}
-    for j in np.flatnonzero(~informative):
-        labels[j] = first_by_key.setdefault(keys[j], int(j))
-    _, lab_inv, lab_counts = np.unique(labels, return_inverse=True, return_counts=True)
-    near[idx] = lab_counts[lab_inv] - 1 - exact[idx]
-    in_group = lab_counts[lab_inv] > 1
-    group[idx[in_group]] = idx[labels[in_group]]
-    return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
-
-
-def robust_deviation(values: np.ndarray, floor: float) -> np.ndarray:
-    """|x - median| / max(1.4826 * MAD, floor) of finite ``values`` (NaN stays NaN).
-
-    A robust z-score: the median and the median absolute deviation ignore the outliers they are
-    meant to find. ``floor`` keeps a dataset whose values are all alike (every image 128x128)
-    from calling the smallest difference odd.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(v)
-    out = np.full(v.shape, np.nan)
-    if not ok.any():
-        return out
-    med = float(np.median(v[ok]))
-    mad = float(np.median(np.abs(v[ok] - med)))
-    out[ok] = np.abs(v[ok] - med) / max(1.4826 * mad, floor)
-    return out
-
-
-def shape_columns(width: np.ndarray, height: np.ndarray, floor: float) -> dict[str, np.ndarray]:
-    """Odd size and odd aspect ratio of each image against the run's own distribution.
-
-    In log units, an image's width and height deviate from the run's typical ones by ``dw`` and
-    ``dh``. Its aspect-ratio deviation is ``dw - dh`` (a 128x48 crop among squares); its size
-    deviation is the part both sides share (both smaller, or both larger: a 32x32 thumbnail), so
-    a change of shape alone is not also called a change of size. Both are robust z-scores
-    (:func:`robust_deviation`, ``floor`` in log units). Returns ``size_deviation`` and
-    ``aspect_deviation``, float64 (n,), NaN for unreadable rows.
-    """
-    w = np.asarray(width, dtype=np.float64)
-    h = np.asarray(height, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lw = np.where(w > 0, np.log(w), np.nan)
-        lh = np.where(h > 0, np.log(h), np.nan)
-    ok = np.isfinite(lw) & np.isfinite(lh)
-    dw = lw - (np.median(lw[ok]) if ok.any() else np.nan)
-    dh = lh - (np.median(lh[ok]) if ok.any() else np.nan)
-    common = np.where(np.sign(dw) == np.sign(dh), np.sign(dw) * np.minimum(np.abs(dw), np.abs(dh)), 0.0)
-    common[~ok] = np.nan
-    return {"size_deviation": robust_deviation(common, floor), "aspect_deviation": robust_deviation(lw - lh, floor)}
-
-
-def blur_stats(blur_width: np.ndarray, floor: float) -> tuple[float, float]:
-    """The run's typical blur and its spread: median and ``max(1.4826 * MAD, floor)`` of
-    ``log(blur_width)`` over the images that have one (NaN median when none does)."""
-    v = np.asarray(blur_width, dtype=np.float64)
-    v = np.log(v[np.isfinite(v) & (v > 0)])
-    if v.size == 0:
-        return float("nan"), max(floor, 1e-12)
-    med = float(np.median(v))
-    return med, max(1.4826 * float(np.median(np.abs(v - med))), floor, 1e-12)
-
-
-def blur_deviation(blur_width: np.ndarray, center: float, scale: float) -> np.ndarray:
-    """Signed robust z-score ``(log(blur_width) - center) / scale`` (:func:`blur_stats`); NaN
-    where ``blur_width`` is NaN or not positive. Positive: blurrier than the run's typical image."""
-    v = np.asarray(blur_width, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lv = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)
-    return (lv - center) / scale
-
-
-def blur_columns(blur_width: np.ndarray, floor: float) -> dict[str, np.ndarray]:
-    """Blur of each image against the run's own: ``blur_deviation``, float64 (n,).
-
-    A photo set that is soft by nature (fundus photos, a shallow depth of field, scans) has wide
-    edges throughout; an image is blurred *for this dataset* when its edges are much wider than
-    the run's typical ones. The built-in ``blurry`` rule needs both this and the absolute
-    ``blur_width`` condition. Like the odd size, it assumes most images of a run are fine.
-    """
-    center, scale = blur_stats(blur_width, floor)
-    return {"blur_deviation": blur_deviation(blur_width, center, scale)}
-
-
-# ----------------------------------------------------------------------------- only flagged
-
-
-def read_flagged_ids(
-    run_folder: str, flags: Collection[str] = ("dead_pixels",), storage_options: dict[str, Any] | None = None
-) -> frozenset[str]:
-    """Ids of the images a quality run flagged with any of ``flags`` (for ``restore.only_flagged``).
-
-    ``run_folder`` is one run, ``<quality output>/run=<date>``; its ``flags.parquet`` (written
-    by the quality job, duplicate flags included) is read. A UserError when it is missing.
-    """
-    fs, root = datasets.filesystem(run_folder, storage_options)
-    path = posixpath.join(root, "flags.parquet")
-    if not fs.exists(path):
-        raise UserError(
-            f"{run_folder} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
-            "<quality output>/run=<date> folder"
-        )
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=["id", "flags"])
-    wanted = set(flags)
-    ids = table.column("id").to_pylist()
-    tags = table.column("flags").to_pylist()
-    return frozenset(str(i) for i, t in zip(ids, tags, strict=True) if t and wanted & set(t.split(",")))
-
-
-def restore_only_flagged(
-    restore: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-    batch: dict[str, np.ndarray],
-    flagged_ids: Collection[str],
-    id_column: str,
-    image_column: str,
-    output_columns: Sequence[str],
-) -> dict[str, np.ndarray]:
-    """Run ``restore`` on the flagged rows of ``batch``; pass the other rows through untouched.
-
-    Passed-through rows keep their image bytes as they came (no decode, no re-encode), get
-    ``status = "ok"``, ``method = "skipped"``, NaN metrics, 0 sizes and their own byte counts in
-    ``bytes_in``/``bytes_out``. Row order is kept.
-    ``output_columns`` are the restore step's own columns (pipeline.OUTPUT_COLUMNS).
-    """
-    ids = batch[id_column]
-    n = len(ids)
-    hit = np.array([str(i) in flagged_ids for i in ids], dtype=bool)
-    if hit.all():
-        return restore(batch)
-    restored = restore({k: np.asarray(v)[hit] for k, v in batch.items()}) if hit.any() else {}
-    images = batch.get(image_column)
-    out: dict[str, np.ndarray] = {}
-    for name in dict.fromkeys([*output_columns, *restored, *(k for k in batch if k != image_column)]):
-        # the passed-through value first, by name, so every batch has the same column types
-        col: np.ndarray
-        if name == "id":
-            col = _objects([str(i) for i in ids])
-        elif name == "image":
-            col = _objects([_cell_bytes(images[i]) if images is not None else None for i in range(n)])
-        elif name == "status":
-            col = _objects(["ok"] * n)
-        elif name == "method":
-            col = _objects(["skipped"] * n)
-        elif name in batch and name != image_column:
-            col = np.asarray(batch[name]).copy()  # an input column the restore step passes through
-        elif name in ("width", "height", "channels"):
-            col = np.zeros(n, dtype=np.int64)
-        elif name in ("bytes_in", "bytes_out"):  # passed through: the same bytes in and out
-            cells = [_cell_bytes(images[i]) if images is not None else None for i in range(n)]
-            col = np.asarray([len(c) if c else 0 for c in cells], dtype=np.int64)
-        elif name.startswith(("psnr", "ssim", "dead_fraction")) or name == "seconds":
-            col = np.full(n, np.nan, dtype=np.float64)
-        else:
-            col = _objects([None] * n)
-        if name in restored:
-            part = np.asarray(restored[name])
-            if col.dtype != object and part.dtype == object:
-                col = col.astype(object)
-            col[hit] = part
-        out[name] = col
-    return out
 
 
 def table_from_columns(columns: Mapping[str, np.ndarray]) -> pa.Table:

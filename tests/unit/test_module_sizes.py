@@ -30,10 +30,6 @@ BEING_RESTRUCTURED = (
     "restore_core/refiner.py",
     "restore_core/fill.py",
     "jobs/train_inpaint.py",
-    "restore_core/quality.py",
-    "restore_core/aggregate.py",
-    "jobs/quality.py",
-    "jobs/quality_aggregate.py",
     "jobs/quality_incremental.py",
 )
 

@@ -1,0 +1,100 @@
+"""Restoring only the rows a quality run flagged (``restore.only_flagged``).
+
+Re-exported by :mod:`restore_core.quality`. Nothing here imports ray.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from restore_core.codec import cell_bytes as _cell_bytes  # the restore step's cell rules
+from restore_core.errors import UserError
+from restore_core.io import datasets
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def read_flagged_ids(
+    run_folder: str, flags: Collection[str] = ("dead_pixels",), storage_options: dict[str, Any] | None = None
+) -> frozenset[str]:
+    """Ids of the images a quality run flagged with any of ``flags`` (for ``restore.only_flagged``).
+
+    ``run_folder`` is one run, ``<quality output>/run=<date>``; its ``flags.parquet`` (written
+    by the quality job, duplicate flags included) is read. A UserError when it is missing.
+    """
+    fs, root = datasets.filesystem(run_folder, storage_options)
+    path = posixpath.join(root, "flags.parquet")
+    if not fs.exists(path):
+        raise UserError(
+            f"{run_folder} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
+            "<quality output>/run=<date> folder"
+        )
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=["id", "flags"])
+    wanted = set(flags)
+    ids = table.column("id").to_pylist()
+    tags = table.column("flags").to_pylist()
+    return frozenset(str(i) for i, t in zip(ids, tags, strict=True) if t and wanted & set(t.split(",")))
+
+
+def restore_only_flagged(
+    restore: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    batch: dict[str, np.ndarray],
+    flagged_ids: Collection[str],
+    id_column: str,
+    image_column: str,
+    output_columns: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """Run ``restore`` on the flagged rows of ``batch``; pass the other rows through untouched.
+
+    Passed-through rows keep their image bytes as they came (no decode, no re-encode), get
+    ``status = "ok"``, ``method = "skipped"``, NaN metrics, 0 sizes and their own byte counts in
+    ``bytes_in``/``bytes_out``. Row order is kept.
+    ``output_columns`` are the restore step's own columns (pipeline.OUTPUT_COLUMNS).
+    """
+    ids = batch[id_column]
+    n = len(ids)
+    hit = np.array([str(i) in flagged_ids for i in ids], dtype=bool)
+    if hit.all():
+        return restore(batch)
+    restored = restore({k: np.asarray(v)[hit] for k, v in batch.items()}) if hit.any() else {}
+    images = batch.get(image_column)
+    out: dict[str, np.ndarray] = {}
+    for name in dict.fromkeys([*output_columns, *restored, *(k for k in batch if k != image_column)]):
+        # the passed-through value first, by name, so every batch has the same column types
+        col: np.ndarray
+        if name == "id":
+            col = _objects([str(i) for i in ids])
+        elif name == "image":
+            col = _objects([_cell_bytes(images[i]) if images is not None else None for i in range(n)])
+        elif name == "status":
+            col = _objects(["ok"] * n)
+        elif name == "method":
+            col = _objects(["skipped"] * n)
+        elif name in batch and name != image_column:
+            col = np.asarray(batch[name]).copy()  # an input column the restore step passes through
+        elif name in ("width", "height", "channels"):
+            col = np.zeros(n, dtype=np.int64)
+        elif name in ("bytes_in", "bytes_out"):  # passed through: the same bytes in and out
+            cells = [_cell_bytes(images[i]) if images is not None else None for i in range(n)]
+            col = np.asarray([len(c) if c else 0 for c in cells], dtype=np.int64)
+        elif name.startswith(("psnr", "ssim", "dead_fraction")) or name == "seconds":
+            col = np.full(n, np.nan, dtype=np.float64)
+        else:
+            col = _objects([None] * n)
+        if name in restored:
+            part = np.asarray(restored[name])
+            if col.dtype != object and part.dtype == object:
+                col = col.astype(object)
+            col[hit] = part
+        out[name] = col
+    return out
