@@ -15,13 +15,14 @@ refiner and for the cheap fill it starts from) and reports a checkpoint to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import posixpath
 import time
-import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,9 @@ import numpy as np
 from jobs import training
 from jobs.common import Summary, format_table
 from jobs.config_train_inpaint import TrainInpaintConfig
-from restore_core import codec, masks
-from restore_core.codec import cell_bytes
+from jobs.train_inpaint_data import make_crops, random_crops, to_samples  # noqa: F401 (the job's names)
 from restore_core.config import check_ranges, from_dict, to_dict
-from restore_core.errors import ImageDecodeError, UserError
+from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.io.artifacts import load_bases
 from restore_core.io.refiners import build_from_artifact, load_refiner, refiner_artifact, save_refiner
@@ -41,74 +41,6 @@ from restore_core.refiner import RefinerSpec, build_refiner
 CONFIG = TrainInpaintConfig
 log = logging.getLogger("jobs.train_inpaint")
 JOB = "train-inpaint"
-
-
-# ----------------------------------------------------------------------------- data (Ray Data side)
-
-
-def to_samples(img: np.ndarray, channels: int) -> list[np.ndarray]:
-    """float32 (H, W[, C]) image -> training images of ``channels`` planes each, (channels, H, W):
-    a gray refiner learns from every plane of a colour image (as it restores them: one by one),
-    an RGB one from the colour (gray images repeated to RGB, alpha dropped)."""
-    planes = img[None] if img.ndim == 2 else np.moveaxis(img, 2, 0)  # (C, H, W)
-    planes = np.ascontiguousarray(planes, np.float32)
-    if channels == 1:
-        return [planes[i : i + 1] for i in range(min(planes.shape[0], 3))]
-    return [planes[:3] if planes.shape[0] >= 3 else np.repeat(planes[:1], 3, axis=0)]
-
-
-def random_crops(
-    planes: np.ndarray, observed: np.ndarray, patch: int, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random ``patch`` x ``patch`` crops of (C, H, W) ``planes`` and their (H, W)
-    ``observed`` mask; an image smaller than the patch is zero-padded, the padding unobserved."""
-    h, w = planes.shape[1:]
-    ph, pw = max(0, patch - h), max(0, patch - w)
-    if ph or pw:
-        planes = np.pad(planes, ((0, 0), (0, ph), (0, pw)))
-        observed = np.pad(observed, ((0, ph), (0, pw)))
-    h, w = observed.shape
-    ys = rng.integers(0, h - patch + 1, n)
-    xs = rng.integers(0, w - patch + 1, n)
-    images = np.stack([planes[:, y : y + patch, x : x + patch] for y, x in zip(ys, xs, strict=True)])
-    obs = np.stack([observed[None, y : y + patch, x : x + patch] for y, x in zip(ys, xs, strict=True)])
-    return images.astype(np.float32), obs.astype(np.uint8)  # (n, C, P, P), (n, 1, P, P)
-
-
-def make_crops(batch: dict[str, np.ndarray], cfg: TrainInpaintConfig, channels: int, val: bool) -> dict[str, Any]:
-    """Ray Data stage: encoded images in, crops out (``image`` (n, C, P, P) float32 in [0, 1],
-    ``observed`` (n, 1, P, P) uint8, 1 = observed). Each image's crops come from a generator
-    seeded by (``train.seed``, the image id): the same data gives the same crops on every run.
-    Undecodable images and images with no observed pixel give no crop."""
-    c, t = cfg.input, cfg.train
-    p = t.patch_size
-    images: list[np.ndarray] = []
-    observed: list[np.ndarray] = []
-    masks_col = batch.get(c.mask_column)
-    for i, (image_id, cell) in enumerate(zip(batch[c.id_column], batch[c.image_column], strict=True)):
-        if training.is_validation_id(str(image_id), t.val_fraction) != val:
-            continue
-        try:
-            img, _ = codec.decode(cell_bytes(cell), cfg.decode.max_pixels)
-            raw_mask = cell_bytes(masks_col[i]) if masks_col is not None else None
-            if raw_mask:
-                dead = masks.mask_from_png(codec.decode(raw_mask, cfg.decode.max_pixels)[0], img.shape[:2])
-            else:
-                m = cfg.masks
-                dead = masks.detect(img, m.rule, m.saturated_level, m.ignore_zero_regions_larger_than)
-        except ImageDecodeError as exc:  # one bad image must not stop training
-            log.warning("skipping %s: %s", image_id, exc)
-            continue
-        if dead.all():
-            continue
-        rng = np.random.default_rng([t.seed, zlib.crc32(str(image_id).encode())])
-        for planes in to_samples(img, channels):
-            x, o = random_crops(planes, ~dead, p, t.crops_per_image, rng)
-            images.append(x)
-            observed.append(o)
-    if not images:
-        return {"image": np.empty((0, channels, p, p), np.float32), "observed": np.empty((0, 1, p, p), np.uint8)}
-    return {"image": np.concatenate(images), "observed": np.concatenate(observed)}
 
 
 # ----------------------------------------------------------------------------- training (worker side)
@@ -120,19 +52,11 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
-
-    from restore_core import refiner as rf
-    from restore_core.fill import harmonic_fill
 
     cfg = from_dict(TrainInpaintConfig, config["cfg"])
     t = cfg.train
     spec = RefinerSpec(**config["spec"])
-    bases = config["bases"]
-    if isinstance(bases, ray.ObjectRef):
-        bases = ray.get(bases)
-    if bases is not None:
-        bases = dataclasses.replace(bases, H=np.array(bases.H))  # objects from the store are read-only
+    bases = _worker_bases(config["bases"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(t.seed)  # same initial weights on every worker (DDP also broadcasts them)
@@ -159,12 +83,6 @@ def train_loop(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
-    def all_sum(values: list[float]) -> list[float]:
-        x = torch.tensor(values, dtype=torch.float64, device=device)
-        if world > 1 and dist.is_initialized():
-            dist.all_reduce(x)
-        return x.tolist()
-
     def to_batch(batch: dict[str, Any]) -> tuple[Any, Any]:
         return batch["image"].to(device).float(), batch["observed"].to(device) > 0
 
@@ -172,68 +90,29 @@ def train_loop(config: dict[str, Any]) -> None:
     # does), a function of the epoch and step only, so a resumed run follows the same schedule.
     steps_per_epoch = max(1, math.ceil(config["train_crops"] / world / t.batch_size))
 
-    def set_lr(epoch: int, step: int) -> None:
-        share = min(1.0, ((epoch - 1) + step / steps_per_epoch) / t.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = t.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * share)))
-
     for epoch in range(start + 1, t.epochs + 1):
         t0 = time.perf_counter()
         # Hidden pixels differ every epoch, on every worker, and again after a resume.
         gen = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + epoch * 1009 + rank)
         model.train()
-        loss_sum, n_train = 0.0, 0
         batches = train_shard.iter_torch_batches(
             batch_size=t.batch_size, local_shuffle_buffer_size=max(4 * t.batch_size, 256)
         )
-        for step, batch in enumerate(batches):
-            set_lr(epoch, step)
-            images, observed = to_batch(batch)
-            loss = rf.training_loss(model, images, observed, gen, bases=bases)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            ema_steps += 1
-            with torch.no_grad():
-                decay = min(t.ema_decay, (1.0 + ema_steps) / (10.0 + ema_steps))
-                for pa, pm in zip(averaged.parameters(), base.parameters(), strict=True):
-                    pa.lerp_(pm, 1.0 - decay)
-            loss_sum += float(loss.detach()) * images.shape[0]
-            n_train += int(images.shape[0])
+        set_lr = functools.partial(_set_lr, optimizer, t.lr, t.epochs, steps_per_epoch, epoch)
+        loss_sum, n_train, ema_steps = _train_epoch(
+            model, base, averaged, optimizer, batches, gen, bases, t.ema_decay, ema_steps, set_lr, to_batch
+        )
         train_seconds = time.perf_counter() - t0
         # Validation: the same hidden pixels every epoch (a fixed generator), refiner vs the fill.
         sse_model, sse_fill, n_hidden = 0.0, 0.0, 0.0
         if val_shard is not None:
             val_gen = torch.Generator(device=device).manual_seed(t.seed + 7 + rank)
-            with torch.no_grad():
-                for batch in val_shard.iter_torch_batches(batch_size=t.batch_size):
-                    images, observed = to_batch(batch)
-                    hide = rf.random_training_mask(observed.shape, val_gen, device) & observed
-                    dead = ~observed | hide
-                    weight = hide.expand_as(images).float()
-                    pred = rf.refine(averaged, images, dead, bases=bases, calibrate=False)  # the net itself
-                    fill = harmonic_fill(images, dead, iters=spec.fill_iters, order=spec.fill_order)
-                    sse_model += float((((pred - images) ** 2) * weight).sum())
-                    sse_fill += float((((fill - images) ** 2) * weight).sum())
-                    n_hidden += float(weight.sum())
-        sums = all_sum([loss_sum, float(n_train), sse_model, sse_fill, n_hidden])
-        metrics = {
-            "epoch": epoch,
-            "train_loss": sums[0] / max(sums[1], 1.0),
-            "train_crops": sums[1],
-            "val_psnr_hidden": _psnr(sums[2], sums[4]),
-            "val_psnr_hidden_fill": _psnr(sums[3], sums[4]),
-            "val_hidden_pixels": sums[4],
-            "epoch_seconds": time.perf_counter() - t0,
-            "train_seconds": train_seconds,
-        }
+            val_batches = val_shard.iter_torch_batches(batch_size=t.batch_size)
+            sse_model, sse_fill, n_hidden = _validate(averaged, spec, val_batches, val_gen, bases, device, to_batch)
+        sums = _all_sum([loss_sum, float(n_train), sse_model, sse_fill, n_hidden], device, world)
+        metrics = _epoch_metrics(epoch, sums, time.perf_counter() - t0, train_seconds)
         history.append(metrics)
-        line = (
-            f"[{JOB}] epoch {epoch}/{t.epochs}  train loss {metrics['train_loss']:.6f}  "
-            f"val hidden-pixel PSNR {metrics['val_psnr_hidden']:.2f} dB "
-            f"(its fill alone {metrics['val_psnr_hidden_fill']:.2f})  {int(sums[1])} crops  "
-            f"{metrics['epoch_seconds']:.1f} s"
-        )
+        line = _epoch_line(metrics, t.epochs)
 
         def write_model(folder: str, epoch: int = epoch) -> None:
             meta = {**config["meta"], "training": {**config["meta"]["training"], "epoch": epoch}}
@@ -241,6 +120,128 @@ def train_loop(config: dict[str, Any]) -> None:
 
         raw = {"raw_weights": {k: v.detach().cpu() for k, v in base.state_dict().items()}, "ema_steps": ema_steps}
         training.report_epoch(config, line, metrics, write_model, optimizer, None, history, raw)
+
+
+def _worker_bases(bases: Any) -> Any:
+    """The bases on a worker: fetched from the object store when a reference, made writable."""
+    import ray
+
+    if isinstance(bases, ray.ObjectRef):
+        bases = ray.get(bases)
+    if bases is not None:
+        bases = dataclasses.replace(bases, H=np.array(bases.H))  # objects from the store are read-only
+    return bases
+
+
+def _all_sum(values: list[float], device: Any, world: int) -> list[float]:
+    """``values`` summed over all workers."""
+    import torch
+    import torch.distributed as dist
+
+    x = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1 and dist.is_initialized():
+        dist.all_reduce(x)
+    return x.tolist()
+
+
+def _set_lr(optimizer: Any, lr: float, epochs: int, steps_per_epoch: int, epoch: int, step: int) -> None:
+    """Cosine decay of the step size to 5 % of ``lr`` over the whole run (as train_refiner does),
+    a function of the epoch and step only, so a resumed run follows the same schedule."""
+    share = min(1.0, ((epoch - 1) + step / steps_per_epoch) / epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * share)))
+
+
+def _train_epoch(
+    model: Any,
+    base: Any,
+    averaged: Any,
+    optimizer: Any,
+    batches: Any,
+    gen: Any,
+    bases: Any,
+    ema_decay: float,
+    ema_steps: int,
+    set_lr: Callable[[int], None],
+    to_batch: Callable[[dict[str, Any]], tuple[Any, Any]],
+) -> tuple[float, int, int]:
+    """One epoch of DDP steps on a worker's batches, the averaged weights following each step:
+    (sum of the crops' losses, number of crops, EMA steps so far)."""
+    import torch
+
+    from restore_core import refiner as rf
+
+    loss_sum, n_train = 0.0, 0
+    for step, batch in enumerate(batches):
+        set_lr(step)
+        images, observed = to_batch(batch)
+        loss = rf.training_loss(model, images, observed, gen, bases=bases)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema_steps += 1
+        with torch.no_grad():
+            decay = min(ema_decay, (1.0 + ema_steps) / (10.0 + ema_steps))
+            for pa, pm in zip(averaged.parameters(), base.parameters(), strict=True):
+                pa.lerp_(pm, 1.0 - decay)
+        loss_sum += float(loss.detach()) * images.shape[0]
+        n_train += int(images.shape[0])
+    return loss_sum, n_train, ema_steps
+
+
+def _validate(
+    averaged: Any,
+    spec: RefinerSpec,
+    batches: Any,
+    val_gen: Any,
+    bases: Any,
+    device: Any,
+    to_batch: Callable[[dict[str, Any]], tuple[Any, Any]],
+) -> tuple[float, float, float]:
+    """Squared errors on hidden pixels of a worker's validation batches, of the refiner and of
+    the cheap fill it starts from, and the number of hidden pixels."""
+    import torch
+
+    from restore_core import refiner as rf
+    from restore_core.fill import harmonic_fill
+
+    sse_model, sse_fill, n_hidden = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for batch in batches:
+            images, observed = to_batch(batch)
+            hide = rf.random_training_mask(observed.shape, val_gen, device) & observed
+            dead = ~observed | hide
+            weight = hide.expand_as(images).float()
+            pred = rf.refine(averaged, images, dead, bases=bases, calibrate=False)  # the net itself
+            fill = harmonic_fill(images, dead, iters=spec.fill_iters, order=spec.fill_order)
+            sse_model += float((((pred - images) ** 2) * weight).sum())
+            sse_fill += float((((fill - images) ** 2) * weight).sum())
+            n_hidden += float(weight.sum())
+    return sse_model, sse_fill, n_hidden
+
+
+def _epoch_metrics(epoch: int, sums: list[float], epoch_seconds: float, train_seconds: float) -> dict[str, Any]:
+    """An epoch's history entry from the sums over all workers."""
+    return {
+        "epoch": epoch,
+        "train_loss": sums[0] / max(sums[1], 1.0),
+        "train_crops": sums[1],
+        "val_psnr_hidden": _psnr(sums[2], sums[4]),
+        "val_psnr_hidden_fill": _psnr(sums[3], sums[4]),
+        "val_hidden_pixels": sums[4],
+        "epoch_seconds": epoch_seconds,
+        "train_seconds": train_seconds,
+    }
+
+
+def _epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """The line rank 0 logs after an epoch."""
+    return (
+        f"[{JOB}] epoch {metrics['epoch']}/{epochs}  train loss {metrics['train_loss']:.6f}  "
+        f"val hidden-pixel PSNR {metrics['val_psnr_hidden']:.2f} dB "
+        f"(its fill alone {metrics['val_psnr_hidden_fill']:.2f})  {int(metrics['train_crops'])} crops  "
+        f"{metrics['epoch_seconds']:.1f} s"
+    )
 
 
 def _psnr(sse: float, n: float) -> float:
@@ -294,15 +295,8 @@ def data_fingerprint(cfg: TrainInpaintConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def run(cfg: TrainInpaintConfig) -> Summary:
-    check_config(cfg)
-    import ray
-    import ray.data
-
-    from jobs import ray_utils
-
-    t0 = time.perf_counter()
-    spec = make_spec(cfg)
+def _load_checked_bases(cfg: TrainInpaintConfig, spec: RefinerSpec) -> Any:
+    """The bases the refiner takes as an input (None without ``use_bases``), checked to fit it."""
     channels = spec.channels
     bases = load_bases(cfg.bases, cfg.input.storage_options) if spec.use_bases else None
     if bases is not None and (bases.meta.mode != "patch" or bases.meta.channels != channels):
@@ -310,14 +304,11 @@ def run(cfg: TrainInpaintConfig) -> Summary:
             f"bases {cfg.bases} are {bases.meta.describe()}: the refiner needs patch-mode bases with "
             f"{channels} channel(s) (learn-bases nmf.mode patch, nmf.channels {cfg.channels})"
         )
-    public = to_dict(cfg)
-    place = training.checkpoint_place(
-        JOB, cfg.checkpoints, cfg.output, cfg.input.storage_options, training.run_identity(public)
-    )
-    datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # a wrong path: one line now
-    ray_utils.init_ray(cfg.ray)
-    ray.data.DataContext.get_current().enable_operator_progress_bars = False
-    images: Any = ray_utils.read_dataset(cfg.input)  # Any: Ray's stubs reject map_batches' fn_kwargs style
+    return bases
+
+
+def _cut_crops(cfg: TrainInpaintConfig, images: Any, channels: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """The training (and validation) crops, materialised, and their counts."""
     parts: dict[str, Any] = {}
     for name, val in (("train", False), ("val", True)):
         if val and cfg.train.val_fraction == 0:
@@ -332,6 +323,47 @@ def run(cfg: TrainInpaintConfig) -> Summary:
         raise UserError(f"no training crops from {cfg.input.path}: no decodable image with observed pixels")
     if counts.get("val") == 0:
         parts.pop("val")  # too few images for a held-out share; train on the rest
+    return parts, counts
+
+
+def _write_refiner(cfg: TrainInpaintConfig, checkpoint: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The last checkpoint's refiner written to ``output`` with its training history (also as
+    ``history.json``): (the history, what :func:`save_refiner` returned)."""
+    with checkpoint.as_directory() as folder:
+        artifact = load_refiner(folder)
+        with open(posixpath.join(folder, training.PROGRESS_FILE), encoding="utf-8") as f:
+            history = json.load(f)["history"]
+    artifact = dataclasses.replace(
+        artifact,
+        meta={**artifact.meta, "training": {**artifact.meta.get("training", {}), "history": history}},
+    )
+    written = save_refiner(artifact, cfg.output, cfg.input.storage_options)
+    fs, root = datasets.filesystem(cfg.output, cfg.input.storage_options)
+    with fs.open(posixpath.join(root, "history.json"), "w") as f:
+        json.dump(history, f, indent=2)
+    return history, written
+
+
+def run(cfg: TrainInpaintConfig) -> Summary:
+    check_config(cfg)
+    import ray
+    import ray.data
+
+    from jobs import ray_utils
+
+    t0 = time.perf_counter()
+    spec = make_spec(cfg)
+    channels = spec.channels
+    bases = _load_checked_bases(cfg, spec)
+    public = to_dict(cfg)
+    place = training.checkpoint_place(
+        JOB, cfg.checkpoints, cfg.output, cfg.input.storage_options, training.run_identity(public)
+    )
+    datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # a wrong path: one line now
+    ray_utils.init_ray(cfg.ray)
+    ray.data.DataContext.get_current().enable_operator_progress_bars = False
+    images: Any = ray_utils.read_dataset(cfg.input)  # Any: Ray's stubs reject map_batches' fn_kwargs style
+    parts, counts = _cut_crops(cfg, images, channels)
     log.info(
         "%d training crops, %d validation crops of %dx%d, %d channel(s)",
         counts["train"],
@@ -356,20 +388,23 @@ def run(cfg: TrainInpaintConfig) -> Summary:
         "meta": meta,
     }
     checkpoint, checkpoint_url = training.fit(train_loop, loop_config, parts, cfg.workers, place, cfg.checkpoints.keep)
-    with checkpoint.as_directory() as folder:
-        artifact = load_refiner(folder)
-        with open(posixpath.join(folder, training.PROGRESS_FILE), encoding="utf-8") as f:
-            history = json.load(f)["history"]
-    last = history[-1] if history else {}
-    artifact = dataclasses.replace(
-        artifact,
-        meta={**artifact.meta, "training": {**artifact.meta.get("training", {}), "history": history}},
-    )
-    written = save_refiner(artifact, cfg.output, cfg.input.storage_options)
-    fs, root = datasets.filesystem(cfg.output, cfg.input.storage_options)
-    with fs.open(posixpath.join(root, "history.json"), "w") as f:
-        json.dump(history, f, indent=2)
+    history, written = _write_refiner(cfg, checkpoint)
     log.info("refiner written to %s (from the checkpoint %s)", cfg.output, checkpoint_url)
+    return _summary(cfg, spec, counts, history, written, checkpoint_url, t0)
+
+
+def _summary(
+    cfg: TrainInpaintConfig,
+    spec: RefinerSpec,
+    counts: dict[str, int],
+    history: list[dict[str, Any]],
+    written: dict[str, Any],
+    checkpoint_url: str,
+    t0: float,
+) -> Summary:
+    """The job's summary: its data, refiner and last epoch's validation, and the epochs' table."""
+    channels = spec.channels
+    last = history[-1] if history else {}
     rows = [
         [h["epoch"], h["train_loss"], h["val_psnr_hidden"], h["val_psnr_hidden_fill"], h["epoch_seconds"]]
         for h in history

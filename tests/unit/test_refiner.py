@@ -105,7 +105,7 @@ def test_calibration_trusts_a_correction_that_helps():
 def test_small_windows_borrow_the_batchs_weights_large_ones_do_not():
     """Per-image weights from few probe pixels are pulled towards the batch's pooled fit; a
     64x64 window is fitted on its own, so its result does not depend on the rest of the batch."""
-    from restore_core.refiner import _shrunk_weights
+    from restore_core.refiner_calibration import _shrunk_weights
 
     eye = torch.eye(2, dtype=torch.float64).expand(2, 2, 2)
     grams, rhss = [eye.clone()], [torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)]
