@@ -33,6 +33,7 @@ from jobs.ray_utils import (
     read_dataset,
     remote_progress,
 )
+from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.io import file_identity as fid
 
@@ -144,23 +145,33 @@ def _column(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def score_in_driver(cfg: QualityJobConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any) -> int:
-    """Score ``paths`` in this process into ``<folder>/scored-00000.parquet``, batch by batch; the
+    """Score ``paths`` in this process into ``<folder>/scored-<k>.parquet``, batch by batch; the
     row count. ``make_scorer(cfg)`` is the job's scoring actor class: the rows come out as the
-    actor pool would write them."""
+    actor pool would write them. A batch whose columns cannot take the open file's types (an
+    extra column all null in one file, text in the next) starts a new file, as the actor pool
+    writes one file a block."""
     scorer = make_scorer(cfg)
     rows = 0
     writer = None
+    sink: Any = None
+    files = 0
     bar = logs.progress_bar(rows_in(cfg, paths), "scoring")  # log lines when stderr is not a terminal
     try:
         for batch in _batches(cfg, paths):
             table = scorer(batch)
             bar.update(table.num_rows)
+            if writer is not None and table.schema != writer.schema:
+                try:
+                    table = datasets.conform(table, writer.schema.remove_metadata(), where="scored rows")
+                except UserError:
+                    writer.close()
+                    sink.close()
+                    writer = None
             if writer is None:
                 out_fs.makedirs(folder, exist_ok=True)
-                sink = out_fs.open(posixpath.join(folder, "scored-00000.parquet"), "wb")
+                sink = out_fs.open(posixpath.join(folder, f"scored-{files:05d}.parquet"), "wb")
                 writer = pq.ParquetWriter(sink, table.schema)
-            elif table.schema != writer.schema:
-                table = datasets.conform(table, writer.schema.remove_metadata(), where="scored rows")
+                files += 1
             writer.write_table(table)
             rows += table.num_rows
     finally:

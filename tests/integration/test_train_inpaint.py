@@ -79,6 +79,7 @@ def restore_cfg(data: Path, out: Path, refiner: Path, **extra) -> RestoreJobConf
     )
 
 
+@pytest.mark.slow  # a Ray start and a job (20-125 s in CI): run with -m slow
 def test_train_inpaint_then_restore_with_the_refiner(local_ray, damaged, tmp_path):
     data, ids = damaged
     model = tmp_path / "refiner"

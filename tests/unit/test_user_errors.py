@@ -126,6 +126,7 @@ def test_value_of_the_wrong_type() -> None:
     assert line == "error: config key 'fit.max_iter' must be an integer, got 'many'"
 
 
+@pytest.mark.slow  # a Ray start and a job (20-125 s in CI): run with -m slow
 def test_gpu_asked_for_but_none_present(tmp_path: Path, gray_dataset: Path) -> None:
     import torch
 
@@ -274,6 +275,7 @@ def test_train_inpaint_input_path_that_does_not_exist(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- issue 16
 
 
+@pytest.mark.slow  # a Ray start and a job (20-125 s in CI): run with -m slow
 def test_learn_bases_refuses_images_with_no_signal(tmp_path: Path) -> None:
     """All-black images would train k copies of nothing: refused before training, no artifact."""
     data = tmp_path / "black"
