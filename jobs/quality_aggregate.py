@@ -59,7 +59,7 @@ from restore_core import aggregate as agg
 from restore_core.config import QualityConfig
 from restore_core.errors import UserError
 from restore_core.quality import SUMMARY_METRICS, evaluate_flags
-from restore_core.quality_summary import QUANTILES
+from restore_core.quality_summary import QUANTILES, flag_counts, run_summary
 
 log = logging.getLogger("jobs.quality")
 
@@ -298,15 +298,8 @@ def aggregate_run(
     second = _run_partial(enriched, "quality_second_pass", _second_pass(ranges), k)
     quantiles, histograms = _quantiles_and_histograms(first, second, ranges)
     n = first.rows
-    summary: dict[str, Any] = {
-        "run_date": run_date,
-        "rows": n,
-        "ok": first.ok,
-        "errors": n - first.ok,
-        "quantiles": quantiles,
-        "flags": _flag_counts(cfg, first),
-        "duplicate_groups": duplicate_groups(enriched, cfg.report.max_duplicate_groups),
-    }
+    groups = duplicate_groups(enriched, cfg.report.max_duplicate_groups)
+    summary = run_summary(run_date, n, first.ok, quantiles, flag_counts(cfg.flags, first.flags, n), groups)
     worst = _worst_rows(cfg, first, out_fs, data_dir)
     diff = id_changes(enriched, previous_flags, out_fs)
     log.info("aggregated %d rows on the cluster: %d duplicate groups", n, summary["duplicate_groups"]["count"])
@@ -327,23 +320,6 @@ def _quantiles_and_histograms(
         edges, log_scale = agg.plot_edges(m, lo, hi)
         histograms[m] = (edges, second.plot[m], log_scale)
     return quantiles, histograms
-
-
-def _flag_counts(cfg: QualityConfig, first: agg.Partial) -> dict[str, dict[str, Any]]:
-    """Each enabled flag's count, share of the run's rows, rule and allowed share."""
-    n = first.rows
-    flags = {}
-    for name, rule in cfg.flags.items():
-        if not rule.enabled:
-            continue
-        count = first.flags.get(name, 0)
-        flags[name] = {
-            "count": count,
-            "share": count / n if n else 0.0,
-            "rule": rule.describe(),
-            "max_share": rule.max_share,
-        }
-    return flags
 
 
 def _worst_rows(cfg: QualityConfig, first: agg.Partial, out_fs: Any, data_dir: str) -> dict[str, list[dict[str, Any]]]:

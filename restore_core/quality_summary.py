@@ -99,23 +99,41 @@ def summarize(table: pa.Table, cfg: QualityConfig, run_date: str) -> dict[str, A
         quantiles[m] = {f"p{round(p * 100):02d}": float(x) for p, x in zip(QUANTILES, q, strict=True)}
         quantiles[m].update(mean=float(v.mean()), min=float(v.min()), max=float(v.max()), count=int(v.size))
     raised = flag_arrays(table, cfg.flags)
-    flags = {}
-    for name, rule in cfg.flags.items():
-        if not rule.enabled:
-            continue
-        count = int(raised[name].sum()) if name in raised else 0
-        flags[name] = {
-            "count": count,
-            "share": count / n if n else 0.0,
-            "rule": rule.describe(),
-            "max_share": rule.max_share,
-        }
+    counts = {name: int(flag.sum()) for name, flag in raised.items()}
     groups = duplicate_groups(table, cfg.report.max_duplicate_groups)
+    ok = sum(s == "ok" for s in status)
+    return run_summary(run_date, n, ok, quantiles, flag_counts(cfg.flags, counts, n), groups)
+
+
+def flag_counts(flags: Mapping[str, FlagRule], counts: Mapping[str, int], rows: int) -> dict[str, dict[str, Any]]:
+    """Each enabled flag's count (``counts``, 0 where absent), share of ``rows``, rule and allowed share."""
+    out = {}
+    for name, rule in flags.items():
+        if rule.enabled:
+            count = int(counts.get(name, 0))
+            out[name] = {
+                "count": count,
+                "share": count / rows if rows else 0.0,
+                "rule": rule.describe(),
+                "max_share": rule.max_share,
+            }
+    return out
+
+
+def run_summary(
+    run_date: str,
+    rows: int,
+    ok: int,
+    quantiles: dict[str, dict[str, float]],
+    flags: dict[str, dict[str, Any]],
+    groups: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's ``summary.json`` numbers, the same keys whichever path computed them."""
     return {
         "run_date": run_date,
-        "rows": n,
-        "ok": sum(s == "ok" for s in status),
-        "errors": sum(s != "ok" for s in status),
+        "rows": rows,
+        "ok": ok,
+        "errors": rows - ok,
         "quantiles": quantiles,
         "flags": flags,
         "duplicate_groups": groups,

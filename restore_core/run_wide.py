@@ -42,7 +42,7 @@ from restore_core.quality import (
     evaluate_flags,
     near_duplicate_groups,
 )
-from restore_core.quality_summary import QUANTILES
+from restore_core.quality_summary import QUANTILES, flag_counts, run_summary
 
 #: Columns of flags.parquet, with their types.
 FLAGS_SCHEMA = pa.schema(
@@ -347,23 +347,9 @@ def aggregate(
     keys = _keys(fs, files, cfg)
     first = _flags_pass(fs, files, cfg, keys, posixpath.join(staging, "flags.parquet"))
     quantiles, histograms = _metric_stats(fs, files, keys)
-    flags = {}
     n = first.rows
-    for name, rule in cfg.flags.items():
-        if rule.enabled:
-            count = first.flags.get(name, 0)
-            share = count / n if n else 0.0
-            flags[name] = {"count": count, "share": share, "rule": rule.describe(), "max_share": rule.max_share}
     groups = duplicate_groups(keys.run_columns["duplicate_group"], keys.ids, keys.sha, cfg.report.max_duplicate_groups)
-    summary: dict[str, Any] = {
-        "run_date": run_date,
-        "rows": n,
-        "ok": first.ok,
-        "errors": n - first.ok,
-        "quantiles": quantiles,
-        "flags": flags,
-        "duplicate_groups": groups,
-    }
+    summary = run_summary(run_date, n, first.ok, quantiles, flag_counts(cfg.flags, first.flags, n), groups)
     worst_ids = {i for rows in first.top.values() for _, i, _ in rows}
     group_ids = {i for g in groups["groups"] for i in g["ids"][:shown_groups]}
     kept = staged.rows_by_id(fs, files, worst_ids | group_ids, ["thumbnail", "error"])
