@@ -15,35 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import imrestore_report as report
-from imrestore_data import synth
 from jobs.config_quality import QualityJobConfig
-from restore_core import masks, quality
 from restore_core.config import from_dict
-from tests.conftest import png_bytes
+from tests.conftest import scored_quality_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # minutes on a busy 2-CPU machine
-
-
-def enc(img: np.ndarray) -> bytes:
-    return png_bytes(np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8))
-
-
-def scored_rows(cfg: QualityJobConfig) -> pa.Table:
-    rng = np.random.default_rng(4)
-    imgs = list(synth.photo_crops(36, 48, names=("grass", "gravel", "coins", "text", "brick"), seed=11))
-    blobs = [enc(i) for i in imgs]
-    ids = [f"img-{k:03d}" for k in range(len(imgs))]
-    blobs[5] = blobs[4]  # exact copy
-    blobs[6] = enc(np.clip(imgs[4] * 1.03, 0, 1))  # near copy of 4 (and 5)
-    blobs[9] = enc(np.clip(imgs[8] * 0.97, 0, 1))  # near copy of 8
-    blobs[12] = enc(masks.apply_dead_pixels(imgs[12], 0.05, rng)[0])
-    blobs[13] = enc(masks.apply_dead_pixels(imgs[13], 0.02, rng)[0])
-    blobs[20] = enc(synth.photo_crops(1, 20, names=("grass",), seed=3)[0])  # odd size
-    blobs[21] = enc(np.zeros((48, 48)))  # plain: dark / low information, uninformative hash
-    blobs[22] = blobs[21]  # ... and its exact copy
-    blobs[30] = b"not an image"
-    batch = {"id": np.array(ids, dtype=object), "image": np.array(blobs, dtype=object)}
-    return quality.table_from_columns(quality.QualityScorer(cfg)(batch))
 
 
 @pytest.mark.timeout(600)
@@ -57,7 +33,7 @@ def test_aggregation_on_ray_equals_the_in_memory_run(tmp_path, local_ray):
         QualityJobConfig,
         {"flags": {"blurry": {"value": 1.0}, "grayscale": {"enabled": False}}, "report": {"worst_per_flag": 3}},
     )
-    table = scored_rows(cfg)
+    table = scored_quality_rows(cfg)
     staging = str(tmp_path / "staging")
     data = tmp_path / "staging" / "data"
     data.mkdir(parents=True)

@@ -13,31 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import imrestore_report as report
-from imrestore_data import synth
-from restore_core import masks, quality, run_wide
+from restore_core import quality, run_wide
 from restore_core.config import QualityConfig, from_dict
-from tests.conftest import png_bytes
-
-
-def enc(img: np.ndarray) -> bytes:
-    return png_bytes(np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8))
-
-
-def scored_rows(cfg: QualityConfig) -> pa.Table:
-    rng = np.random.default_rng(4)
-    imgs = list(synth.photo_crops(30, 40, names=("grass", "gravel", "coins", "text", "brick"), seed=11))
-    blobs = [enc(i) for i in imgs]
-    ids = [f"img-{k:03d}" for k in range(len(imgs))]
-    blobs[5] = blobs[4]  # exact copy
-    blobs[6] = enc(np.clip(imgs[4] * 1.03, 0, 1))  # near copy of 4 (and 5)
-    blobs[9] = enc(np.clip(imgs[8] * 0.97, 0, 1))  # near copy of 8
-    blobs[12] = enc(masks.apply_dead_pixels(imgs[12], 0.05, rng)[0])
-    blobs[20] = enc(synth.photo_crops(1, 16, names=("grass",), seed=3)[0])  # odd size
-    blobs[21] = enc(np.zeros((40, 40)))  # plain: uninformative hash
-    blobs[22] = blobs[21]  # ... and its exact copy
-    blobs[25] = b"not an image"
-    batch = {"id": np.array(ids, dtype=object), "image": np.array(blobs, dtype=object)}
-    return quality.table_from_columns(quality.QualityScorer(cfg)(batch))
+from tests.conftest import scored_quality_rows
 
 
 def test_streaming_run_wide_step_equals_the_whole_table(tmp_path):
@@ -45,7 +23,7 @@ def test_streaming_run_wide_step_equals_the_whole_table(tmp_path):
         QualityConfig,
         {"flags": {"blurry": {"value": 1.0}, "grayscale": {"enabled": False}}, "report": {"worst_per_flag": 3}},
     )
-    table = scored_rows(cfg)
+    table = scored_quality_rows(cfg)
     data = tmp_path / "staging" / "data"
     data.mkdir(parents=True)
     order = np.random.default_rng(0).permutation(table.num_rows)
@@ -54,7 +32,7 @@ def test_streaming_run_wide_step_equals_the_whole_table(tmp_path):
         if k == 2:  # a shard from an older run without one column
             part_table = part_table.drop_columns(["content_entropy"])
         pq.write_table(part_table, data / f"part-{k}.parquet", row_group_size=4)
-    prev_ids = pa.array([f"img-{k:03d}" for k in range(3, 34)])  # 0-2 added, 30-33 removed
+    prev_ids = pa.array([f"img-{k:03d}" for k in range(3, 40)])  # 0-2 added, 36-39 removed
     fs = fsspec.filesystem("file")
 
     got = run_wide.aggregate(fs, str(tmp_path / "staging"), cfg, "2024-01-02", prev_ids)
