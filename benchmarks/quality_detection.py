@@ -30,7 +30,6 @@ import io
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from scipy import ndimage
 
+from benchmarks.doc_blocks import replace_block
 from imrestore_data import synth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -451,15 +451,7 @@ def table(split: str, ours: dict, theirs: dict, t_ours: float, t_theirs: float, 
 
 
 def write_docs(text: str) -> None:
-    path = ROOT / "docs" / "nightly.md"
-    doc = path.read_text(encoding="utf-8")
-    begin, end = "<!-- quality_detection:begin -->", "<!-- quality_detection:end -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc:
-        doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc, encoding="utf-8")
+    replace_block(ROOT / "docs" / "nightly.md", "quality_detection", text)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.doc_blocks import replace_block
 from imrestore_data import synth
 from restore_core import codec
 
@@ -169,15 +170,7 @@ def main() -> None:
 
 
 def write_docs(text: str) -> None:
-    doc = ROOT / "docs" / "nightly.md"
-    body = doc.read_text(encoding="utf-8")
-    begin, end = "<!-- quality_incremental:begin -->", "<!-- quality_incremental:end -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in body:
-        body = body[: body.index(begin)] + block + body[body.index(end) + len(end) :]
-    else:
-        body = body.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(body, encoding="utf-8")
+    replace_block(ROOT / "docs" / "nightly.md", "quality_incremental", text)
 
 
 if __name__ == "__main__":

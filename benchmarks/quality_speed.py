@@ -35,6 +35,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 import torch
 
+from benchmarks.doc_blocks import replace_block
 from imrestore_data import synth
 from jobs.config_quality import QualityJobConfig
 from jobs.config_restore import RestoreJobConfig
@@ -172,15 +173,7 @@ def scale(args: argparse.Namespace) -> None:
     print(text)
     if args.write_docs:
         doc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "nightly.md")
-        body = open(doc, encoding="utf-8").read()
-        begin, end = "<!-- quality_scale:begin -->", "<!-- quality_scale:end -->"
-        block = f"{begin}\n{text}\n{end}"
-        if begin in body:
-            body = body[: body.index(begin)] + block + body[body.index(end) + len(end) :]
-        else:
-            body = body.rstrip("\n") + "\n\n## At scale\n\n" + block + "\n"
-        with open(doc, "w", encoding="utf-8") as f:
-            f.write(body)
+        replace_block(doc, "quality_scale", text, heading="## At scale")
 
 
 def synthetic_shards(folder: str, n: int, per_shard: int = 10000, seed: int = 0) -> None:

@@ -26,8 +26,8 @@ against the clean image. images/s is per core (one torch / BLAS / OpenCV thread)
 
 Usage::
 
-    python benchmarks/restore_quality.py             # full run: table to stdout and docs/restore.md
-    python benchmarks/restore_quality.py --quick     # a fast check: fewer images, short training
+    PYTHONPATH=. python benchmarks/restore_quality.py         # full run: table to stdout and docs/restore.md
+    PYTHONPATH=. python benchmarks/restore_quality.py --quick # a fast check: fewer images, short training
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import json
 import math
 import os
 import platform
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from benchmarks.doc_blocks import replace_block
 from imrestore_data import demo_data, synth
 from imrestore_data.digits import digits
 from restore_core import baselines, masks, metrics, nmf, sampling
@@ -437,15 +437,7 @@ def margins(rows: list[Row], target: float = 1.0) -> list[str]:
 
 
 def write_doc(path: str, block: str) -> None:
-    begin, end = "<!-- restore_quality:begin -->", "<!-- restore_quality:end -->"
-    text = open(path).read() if os.path.exists(path) else "# Restoration quality\n\n" + begin + "\n" + end + "\n"
-    if begin not in text:
-        text += "\n" + begin + "\n" + end + "\n"
-    text = re.sub(
-        re.escape(begin) + ".*?" + re.escape(end), lambda _: begin + "\n" + block + "\n" + end, text, flags=re.S
-    )
-    with open(path, "w") as f:
-        f.write(text)
+    replace_block(path, "restore_quality", block, heading="# Restoration quality")
 
 
 def main(argv: list[str] | None = None) -> None:
