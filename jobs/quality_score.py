@@ -58,16 +58,16 @@ def score(
     t0 = time.perf_counter()
     folder = posixpath.join(staging, "data")
     paths = inc.to_score if inc.to_score is not None else _all_files_if_local(cfg)
-    n_rows = rows_in(cfg, paths) if paths is not None else None
-    if paths is not None and n_rows is not None and n_rows <= cfg.local_score_max_rows:
+    n_rows = rows_in(cfg, paths, cfg.local_score_max_rows) if paths is not None else None
+    if paths is not None and n_rows is not None:
         if n_rows:
             log.info("quality: scoring %d rows in the driver process (local_score_max_rows=%d)", n_rows,
                      cfg.local_score_max_rows)  # fmt: skip
-            score_in_driver(cfg, paths, fs, folder, actor)
+            score_in_driver(cfg, paths, fs, folder, actor, n_rows)
         return Scored(time.perf_counter() - t0, "driver" if n_rows else "none")
     init_ray(cfg.ray)
     pool = actor_pool_args(cfg.ray)
-    total = n_rows if n_rows is not None else input_rows(cfg.input)
+    total = rows_in(cfg, inc.to_score) if inc.to_score is not None else input_rows(cfg.input)
     # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
     with remote_progress(total, "scoring") as counter:
         scored = read_dataset(cfg.input, inc.to_score).map_batches(
@@ -93,19 +93,25 @@ def _all_files_if_local(cfg: QualityJobConfig) -> list[str] | None:
     return list(files)
 
 
-def rows_in(cfg: QualityJobConfig, paths: list[str]) -> int:
-    """How many rows ``paths`` hold (Parquet: from the footers)."""
+def rows_in(cfg: QualityJobConfig, paths: list[str], at_most: int | None = None) -> int | None:
+    """How many rows ``paths`` hold (Parquet: from the footers, 16 at a time); None as soon as
+    the count passes ``at_most`` (the footers of a large input are not all read to learn that)."""
     icfg = cfg.input
     if icfg.format == "images":
-        return len(paths)
+        return len(paths) if at_most is None or len(paths) <= at_most else None
     fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
 
     def one(path: str) -> int:
         with fs.open(path, "rb") as f:
             return int(pq.ParquetFile(f).metadata.num_rows)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
-        return sum(pool.map(one, paths))
+    total = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        for start in range(0, len(paths), 16):
+            total += sum(pool.map(one, paths[start : start + 16]))
+            if at_most is not None and total > at_most:
+                return None
+    return total
 
 
 def _batches(cfg: QualityJobConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
@@ -144,18 +150,20 @@ def _column(col: pa.ChunkedArray) -> np.ndarray:
     return _objects(col.to_pylist())
 
 
-def score_in_driver(cfg: QualityJobConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any) -> int:
+def score_in_driver(
+    cfg: QualityJobConfig, paths: list[str], out_fs: Any, folder: str, make_scorer: Any, n_rows: int
+) -> int:
     """Score ``paths`` in this process into ``<folder>/scored-<k>.parquet``, batch by batch; the
-    row count. ``make_scorer(cfg)`` is the job's scoring actor class: the rows come out as the
-    actor pool would write them. A batch whose columns cannot take the open file's types (an
-    extra column all null in one file, text in the next) starts a new file, as the actor pool
-    writes one file a block."""
+    row count. ``n_rows``: the rows ``paths`` hold (for the progress lines). ``make_scorer(cfg)``
+    is the job's scoring actor class: the rows come out as the actor pool would write them. A
+    batch whose columns cannot take the open file's types (an extra column all null in one file,
+    text in the next) starts a new file, as the actor pool writes one file a block."""
     scorer = make_scorer(cfg)
     rows = 0
     writer = None
     sink: Any = None
     files = 0
-    bar = logs.progress_bar(rows_in(cfg, paths), "scoring")  # log lines when stderr is not a terminal
+    bar = logs.progress_bar(n_rows, "scoring")  # log lines when stderr is not a terminal
     try:
         for batch in _batches(cfg, paths):
             table = scorer(batch)
