@@ -21,7 +21,7 @@ from imrestore_data import synth
 from jobs.common import Summary, format_table
 from jobs.config_benchmark import BenchmarkConfig
 from jobs.config_learn_bases import LearnBasesConfig
-from jobs.learn_bases import build_rows, check_training_rows
+from jobs.learn_bases import build_rows, check_training_rows, learn
 from restore_core import codec, masks, metrics, nmf
 from restore_core.bases import Bases, BasesMeta
 from restore_core.codec import cell_bytes
@@ -206,16 +206,7 @@ def k_study(images: list[np.ndarray], cfg: BenchmarkConfig, bases: Bases | None,
         check_training_rows(X, k, "the k study's training crops")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", nmf.ConvergenceWarning)
-            res = nmf.learn_bases(
-                X,
-                k,
-                l1=lcfg.l1,
-                solver=lcfg.solver,
-                max_iter=lcfg.max_iter,
-                tol=lcfg.tol,
-                seed=lcfg.seed,
-                device=cfg.device,
-            )
+            res = learn(X, lcfg, cfg.device, log_epochs=False)
         bk = Bases(
             res.H_.astype(np.float32),
             BasesMeta(

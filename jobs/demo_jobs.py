@@ -74,46 +74,47 @@ def learn_bases_cfg(cfg: DemoConfig, train: str, out: str) -> LearnBasesConfig:
     return LearnBasesConfig(input=InputConfig(path=train), output=out, nmf=nmf, device=cfg.device, ray=cfg.ray)
 
 
-def train_sr_cfg(cfg: DemoConfig, train: str, out: str) -> Any:
+def _training_cfg(kind: type, cfg: DemoConfig, images: str, out: str, **sections: Any) -> Any:
+    """A training job's config: ``images`` in, ``out`` out, the demo's Ray, and ``sections``."""
+    return from_dict(kind, {"input": {"path": images}, "output": out, **sections, "ray": dataclasses.asdict(cfg.ray)})
+
+
+def train_sr_cfg(cfg: DemoConfig, train: str, out: str) -> TrainSRConfig:
     """train-sr's config: the demo's images and blur, a few epochs on the local Ray."""
     s = cfg.sr
-    return from_dict(
+    return _training_cfg(
         TrainSRConfig,
-        {
-            "input": {"path": train},
-            "output": out,
-            "net": {"channels": list(s.channels), "residual": s.residual},
-            "degrade": {"scale": cfg.data.blur_scale},
-            "train": {
-                "epochs": s.epochs,
-                "patch_size": min(s.patch_size, cfg.data.size),
-                "patches_per_image": s.patches_per_image,
-            },
-            "workers": {"num_workers": s.num_workers},
-            "ray": dataclasses.asdict(cfg.ray),
+        cfg,
+        train,
+        out,
+        net={"channels": list(s.channels), "residual": s.residual},
+        degrade={"scale": cfg.data.blur_scale},
+        train={
+            "epochs": s.epochs,
+            "patch_size": min(s.patch_size, cfg.data.size),
+            "patches_per_image": s.patches_per_image,
         },
+        workers={"num_workers": s.num_workers},
     )
 
 
 def train_inpaint_cfg(cfg: DemoConfig, train_damaged: str, out: str) -> TrainInpaintConfig:
     """train-inpaint's config: the damaged training images, a few epochs on the local Ray."""
     p = cfg.inpaint
-    return from_dict(
+    return _training_cfg(
         TrainInpaintConfig,
-        {
-            "input": {"path": train_damaged},
-            "output": out,
-            "channels": "gray",
-            "net": {"width": p.width, "levels": p.levels},
-            "train": {
-                "epochs": p.epochs,
-                "patch_size": min(p.patch_size, cfg.data.size),
-                "crops_per_image": p.crops_per_image,
-            },
-            "workers": {"num_workers": p.num_workers},
-            "checkpoints": {"resume": False},  # the demo's step cache decides what is reused
-            "ray": dataclasses.asdict(cfg.ray),
+        cfg,
+        train_damaged,
+        out,
+        channels="gray",
+        net={"width": p.width, "levels": p.levels},
+        train={
+            "epochs": p.epochs,
+            "patch_size": min(p.patch_size, cfg.data.size),
+            "crops_per_image": p.crops_per_image,
         },
+        workers={"num_workers": p.num_workers},
+        checkpoints={"resume": False},  # the demo's step cache decides what is reused
     )
 
 

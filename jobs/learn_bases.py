@@ -23,7 +23,7 @@ from jobs.config_learn_bases import LearnBasesConfig
 from restore_core import codec, nmf, sampling
 from restore_core.bases import Bases, BasesMeta, data_fingerprint
 from restore_core.codec import cell_bytes
-from restore_core.config import check_ranges
+from restore_core.config import NMFLearnConfig, check_ranges
 from restore_core.device import resolve_device
 from restore_core.errors import ImageDecodeError, UserError
 from restore_core.io import locations
@@ -115,8 +115,8 @@ def check_training_rows(X: np.ndarray, k: int, where: str) -> None:
         )
 
 
-def _learn(X: np.ndarray, cfg: LearnBasesConfig, device: str) -> nmf.NMFResult:
-    n = cfg.nmf
+def learn(X: np.ndarray, n: NMFLearnConfig, device: str, log_epochs: bool = True) -> nmf.NMFResult:
+    """Bases of ``X`` (rows) with ``n``'s settings; every 10th epoch's loss logged when ``log_epochs``."""
 
     def progress(it: int, loss: float) -> None:
         if it == 1 or it % 10 == 0:
@@ -132,7 +132,7 @@ def _learn(X: np.ndarray, cfg: LearnBasesConfig, device: str) -> nmf.NMFResult:
         batch_size=n.batch_size,
         seed=n.seed,
         device=device,
-        progress=progress,
+        progress=progress if log_epochs else None,
     )
 
 
@@ -231,8 +231,8 @@ def _learn_on_cluster(X: np.ndarray, cfg: LearnBasesConfig) -> tuple[nmf.NMFResu
     _, gpus = ray_utils.cluster_resources()
     if gpus >= 1 and cfg.device != "cpu":
         # One learning task on a GPU node; X travels once through the object store.
-        learn_remote = ray.remote(num_gpus=1, num_cpus=1)(_learn)
-        return ray.get(learn_remote.remote(ray.put(X), cfg, "cuda")), "GPU task"
+        learn_remote = ray.remote(num_gpus=1, num_cpus=1)(learn)
+        return ray.get(learn_remote.remote(ray.put(X), cfg.nmf, "cuda")), "GPU task"
     if cfg.device == "cuda":
         raise UserError("device: cuda but the Ray cluster has no GPU; set device: auto or cpu")
-    return _learn(X, cfg, str(resolve_device(cfg.device))), f"driver ({resolve_device(cfg.device)})"
+    return learn(X, cfg.nmf, str(resolve_device(cfg.device))), f"driver ({resolve_device(cfg.device)})"

@@ -1,5 +1,7 @@
-"""Duplicate columns over a whole run held in memory: exact copies by pixel hash, near copies by
-perceptual hash (the in-memory counterpart of :mod:`restore_core.aggregate`'s LSH).
+"""Duplicate columns of a run: exact copies by pixel hash, near copies by perceptual hash (the
+in-process counterpart of :mod:`restore_core.lsh`). One algorithm, :func:`duplicate_arrays`, over
+compact arrays (the streaming run-wide step parses them from Arrow buffers with
+:func:`hex_to_u64`); :func:`duplicate_columns` feeds it a whole table's hex strings.
 
 Re-exported by :mod:`restore_core.quality`. Nothing here imports ray.
 """
@@ -8,11 +10,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
-
-from restore_core import metrics
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def near_duplicate_groups(hashes: Sequence[int] | np.ndarray, max_distance: int) -> np.ndarray:
@@ -77,31 +78,95 @@ def duplicate_columns(
     this row not counted) and ``duplicate_group`` (int64: the near-duplicate group label, -1 for
     rows in no group or without a hash).
     """
-    n = len(sha256)
-    valid = np.array([s is not None and d is not None for s, d in zip(sha256, dhash_hex, strict=True)], dtype=bool)
+    sha_ok = np.array([s is not None for s in sha256], dtype=bool)
+    dhash, dhash_ok = hex_to_u64(pa.array(list(dhash_hex), pa.string()))
+    # Exact copies are equal strings: their rank among the distinct ones stands in for the 128 bits.
+    _, rank = np.unique(np.array([str(s) for s in sha256], dtype=object), return_inverse=True)
+    sha = np.stack([rank.ravel().astype(np.uint64), np.zeros(len(sha_ok), np.uint64)], axis=1)
+    return duplicate_arrays(sha, dhash, sha_ok & dhash_ok, np.arange(len(sha_ok)), max_distance, min_bits)
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
+def hex_to_u64(values: pa.Array, digits: int = 16, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``digits`` (at most 16) hex digits from position ``skip`` of each string as uint64, and a
+    validity mask (null, too short or not hex: invalid). Vectorised over the Arrow buffers."""
+    values = values.cast(pa.large_string())
+    n = len(values)
+    valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + n + 1]
+    valid &= (offsets[1:] - offsets[:-1]) >= skip + digits
+    out = np.zeros(n, dtype=np.uint64)
+    if not valid.any():
+        return out, valid
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
+    starts = np.where(valid, offsets[:-1] + skip, 0)
+    nibbles = _HEX[data[starts[:, None] + np.arange(digits)]]
+    valid &= (nibbles != 255).all(axis=1)
+    for k in range(digits):
+        out = (out << np.uint64(4)) | nibbles[:, k].astype(np.uint64)
+    out[~valid] = 0
+    return out, valid
+
+
+def informative_mask(hashes: np.ndarray, min_bits: int) -> np.ndarray:
+    """:func:`restore_core.metrics.hash_is_informative` over a uint64 array."""
+    ones = np.bitwise_count(np.asarray(hashes, dtype=np.uint64)).astype(np.int64)
+    return (ones >= min_bits) & (ones <= 64 - min_bits)
+
+
+def duplicate_arrays(
+    sha: np.ndarray, dhash: np.ndarray, valid: np.ndarray, order_rank: np.ndarray, max_distance: int, min_bits: int
+) -> dict[str, np.ndarray]:
+    """The duplicate columns (as :func:`duplicate_columns` describes them) over arrays.
+
+    ``sha``: (n, 2) uint64, the first 128 bits of each row's pixel hash; ``dhash``: (n,) uint64;
+    ``valid``: rows that have both; ``order_rank``: each row's position in id order, so the
+    group labels equal those of the whole table sorted by id.
+    """
+    n = valid.size
     exact = np.zeros(n, dtype=np.float64)
     near = np.zeros(n, dtype=np.float64)
     group = np.full(n, -1, dtype=np.int64)
     idx = np.flatnonzero(valid)
     if idx.size == 0:
         return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
-    shas = np.array([str(sha256[int(i)]) for i in idx])
-    _, sha_inv, sha_counts = np.unique(shas, return_inverse=True, return_counts=True)
-    exact[idx] = sha_counts[sha_inv] - 1
-    values = [int(str(dhash_hex[int(i)]), 16) for i in idx]
-    informative = np.array([metrics.hash_is_informative(v, min_bits) for v in values], dtype=bool)
-    # An uninformative hash is grouped with its exact copies only: its own pixel hash stands in.
-    keys = [v if ok else f"sha:{shas[j]}" for j, (v, ok) in enumerate(zip(values, informative, strict=True))]
-    hashes = np.array([v if ok else 0 for v, ok in zip(values, informative, strict=True)], dtype=np.uint64)
-    labels = np.arange(idx.size, dtype=np.int64)
-    near_idx = np.flatnonzero(informative)
+    idx = idx[np.argsort(order_rank[idx], kind="stable")]  # id order, as the whole-table function
+    m = idx.size
+    # Exact copies: only rows whose first 64 bits another row shares (few) are compared on 128.
+    # sha_first: the position (in idx) of the first row with the same pixel hash.
+    sha_first = np.arange(m, dtype=np.int64)
+    hi = sha[idx, 0]
+    o = np.argsort(hi, kind="stable")
+    same = hi[o[1:]] == hi[o[:-1]]
+    del hi
+    shared = np.zeros(m, dtype=bool)
+    shared[o[1:][same]] = True
+    shared[o[:-1][same]] = True
+    del o, same
+    few = np.flatnonzero(shared)
+    if few.size:
+        keys = np.ascontiguousarray(sha[idx[few]]).view([("a", np.uint64), ("b", np.uint64)]).ravel()
+        _, first, inv, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        inv = inv.ravel()
+        sha_first[few] = few[first][inv]
+        exact[idx[few]] = counts[inv] - 1
+    values = dhash[idx]
+    info = informative_mask(values, min_bits)
+    labels = np.arange(m, dtype=np.int64)
+    near_idx = np.flatnonzero(info)
     if near_idx.size:
-        labels[near_idx] = near_idx[near_duplicate_groups(hashes[near_idx], max_distance)]
-    first_by_key: dict[Any, int] = {}
-    for j in np.flatnonzero(~informative):
-        labels[j] = first_by_key.setdefault(keys[j], int(j))
-    _, lab_inv, lab_counts = np.unique(labels, return_inverse=True, return_counts=True)
-    near[idx] = lab_counts[lab_inv] - 1 - exact[idx]
-    in_group = lab_counts[lab_inv] > 1
-    group[idx[in_group]] = idx[labels[in_group]]
+        labels[near_idx] = near_idx[near_duplicate_groups(values[near_idx], max_distance)]
+    del values, near_idx
+    plain = ~info  # an uninformative hash is grouped with its exact copies only (same pixels: same hash)
+    labels[plain] = sha_first[plain]
+    del sha_first, plain, info
+    size = np.bincount(labels, minlength=m)[labels]
+    near[idx] = size - 1 - exact[idx]
+    in_group = size > 1
+    group[idx[in_group]] = order_rank[idx[labels[in_group]]]
     return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 
 from restore_core import aggregate as agg
 from restore_core.config import QualityConfig
+from restore_core.duplicates import duplicate_arrays, hex_to_u64
 from restore_core.io import staged
 from restore_core.quality import (
     RUN_COLUMNS,
@@ -40,7 +41,6 @@ from restore_core.quality import (
     blur_deviation,
     blur_stats,
     evaluate_flags,
-    near_duplicate_groups,
 )
 from restore_core.quality_summary import QUANTILES, flag_counts, run_summary
 
@@ -70,95 +70,6 @@ class DriverAggregate:
     worst: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     id_diff: dict[str, Any] | None = None
     kept_thumbs: dict[str, bytes] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- duplicates
-
-
-_HEX = np.full(256, 255, dtype=np.uint8)
-_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
-_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
-_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
-
-
-def hex_to_u64(values: pa.Array, digits: int = 16, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``digits`` (at most 16) hex digits from position ``skip`` of each string as uint64, and a
-    validity mask (null, too short or not hex: invalid). Vectorised over the Arrow buffers."""
-    values = values.cast(pa.large_string())
-    n = len(values)
-    valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + n + 1]
-    valid &= (offsets[1:] - offsets[:-1]) >= skip + digits
-    out = np.zeros(n, dtype=np.uint64)
-    if not valid.any():
-        return out, valid
-    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)
-    starts = np.where(valid, offsets[:-1] + skip, 0)
-    nibbles = _HEX[data[starts[:, None] + np.arange(digits)]]
-    valid &= (nibbles != 255).all(axis=1)
-    for k in range(digits):
-        out = (out << np.uint64(4)) | nibbles[:, k].astype(np.uint64)
-    out[~valid] = 0
-    return out, valid
-
-
-def informative_mask(hashes: np.ndarray, min_bits: int) -> np.ndarray:
-    """:func:`restore_core.metrics.hash_is_informative` over a uint64 array."""
-    ones = np.bitwise_count(np.asarray(hashes, dtype=np.uint64)).astype(np.int64)
-    return (ones >= min_bits) & (ones <= 64 - min_bits)
-
-
-def duplicate_arrays(
-    sha: np.ndarray, dhash: np.ndarray, valid: np.ndarray, order_rank: np.ndarray, max_distance: int, min_bits: int
-) -> dict[str, np.ndarray]:
-    """:func:`restore_core.quality.duplicate_columns` over arrays.
-
-    ``sha``: (n, 2) uint64, the first 128 bits of each row's pixel hash; ``dhash``: (n,) uint64;
-    ``valid``: rows that have both; ``order_rank``: each row's position in id order, so the
-    group labels equal those of the whole table sorted by id.
-    """
-    n = valid.size
-    exact = np.zeros(n, dtype=np.float64)
-    near = np.zeros(n, dtype=np.float64)
-    group = np.full(n, -1, dtype=np.int64)
-    idx = np.flatnonzero(valid)
-    if idx.size == 0:
-        return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
-    idx = idx[np.argsort(order_rank[idx], kind="stable")]  # id order, as the whole-table function
-    m = idx.size
-    # Exact copies: only rows whose first 64 bits another row shares (few) are compared on 128.
-    # sha_first: the position (in idx) of the first row with the same pixel hash.
-    sha_first = np.arange(m, dtype=np.int64)
-    hi = sha[idx, 0]
-    o = np.argsort(hi, kind="stable")
-    same = hi[o[1:]] == hi[o[:-1]]
-    del hi
-    shared = np.zeros(m, dtype=bool)
-    shared[o[1:][same]] = True
-    shared[o[:-1][same]] = True
-    del o, same
-    few = np.flatnonzero(shared)
-    if few.size:
-        keys = np.ascontiguousarray(sha[idx[few]]).view([("a", np.uint64), ("b", np.uint64)]).ravel()
-        _, first, inv, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-        inv = inv.ravel()
-        sha_first[few] = few[first][inv]
-        exact[idx[few]] = counts[inv] - 1
-    values = dhash[idx]
-    info = informative_mask(values, min_bits)
-    labels = np.arange(m, dtype=np.int64)
-    near_idx = np.flatnonzero(info)
-    if near_idx.size:
-        labels[near_idx] = near_idx[near_duplicate_groups(values[near_idx], max_distance)]
-    del values, near_idx
-    plain = ~info  # an uninformative hash is grouped with its exact copies only (same pixels: same hash)
-    labels[plain] = sha_first[plain]
-    del sha_first, plain, info
-    size = np.bincount(labels, minlength=m)[labels]
-    near[idx] = size - 1 - exact[idx]
-    in_group = size > 1
-    group[idx[in_group]] = order_rank[idx[labels[in_group]]]
-    return {"exact_duplicates": exact, "near_duplicates": near, "duplicate_group": group}
 
 
 def duplicate_groups(labels: np.ndarray, ids: pa.Array, sha: np.ndarray, limit: int) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import imrestore_report as report
-from restore_core import quality, run_wide
+from restore_core import duplicates, quality, run_wide
 from restore_core.config import QualityConfig, from_dict
 from tests.conftest import scored_quality_rows
 
@@ -87,9 +87,9 @@ def test_duplicate_arrays_equal_duplicate_columns():
     sha[3] = None
     dh = [f"{int(x):016x}" for x in h]
     want = quality.duplicate_columns(sha, dh, 4, 8)
-    hi, ok1 = run_wide.hex_to_u64(pa.array(sha, pa.string()), 16, 0)
-    lo, ok2 = run_wide.hex_to_u64(pa.array(sha, pa.string()), 16, 16)
-    d, ok3 = run_wide.hex_to_u64(pa.array(dh, pa.string()))
-    got = run_wide.duplicate_arrays(np.stack([hi, lo], 1), d, ok1 & ok2 & ok3, np.arange(n), 4, 8)
+    hi, ok1 = duplicates.hex_to_u64(pa.array(sha, pa.string()), 16, 0)
+    lo, ok2 = duplicates.hex_to_u64(pa.array(sha, pa.string()), 16, 16)
+    d, ok3 = duplicates.hex_to_u64(pa.array(dh, pa.string()))
+    got = duplicates.duplicate_arrays(np.stack([hi, lo], 1), d, ok1 & ok2 & ok3, np.arange(n), 4, 8)
     for k, v in want.items():
         np.testing.assert_array_equal(got[k], v, err_msg=k)
