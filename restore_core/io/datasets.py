@@ -10,7 +10,6 @@ Hugging Face image columns are structs ``{bytes, path}``; a dataset that points 
 from __future__ import annotations
 
 import concurrent.futures
-import importlib
 import logging
 import os
 import posixpath
@@ -23,34 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from restore_core.errors import UserError
+from restore_core.io.locations import Location
 from restore_core.io.paths import UnsafePathError, safe_relpath
 
 log = logging.getLogger("restore_core.io.datasets")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
-
-#: fsspec protocols served by an optional extra: protocol -> (module fsspec imports, extra name).
-OPTIONAL_PROTOCOLS = {
-    "gs": ("gcsfs", "gcs"),
-    "gcs": ("gcsfs", "gcs"),
-    "hf": ("huggingface_hub", "hf"),
-}
-
-
-def require_protocol(url: str) -> None:
-    """A one-line UserError naming the extra to install when ``url``'s protocol needs one."""
-    protocol = fsspec.utils.get_protocol(url)
-    needed = OPTIONAL_PROTOCOLS.get(protocol)
-    if needed is None:
-        return
-    module, extra = needed
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise UserError(
-            f"{protocol}:// URLs need {module}, which is not installed: pip install 'imrestore[{extra}]' "
-            f'(from a checkout: pip install ".[{extra}]")'
-        ) from None
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -59,11 +36,7 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     ``storage_options`` go to the filesystem as they are (``s3``: ``client_kwargs``, ``key``...;
     ``gs``: ``token``, ``project``...; ``hf``: ``token``, ``endpoint``...).
     """
-    require_protocol(url)
-    try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ImportError, ValueError) as exc:
-        raise UserError(f"cannot open {url!r}: {exc}") from None
+    return Location(url, storage_options or {}).filesystem()
 
 
 def dataset_folder(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
