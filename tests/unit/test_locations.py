@@ -1,11 +1,16 @@
 """restore_core/io/locations.py's Location: a path and its storage options as one value, whose
-text never shows the options (they hold credentials)."""
+text never shows the options (they hold credentials), and the config properties that build it."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 
+from jobs.config_ray import TrainCheckpointConfig
+from jobs.config_train_inpaint import TrainInpaintConfig
+from restore_core.config import InputConfig, OutputConfig, QualityConfig, RestoreConfig, SRConfig, to_dict
+from restore_core.io import shards as shard_io
 from restore_core.io.locations import Location
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
@@ -48,3 +53,32 @@ def test_filesystem_opens_the_path_with_the_options(tmp_path):
     assert fs.isdir(root)
     fs, root = Location("memory://loc-test/x", {"skip_instance_cache": True}).filesystem()
     assert root == "/loc-test/x"
+
+
+def test_config_sections_expose_their_locations_and_fingerprints_never_see_them():
+    opts = {"key": "k", "secret": "s"}
+    cfg = RestoreConfig(
+        input=InputConfig(path="s3://b/in", storage_options=opts),
+        output=OutputConfig(path="s3://b/out", storage_options={"anon": True}),
+        bases="s3://b/bases",
+        refiner="s3://b/refiner",
+        sr=SRConfig(model="s3://m/sr", storage_options={"profile": "models"}),
+    )
+    assert cfg.input.location == Location("s3://b/in", opts)
+    assert cfg.output.location == Location("s3://b/out", {"anon": True})
+    assert cfg.bases_location == Location("s3://b/bases", opts)  # artifacts: the input's options
+    assert cfg.refiner_location == Location("s3://b/refiner", opts)
+    assert cfg.sr.model_location == Location("s3://m/sr", {"profile": "models"})
+    quality = QualityConfig(output="s3://q/runs", output_storage_options={"anon": True})
+    assert quality.output_location == Location("s3://q/runs", {"anon": True})
+    # Properties are not fields: the config's plain data, and so every fingerprint, is unchanged.
+    flat = shard_io.settings_document(to_dict(cfg), {})
+    assert not any("location" in k for k in flat) and "location" not in str(dataclasses.asdict(cfg))
+
+
+def test_checkpoints_default_to_the_output_folder_and_its_options():
+    train = TrainInpaintConfig(input=InputConfig(path="s3://b/in", storage_options={"anon": True}), output="s3://b/m")
+    assert train.output_location == Location("s3://b/m", {"anon": True})
+    assert TrainCheckpointConfig().location(train.output_location) == Location("s3://b/m/checkpoints", {"anon": True})
+    own = TrainCheckpointConfig(path="s3://c/ckpt/", storage_options={"profile": "c"})
+    assert own.location(train.output_location) == Location("s3://c/ckpt", {"profile": "c"})
