@@ -33,6 +33,7 @@ from restore_core import masks, nmf, sampling
 from restore_core.bases import Bases, BasesMeta
 from restore_core.config import from_dict
 from restore_core.io.artifacts import save_bases
+from restore_core.io.locations import Location
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -65,7 +66,7 @@ def make_bases(folder: Path, k: int, patch: int) -> None:
     X = np.concatenate([sampling.sample_patches(im, patch, 1, 200, rng) for im in clean])
     result = nmf.learn_bases(X, k, max_iter=50, seed=0, device="cpu")
     meta = BasesMeta(mode="patch", k=k, n_pixels=patch * patch, channels=1, patch_size=patch, n_samples=len(X))
-    save_bases(Bases(H=result.H_.astype(np.float32), meta=meta), str(folder))
+    save_bases(Bases(H=result.H_.astype(np.float32), meta=meta), Location(str(folder)))
 
 
 class PeakRSS:
@@ -135,7 +136,7 @@ def in_process(cfg: RestoreJobConfig, cpus: int) -> tuple[float, int]:
     from restore_core.pipeline import Restorer
 
     torch.set_num_threads(cpus)
-    restorer = Restorer(load_bases(cfg.bases), None, cfg)
+    restorer = Restorer(load_bases(Location(cfg.bases)), None, cfg)
     t0 = time.perf_counter()
     n = 0
     for path in sorted(Path(cfg.input.path).glob("*.parquet")):

@@ -220,9 +220,10 @@ from jobs import quality_aggregate
 from jobs.ray_utils import arrow_filesystem, init_ray
 from jobs.config_ray import RayConfig
 from jobs.config_quality import QualityJobConfig
+from restore_core.io.locations import Location
 init_ray(RayConfig(num_cpus=2))
 staging = sys.argv[1]
-out_fs, _ = arrow_filesystem(staging, {})
+out_fs, _ = arrow_filesystem(Location(staging))
 r = quality_aggregate.aggregate_run(QualityJobConfig(), fsspec.filesystem("file"), out_fs, staging, "2024-01-02")
 print("rows", r.summary["rows"], "groups", r.summary["duplicate_groups"]["count"])
 """

@@ -41,8 +41,8 @@ from restore_core.config import (
 )
 from restore_core.errors import UserError
 from restore_core.inpaint import NMFInpainter, restore_image
-from restore_core.io import sr_models
-from restore_core.io.artifacts import load_bases
+from restore_core.io import artifacts, sr_models
+from restore_core.io.locations import Location
 from restore_core.pipeline import finish_image
 from restore_core.quality import QualityScorer, evaluate_flags
 
@@ -80,9 +80,14 @@ psnr = metrics.psnr
 ssim = metrics.ssim
 
 
+def load_bases(url: str, storage_options: dict[str, Any] | None = None) -> Bases:
+    """The bases of a learn-bases artifact folder (any fsspec URL), loaded and validated without pickle."""
+    return artifacts.load_bases(Location(url, storage_options or {}))
+
+
 def load_sr_model(url: str, device: str = "cpu", storage_options: dict[str, Any] | None = None) -> sr.SRModel:
     """The SR model of a train-sr artifact folder (any fsspec URL), loaded without pickle."""
-    return sr_models.load_model(url, device, storage_options)
+    return sr_models.load_model(Location(url, storage_options or {}), device)
 
 
 def to_array(image: np.ndarray | Image.Image) -> np.ndarray:

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from imrestore_data import digits, synth
 from restore_core import codec, masks
+from restore_core.io.locations import Location
 
 #: Smallest value of a clean demo image: PNG's 8-bit step above 0, so no clean pixel reads as dead.
 FLOOR = 2.0 / 255.0
@@ -246,12 +247,11 @@ def to_table(
     return pa.table(cols)
 
 
-def write_shards(table: Any, folder: str, n_shards: int, storage_options: dict[str, Any] | None = None) -> list[str]:
+def write_shards(table: Any, folder: Location, n_shards: int) -> list[str]:
     """Write ``table`` as ``part-00000.parquet``... (row ranges in order) under ``folder``."""
-    import fsspec
     import pyarrow.parquet as pq
 
-    fs, root = fsspec.core.url_to_fs(folder, **(storage_options or {}))
+    fs, root = folder.filesystem()
     fs.makedirs(root, exist_ok=True)
     n = table.num_rows
     n_shards = max(1, min(n_shards, n))

@@ -40,9 +40,8 @@ def _clean_images(cfg: BenchmarkConfig, bases: Bases | None) -> list[np.ndarray]
     if cfg.input.path:
         out = []
         for row in datasets.iter_rows(
-            cfg.input.path,
+            cfg.input.location,
             cfg.input.format,
-            cfg.input.storage_options,
             cfg.input.id_column,
             cfg.input.image_column,
             cfg.n_images,
@@ -254,7 +253,7 @@ def check_config(cfg: BenchmarkConfig) -> None:
     # its PNG plots inside a folder of Parquet files are never read back; inside an image folder they would be
     reads = [("input.path", cfg.input.path), ("bases", cfg.bases)]
     locations.check_apart(reads, [("output", cfg.output)], output_may_nest=cfg.input.format == "parquet")
-    probe_writable(cfg.output, key="output")
+    probe_writable(locations.Location(cfg.output), key="output")
 
 
 def run(cfg: BenchmarkConfig) -> Summary:
@@ -265,7 +264,7 @@ def run(cfg: BenchmarkConfig) -> Summary:
         )
     check_config(cfg)
     needs_bases = any(m in ("nmf", "reference") for m in cfg.methods)
-    bases = load_bases(cfg.bases) if (cfg.bases or needs_bases) else None
+    bases = load_bases(locations.Location(cfg.bases)) if (cfg.bases or needs_bases) else None
     images = _clean_images(cfg, bases)
     if not images:
         raise UserError("no clean images to benchmark (check input.path)")

@@ -7,6 +7,7 @@ from typing import Literal
 
 from jobs.config_ray import RayConfig
 from restore_core.config_sections import DecodeConfig, InputConfig, NMFLearnConfig
+from restore_core.io.locations import Location
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,3 +18,8 @@ class LearnBasesConfig:
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    @property
+    def output_location(self) -> Location:
+        """``output``, written with the input's storage options."""
+        return self.input.location.at(self.output)

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from restore_core.config_loader import ranged
+from restore_core.io.locations import Location
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,3 +38,10 @@ class TrainCheckpointConfig:
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # {} = the input's; never logged
     keep: int = ranged(2, 1)  # checkpoints kept (the latest); older ones are deleted
     resume: bool = True  # false = delete earlier checkpoints at path and start afresh
+
+    def location(self, output: Location) -> Location:
+        """Where the checkpoints go: ``path`` or ``<output>/checkpoints``, opened with
+        ``storage_options`` or, when those are ``{}``, the output's (the training jobs write
+        their output with the input's options)."""
+        path = (self.path or f"{output.path.rstrip('/')}/checkpoints").rstrip("/")
+        return Location(path, self.storage_options or output.storage_options)

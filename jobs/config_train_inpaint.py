@@ -8,6 +8,7 @@ from typing import Any, Literal
 from jobs.config_ray import RayConfig, TrainCheckpointConfig, TrainWorkersConfig
 from restore_core.config_loader import ranged
 from restore_core.config_sections import DecodeConfig, InputConfig, MaskConfig
+from restore_core.io.locations import Location
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,3 +39,12 @@ class TrainInpaintConfig:
     checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    # The artifacts are written and read with the input's storage options.
+    @property
+    def output_location(self) -> Location:
+        return self.input.location.at(self.output)
+
+    @property
+    def bases_location(self) -> Location:
+        return self.input.location.at(self.bases)

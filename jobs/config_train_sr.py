@@ -7,6 +7,7 @@ import dataclasses
 from jobs.config_ray import RayConfig, TrainCheckpointConfig, TrainWorkersConfig
 from restore_core.config_loader import each_in, ranged
 from restore_core.config_sections import DecodeConfig, InputConfig, SRDegradeConfig
+from restore_core.io.locations import Location
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,3 +55,8 @@ class TrainSRConfig:
     checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    @property
+    def output_location(self) -> Location:
+        """``output``, written with the input's storage options."""
+        return self.input.location.at(self.output)

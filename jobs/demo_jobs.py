@@ -20,6 +20,7 @@ from jobs.config_train_sr import TrainSRConfig
 from jobs.ray_utils import init_ray
 from restore_core import sr
 from restore_core.config import InputConfig, NMFLearnConfig, OutputConfig, SRConfig, SRDegradeConfig, from_dict
+from restore_core.io.locations import Location
 
 #: The quality step's one fixed run date: the demo's quality folder holds one run, replaced on a rerun.
 QUALITY_RUN_DATE = "2000-01-01"
@@ -49,17 +50,17 @@ def make_data(cfg: DemoConfig, root: str) -> None:
     train_damaged = [demo_data.damage(img, d.dead_rate, rng, blur)[0] for img in train]
     demo_data.write_shards(
         demo_data.to_table([f"train-{i:05d}" for i in range(d.n_train)], train, train_kinds),
-        os.path.join(root, "train"),
+        Location(os.path.join(root, "train")),
         d.shards,
     )
     demo_data.write_shards(
         demo_data.to_table([f"train-{i:05d}" for i in range(d.n_train)], train_damaged, train_kinds),
-        os.path.join(root, "train_damaged"),
+        Location(os.path.join(root, "train_damaged")),
         d.shards,
     )
     demo_data.write_shards(
         demo_data.to_table([f"test-{i:05d}" for i in range(d.n_test)], damaged, test_kinds, test_clean),
-        os.path.join(root, "test"),
+        Location(os.path.join(root, "test")),
         d.shards,
     )
     with open(os.path.join(root, "_SUCCESS"), "w", encoding="utf-8") as f:

@@ -148,7 +148,7 @@ def run(cfg: LearnBasesConfig) -> Summary:
         meta, extra={**meta.extra, "n_samples_requested": cfg.nmf.n_samples, "images": used_images, "learned_on": where}
     )
     bases = Bases(H=result.H_.astype(np.float32), meta=meta)
-    save_bases(bases, cfg.output, cfg.input.storage_options)
+    save_bases(bases, cfg.output_location)
     values: dict[str, Any] = {
         "images": n_images,
         "undecodable images skipped": n_images - used_images,
@@ -179,7 +179,7 @@ def _preflight(cfg: LearnBasesConfig) -> None:
     # bases.npy and meta.json inside a folder of Parquet files are never read back as training data
     nest = cfg.input.format == "parquet"
     locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)], output_may_nest=nest)
-    probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any work, not after it
+    probe_writable(cfg.output_location, key="output")  # before any work, not after it
 
 
 def _training_rows(cfg: LearnBasesConfig) -> tuple[np.ndarray, int, int]:

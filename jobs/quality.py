@@ -147,7 +147,7 @@ def group_thumbnails(cfg: QualityConfig, table: pa.Table, summary: dict[str, Any
         if cfg.input.format == "images":
             files = lookup.images_in_folder(cfg.input, missing)
             return {i: t for i, t in ((i, _thumbnail(b, cfg)) for i, b in files.items()) if t}
-        paths = datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)
+        paths = datasets.list_files(cfg.input.location, cfg.input.format)
         if is_process_local(cfg.input.path) or not ray.is_initialized():  # no Ray started for a small run
             parts = [_thumbnails_in_file(p, cfg, missing) for p in paths]
         else:
@@ -223,7 +223,7 @@ def _aggregate_with_ray(
 
 def calibrate(cfg: QualityConfig) -> Summary:
     """Suggested thresholds from the per-image metrics of a finished run of known-good images."""
-    fs, folder = datasets.filesystem(cfg.calibrate, cfg.output_storage_options)
+    fs, folder = cfg.calibrate_location.filesystem()
     if not fs.exists(posixpath.join(folder, report.SUCCESS)):
         raise UserError(
             f"calibrate: {cfg.calibrate} is not a finished quality run (no {report.SUCCESS}); give <output>/run=<date>"
@@ -258,11 +258,11 @@ def run(cfg: QualityJobConfig) -> Summary:
     date = report.run_date_or_today(cfg.run_date)
     # The runs must never land inside what the job reads: the next night would score them too.
     locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)])
-    probe_writable(cfg.output, cfg.output_storage_options, key="output")
-    fs, root = datasets.filesystem(cfg.output, cfg.output_storage_options)
+    probe_writable(cfg.output_location, key="output")
+    fs, root = cfg.output_location.filesystem()
     started = verdict.now()
     try:
-        datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # exists, has images
+        datasets.list_files(cfg.input.location, cfg.input.format)  # exists, has images
         earlier_run = posixpath.join(root, f"{report.RUN_PREFIX}{date}")
         if fs.exists(earlier_run) and not any(
             fs.exists(posixpath.join(earlier_run, n)) for n in (report.SUCCESS, "summary.json")
@@ -302,7 +302,7 @@ def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> 
     # only new and changed files are scored (all of them on a full rescan): in this process when
     # they are few (no Ray started), else by the actor pool.
     inc = quality_incremental.prepare(cfg, date, fs, root, staging)
-    out_fs, _ = arrow_filesystem(cfg.output, cfg.output_storage_options)
+    out_fs, _ = arrow_filesystem(cfg.output_location)
     scored = quality_score.score(cfg, inc, fs, out_fs, staging, ScoreActor)
     t_score = time.perf_counter() - t0
 

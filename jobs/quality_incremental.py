@@ -98,7 +98,7 @@ def prepare(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str) -> 
         plan = _full(plan, f"{icfg.path.split('://')[0]}:// inputs live in one process; they are scored in full")
         plan.seconds = time.perf_counter() - t0
         return plan  # nothing recorded: the next run could not read this input's files either
-    plan.files = fid.list_identities(icfg.path, icfg.format, icfg.storage_options)
+    plan.files = fid.list_identities(icfg.location, icfg.format)
     _plan(cfg, date, fs, root, staging, plan)
     _write_files_table(cfg, fs, root, staging, plan)
     plan.seconds = time.perf_counter() - t0
@@ -174,7 +174,7 @@ def _plan(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str, plan:
 
 def points_at_files(cfg: QualityConfig, files: list[str]) -> bool:
     icfg = cfg.input
-    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
+    fs, _ = icfg.location.filesystem()
     columns = (icfg.image_column, icfg.reference_column, icfg.mask_column)
     for schema in datasets.parquet_schemas(sorted(set(files)), fs):
         if any(c in schema.names and datasets.is_path_struct(schema.field(c).type) for c in columns):
@@ -230,9 +230,9 @@ def _new_ids(cfg: QualityConfig, paths: list[str]) -> list[list[str | None]]:
     if not paths:
         return []
     if icfg.format == "images":
-        return [[i] for i in fid.image_ids(icfg.path, paths, icfg.storage_options)]
-    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
-    schema = datasets.parquet_input_schema(icfg.path, icfg.storage_options, icfg.id_column, icfg.image_column, paths)
+        return [[i] for i in fid.image_ids(icfg.location, paths)]
+    fs, _ = icfg.location.filesystem()
+    schema = datasets.parquet_input_schema(icfg.location, icfg.id_column, icfg.image_column, paths)
     target = schema.field(icfg.id_column).type if schema is not None else None
 
     def one(path: str) -> list[str | None]:

@@ -87,7 +87,7 @@ def _all_files_if_local(cfg: QualityJobConfig) -> list[str] | None:
     icfg = cfg.input
     if cfg.local_score_max_rows <= 0 or is_process_local(icfg.path) or icfg.limit:
         return None
-    files = datasets.list_files(icfg.path, icfg.format, icfg.storage_options)
+    files = datasets.list_files(icfg.location, icfg.format)
     if icfg.format == "parquet" and quality_incremental.points_at_files(cfg, files):
         return None
     return list(files)
@@ -99,7 +99,7 @@ def rows_in(cfg: QualityJobConfig, paths: list[str], at_most: int | None = None)
     icfg = cfg.input
     if icfg.format == "images":
         return len(paths) if at_most is None or len(paths) <= at_most else None
-    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
+    fs, _ = icfg.location.filesystem()
 
     def one(path: str) -> int:
         with fs.open(path, "rb") as f:
@@ -117,10 +117,10 @@ def rows_in(cfg: QualityJobConfig, paths: list[str], at_most: int | None = None)
 def _batches(cfg: QualityJobConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """The rows of ``paths`` as numpy batches, as Ray Data hands them to the scoring actor."""
     icfg = cfg.input
-    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
+    fs, _ = icfg.location.filesystem()
     step = cfg.ray.batch_size
     if icfg.format == "images":
-        ids = fid.image_ids(icfg.path, paths, icfg.storage_options)
+        ids = fid.image_ids(icfg.location, paths)
         for start in range(0, len(paths), step):
             chunk = paths[start : start + step]
             blobs = fs.cat(chunk, on_error="raise")
@@ -129,7 +129,7 @@ def _batches(cfg: QualityJobConfig, paths: list[str]) -> Iterator[dict[str, np.n
                 icfg.image_column: _objects([blobs[p] for p in chunk]),
             }
         return
-    schema = datasets.parquet_input_schema(icfg.path, icfg.storage_options, icfg.id_column, icfg.image_column, paths)
+    schema = datasets.parquet_input_schema(icfg.location, icfg.id_column, icfg.image_column, paths)
     for path in paths:
         with fs.open(path, "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=step):

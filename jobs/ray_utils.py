@@ -30,7 +30,7 @@ from jobs.config_ray import RayConfig
 from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets
-from restore_core.io.locations import is_process_local
+from restore_core.io.locations import Location, is_process_local
 
 log = logging.getLogger("jobs.ray")
 
@@ -160,9 +160,9 @@ def init_ray(ray_cfg: RayConfig) -> None:
     ctx.enable_auto_log_stats = False
 
 
-def arrow_filesystem(url: str, storage_options: dict[str, Any] | None) -> tuple[pafs.FileSystem, str]:
+def arrow_filesystem(location: Location) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem (wrapping fsspec, so every fsspec URL works) and the path inside it."""
-    fs, root = datasets.filesystem(url, storage_options)
+    fs, root = location.filesystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
 
 
@@ -180,8 +180,9 @@ def read_dataset(input_cfg: InputConfig, files: Sequence[str] | None = None) -> 
     """
     if not input_cfg.path:
         raise UserError("input.path is empty: point it at the images (Parquet files or a folder)")
+    where = input_cfg.location
     if files is None:
-        files = datasets.list_files(input_cfg.path, input_cfg.format, input_cfg.storage_options)
+        files = datasets.list_files(where, input_cfg.format)
     elif is_process_local(input_cfg.path):
         raise ValueError("read_dataset: a file subset of a process-local input is not supported")
     files = list(files)
@@ -189,9 +190,8 @@ def read_dataset(input_cfg: InputConfig, files: Sequence[str] | None = None) -> 
     if is_process_local(input_cfg.path):
         rows = list(
             datasets.iter_rows(
-                input_cfg.path,
+                where,
                 input_cfg.format,
-                input_cfg.storage_options,
                 idc,
                 imc,
                 input_cfg.limit,
@@ -199,25 +199,18 @@ def read_dataset(input_cfg: InputConfig, files: Sequence[str] | None = None) -> 
             )
         )
         return ray.data.from_arrow(pa.Table.from_pylist(rows))
-    fs, root = arrow_filesystem(input_cfg.path, input_cfg.storage_options)
+    fs, root = arrow_filesystem(where)
     if input_cfg.format == "parquet":
         # Every file's footer: missing columns fail here, and files whose column types differ
         # are read as one schema (ids as strings, missing columns null) instead of failing mid-job.
-        schema = datasets.parquet_input_schema(input_cfg.path, input_cfg.storage_options, idc, imc, files)
+        schema = datasets.parquet_input_schema(where, idc, imc, files)
         ds = ray.data.read_parquet(files, filesystem=fs, **({"schema": schema} if schema is not None else {}))
         if schema is None:  # the files agree: the first one's schema is everyone's
-            schema = datasets.parquet_schemas(
-                files[:1], datasets.filesystem(input_cfg.path, input_cfg.storage_options)[0]
-            )[0]
+            schema = datasets.parquet_schemas(files[:1], where.filesystem()[0])[0]
         image_columns = (imc, input_cfg.reference_column, input_cfg.mask_column)
         if any(c in schema.names and datasets.is_path_struct(schema.field(c).type) for c in image_columns):
             # Hugging Face cells that point at files: read the files in the read stage.
-            embed = functools.partial(
-                datasets.embed_path_cells,
-                columns=image_columns,
-                url=input_cfg.path,
-                storage_options=input_cfg.storage_options,
-            )
+            embed = functools.partial(datasets.embed_path_cells, columns=image_columns, location=where)
             ds = ds.map_batches(embed, batch_format="pyarrow", num_cpus=0.25)
     else:
         ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True)
@@ -372,11 +365,11 @@ def input_rows(input_cfg: InputConfig) -> int | None:
     """How many rows the input holds (Parquet footers, or the number of image files), capped by
     ``input.limit``; None when that cannot be known cheaply (progress then shows no ETA)."""
     try:
-        files = datasets.list_files(input_cfg.path, input_cfg.format, input_cfg.storage_options)
+        files = datasets.list_files(input_cfg.location, input_cfg.format)
         if input_cfg.format == "parquet":
             from restore_core.io.shards import parquet_row_counts
 
-            fs, _ = datasets.filesystem(input_cfg.path, input_cfg.storage_options)
+            fs, _ = input_cfg.location.filesystem()
             n = sum(parquet_row_counts(files, fs))
         else:
             n = len(files)

@@ -28,6 +28,7 @@ from restore_core.config import RestoreConfig
 from restore_core.device import resolve_device
 from restore_core.io import shards as shard_io
 from restore_core.io import sr_models
+from restore_core.io.locations import Location
 from restore_core.io.refiners import build_from_artifact
 from restore_core.pipeline import Restorer
 
@@ -123,10 +124,10 @@ class RestoreActor:
         return out
 
 
-def write_fragments(table: pa.Table, url: str, storage_options: dict[str, Any]) -> pa.Table:
+def write_fragments(table: pa.Table, location: Location) -> pa.Table:
     """Ray Data stage: write restored rows as fragments; return per-shard bookkeeping rows."""
     t0 = time.perf_counter()
-    folder = shard_io.OutputFolder(url, storage_options)
+    folder = shard_io.OutputFolder(location)
     info = {
         "nodes": sorted(set(table.column(NODE_COL).to_pylist())),
         "actors": sorted(set(table.column(ACTOR_COL).to_pylist())),
@@ -156,11 +157,9 @@ def write_fragments(table: pa.Table, url: str, storage_options: dict[str, Any]) 
     )
 
 
-def commit_shard(
-    url: str, storage_options: dict[str, Any], shard: shard_io.Shard, images: bool = False
-) -> dict[str, Any]:
+def commit_shard(location: Location, shard: shard_io.Shard, images: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
-    stats = shard_io.OutputFolder(url, storage_options).commit_shard(shard, images=images)
+    stats = shard_io.OutputFolder(location).commit_shard(shard, images=images)
     stats["commit_s"] = time.perf_counter() - t0
     return stats
 
@@ -187,7 +186,7 @@ def execute(plan: RestorePlan, pending: list[shard_io.Shard]) -> Progress:
     )
     ds = _stream(plan, pending, shipped, pool)
     _collect(ds, cfg, pending, progress)
-    shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options).clear_tmp()
+    shard_io.OutputFolder(cfg.output.location).clear_tmp()
     unfinished = [s.index for s in pending if progress.rows[s.index] != s.n_rows]
     if unfinished:
         raise RuntimeError(f"shards {unfinished[:5]} did not get all their rows")
@@ -238,7 +237,7 @@ def _stream(plan: RestorePlan, pending: list[shard_io.Shard], shipped: dict[str,
     )
     return ds.map_batches(
         write_fragments,
-        fn_kwargs={"url": cfg.output.path, "storage_options": cfg.output.storage_options},
+        fn_kwargs={"location": cfg.output.location},
         batch_size=rows_per_block,
         batch_format="pyarrow",
         **light,
@@ -269,8 +268,6 @@ def _collect(ds: Any, cfg: RestoreJobConfig, pending: list[shard_io.Shard], prog
                 progress.bases_refs.update(r for r in row["bases_refs"] if r)
                 if progress.rows[s] == by_index[s].n_rows:
                     out = cfg.output
-                    commits.append(
-                        remote_commit.remote(out.path, out.storage_options, by_index[s], out.format == "images")
-                    )
+                    commits.append(remote_commit.remote(out.location, by_index[s], out.format == "images"))
     for stats in ray.get(commits):
         progress.commit_s += stats["commit_s"]

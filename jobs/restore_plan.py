@@ -100,7 +100,7 @@ def resume_settings(
     hash to ``artifacts`` below. The input's listing is *not* part of it: a grown input resumes
     and restores only the new files. ``redacted`` gives the copy stored in ``_plan.json``.
     """
-    artifacts = {"input": ":".join(locations.location_key(cfg.input.path))}
+    artifacts = {"input": ":".join(cfg.input.location.key())}  # the path normalised, never its options
     if bases is not None:
         artifacts["bases"] = f"{bases.fingerprint()} {bases.meta.describe()}"
     if sr_artifact is not None:
@@ -120,7 +120,7 @@ def load_sr_artifact(cfg: RestoreConfig) -> Any:
     """The validated SR artifact (weights as arrays + meta), or None when SR is off."""
     if not cfg.sr.enabled:
         return None
-    artifact = load_sr_model(cfg.sr.model, cfg.sr.storage_options)
+    artifact = load_sr_model(cfg.sr.model_location)
     sr_models.model_from_artifact(artifact)  # the weights fit the architecture in meta.json
     return artifact
 
@@ -132,7 +132,7 @@ def load_refiner_artifact(cfg: RestoreConfig) -> RefinerArtifact | None:
         if cfg.refiner:
             log.info("fit.method %s does not use the refiner %s", cfg.fit.method, cfg.refiner)
         return None
-    artifact = load_refiner(cfg.refiner, cfg.input.storage_options)
+    artifact = load_refiner(cfg.refiner_location)
     gain = artifact.held_out_gain_db
     if cfg.fit.method == "auto" and gain is not None and gain <= 0:
         # A refiner that did not beat its own fill on held-out damaged rows would make the output
@@ -171,13 +171,13 @@ def _load_bases(cfg: RestoreConfig, refiner: RefinerArtifact | None) -> Bases | 
     else:
         needs_bases = cfg.fit.method in ("nmf", "reference") or (cfg.fit.method == "auto" and bool(cfg.bases))
     # (bases "" with a refiner that takes bases: check_refiner_bases says so in its words)
-    return load_bases(cfg.bases, cfg.input.storage_options) if needs_bases and cfg.bases else None
+    return load_bases(cfg.bases_location) if needs_bases and cfg.bases else None
 
 
 def _check_first_image(cfg: RestoreConfig, bases: Bases) -> None:
     """Bases made for another image size or channel count would fail every row: say so once."""
     icfg = cfg.input
-    rows = datasets.iter_rows(icfg.path, icfg.format, icfg.storage_options, icfg.id_column, icfg.image_column, limit=8)
+    rows = datasets.iter_rows(icfg.location, icfg.format, icfg.id_column, icfg.image_column, limit=8)
     shape = checks.first_image_shape(rows, icfg.image_column, cfg.decode.max_pixels)
     if shape is not None:
         checks.check_bases_fit(bases.meta, shape, where=icfg.path, bases_url=cfg.bases)
@@ -211,15 +211,11 @@ def preflight(cfg: RestoreJobConfig) -> RestorePlan:
     bases = _load_bases(cfg, refiner)
     check_refiner_bases(cfg, refiner, bases)
     sr_artifact = load_sr_artifact(cfg)
-    flagged = (
-        read_flagged_ids(cfg.only_flagged, cfg.only_flagged_flags, cfg.input.storage_options)
-        if cfg.only_flagged
-        else None
-    )
+    flagged = read_flagged_ids(cfg.only_flagged_location, cfg.only_flagged_flags) if cfg.only_flagged else None
     method = _check_method(cfg, bases, refiner)
     if bases is not None:
         _check_first_image(cfg, bases)
-    out = shard_io.OutputFolder(cfg.output.path, cfg.output.storage_options)
+    out = shard_io.OutputFolder(cfg.output.location)
     out.check_writable()
     fingerprint = shard_io.settings_fingerprint(resume_settings(cfg, bases, sr_artifact, flagged, refiner))
     return RestorePlan(cfg, shards, schema, bases, sr_artifact, refiner, flagged, out, fingerprint, method, started)

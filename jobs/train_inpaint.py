@@ -35,6 +35,7 @@ from restore_core.config import check_ranges, from_dict, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.io.artifacts import load_bases
+from restore_core.io.locations import Location
 from restore_core.io.refiners import build_from_artifact, load_refiner, refiner_artifact, save_refiner
 from restore_core.refiner import RefinerSpec, build_refiner
 
@@ -74,7 +75,7 @@ def train_loop(config: dict[str, Any]) -> None:
     averaged.load_state_dict(base.state_dict())
 
     def load_weights(folder: str) -> None:
-        averaged.load_state_dict(build_from_artifact(load_refiner(folder)).state_dict())
+        averaged.load_state_dict(build_from_artifact(load_refiner(Location(folder))).state_dict())
 
     start, history, extra = training.resume_train_state(config, JOB, optimizer, None, load_weights)
     if "raw_weights" in extra:
@@ -116,7 +117,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
         def write_model(folder: str, epoch: int = epoch) -> None:
             meta = {**config["meta"], "training": {**config["meta"]["training"], "epoch": epoch}}
-            save_refiner(refiner_artifact(averaged, spec, **meta), folder)
+            save_refiner(refiner_artifact(averaged, spec, **meta), Location(folder))
 
         raw = {"raw_weights": {k: v.detach().cpu() for k, v in base.state_dict().items()}, "ema_steps": ema_steps}
         training.report_epoch(config, line, metrics, write_model, optimizer, None, history, raw)
@@ -287,8 +288,8 @@ def make_spec(cfg: TrainInpaintConfig) -> RefinerSpec:
 
 def data_fingerprint(cfg: TrainInpaintConfig) -> str:
     """A short hash of the input's file listing (paths and sizes)."""
-    fs, _ = datasets.filesystem(cfg.input.path, cfg.input.storage_options)
-    files = datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)
+    fs, _ = cfg.input.location.filesystem()
+    files = datasets.list_files(cfg.input.location, cfg.input.format)
     h = hashlib.sha256()
     for path in files:
         h.update(f"{path}:{fs.size(path)};".encode())
@@ -298,7 +299,7 @@ def data_fingerprint(cfg: TrainInpaintConfig) -> str:
 def _load_checked_bases(cfg: TrainInpaintConfig, spec: RefinerSpec) -> Any:
     """The bases the refiner takes as an input (None without ``use_bases``), checked to fit it."""
     channels = spec.channels
-    bases = load_bases(cfg.bases, cfg.input.storage_options) if spec.use_bases else None
+    bases = load_bases(cfg.bases_location) if spec.use_bases else None
     if bases is not None and (bases.meta.mode != "patch" or bases.meta.channels != channels):
         raise UserError(
             f"bases {cfg.bases} are {bases.meta.describe()}: the refiner needs patch-mode bases with "
@@ -330,15 +331,15 @@ def _write_refiner(cfg: TrainInpaintConfig, checkpoint: Any) -> tuple[list[dict[
     """The last checkpoint's refiner written to ``output`` with its training history (also as
     ``history.json``): (the history, what :func:`save_refiner` returned)."""
     with checkpoint.as_directory() as folder:
-        artifact = load_refiner(folder)
+        artifact = load_refiner(Location(folder))
         with open(posixpath.join(folder, training.PROGRESS_FILE), encoding="utf-8") as f:
             history = json.load(f)["history"]
     artifact = dataclasses.replace(
         artifact,
         meta={**artifact.meta, "training": {**artifact.meta.get("training", {}), "history": history}},
     )
-    written = save_refiner(artifact, cfg.output, cfg.input.storage_options)
-    fs, root = datasets.filesystem(cfg.output, cfg.input.storage_options)
+    written = save_refiner(artifact, cfg.output_location)
+    fs, root = cfg.output_location.filesystem()
     with fs.open(posixpath.join(root, "history.json"), "w") as f:
         json.dump(history, f, indent=2)
     return history, written
@@ -356,10 +357,8 @@ def run(cfg: TrainInpaintConfig) -> Summary:
     channels = spec.channels
     bases = _load_checked_bases(cfg, spec)
     public = to_dict(cfg)
-    place = training.checkpoint_place(
-        JOB, cfg.checkpoints, cfg.output, cfg.input.storage_options, training.run_identity(public)
-    )
-    datasets.list_files(cfg.input.path, cfg.input.format, cfg.input.storage_options)  # a wrong path: one line now
+    place = training.checkpoint_place(JOB, cfg.checkpoints, cfg.output_location, training.run_identity(public))
+    datasets.list_files(cfg.input.location, cfg.input.format)  # a wrong path: one line now
     ray_utils.init_ray(cfg.ray)
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
     images: Any = ray_utils.read_dataset(cfg.input)  # Any: Ray's stubs reject map_batches' fn_kwargs style

@@ -33,8 +33,9 @@ from restore_core import codec, sr
 from restore_core.codec import cell_bytes
 from restore_core.config import SRDegradeConfig, check_ranges, from_dict, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets, locations, sr_models
+from restore_core.io import locations, sr_models
 from restore_core.io.artifacts import load_sr_model, save_sr_model
+from restore_core.io.locations import Location
 from restore_core.io.shards import probe_writable
 
 CONFIG = TrainSRConfig
@@ -138,7 +139,7 @@ def train_loop(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
 
     def load_weights(folder: str) -> None:
-        base.load_state_dict(sr_models.load_model(folder).net.state_dict())
+        base.load_state_dict(sr_models.load_model(Location(folder)).net.state_dict())
 
     start, history, _ = training.resume_train_state(config, "train-sr", state.optimizer, state.scaler, load_weights)
 
@@ -172,7 +173,7 @@ def train_loop(config: dict[str, Any]) -> None:
             sr_models.save_model(
                 base,
                 cfg.degrade,
-                folder,
+                Location(folder),
                 epoch=epoch,
                 val_psnr=metrics["val_psnr"],
                 val_psnr_bicubic=metrics["val_psnr_bicubic"],
@@ -256,7 +257,7 @@ def _check(cfg: TrainSRConfig) -> None:
         raise UserError("net.channels is empty: give the CNN's hidden widths, e.g. [16, 32, 64]")
     nest = cfg.input.format == "parquet"  # model.safetensors and a PNG plot are never read as Parquet
     locations.check_apart([("input.path", cfg.input.path)], [("output", cfg.output)], output_may_nest=nest)
-    probe_writable(cfg.output, cfg.input.storage_options, key="output")  # before any training
+    probe_writable(cfg.output_location, key="output")  # before any training
 
 
 def run(cfg: TrainSRConfig) -> Summary:
@@ -265,7 +266,7 @@ def run(cfg: TrainSRConfig) -> Summary:
 
     t0 = time.perf_counter()
     place = training.checkpoint_place(
-        "train-sr", cfg.checkpoints, cfg.output, cfg.input.storage_options, training.run_identity(to_dict(cfg))
+        "train-sr", cfg.checkpoints, cfg.output_location, training.run_identity(to_dict(cfg))
     )
     ray_utils.init_ray(cfg.ray)
     # Per-operator bars flood logs; the per-epoch lines from rank 0 show progress instead.
@@ -283,11 +284,11 @@ def run(cfg: TrainSRConfig) -> Summary:
         cfg.checkpoints.keep,
     )
     with checkpoint.as_directory() as ckpt_dir:
-        artifact = load_sr_model(ckpt_dir)
-    meta = save_sr_model(artifact, cfg.output, cfg.input.storage_options)
+        artifact = load_sr_model(Location(ckpt_dir))
+    meta = save_sr_model(artifact, cfg.output_location)
     log.info("SR model written to %s (from the checkpoint %s)", cfg.output, checkpoint_url)
     history = meta.get("history", [])
-    fs, root = datasets.filesystem(cfg.output, cfg.input.storage_options)
+    fs, root = cfg.output_location.filesystem()
     with fs.open(posixpath.join(root, "history.json"), "w") as f:
         json.dump(history, f, indent=2)
     with tempfile.TemporaryDirectory() as tmp:

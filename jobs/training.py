@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 
 from jobs.config_ray import TrainCheckpointConfig, TrainWorkersConfig
 from restore_core.errors import UserError
-from restore_core.io import datasets
+from restore_core.io.locations import Location
 
 log = logging.getLogger("jobs.training")
 
@@ -68,19 +68,19 @@ def run_fingerprint(identity: dict[str, Any]) -> str:
 def checkpoint_place(
     name: str,
     ckpt: TrainCheckpointConfig,
-    output: str,
-    default_storage_options: dict[str, Any],
+    output: Location,
     identity: dict[str, Any],
 ) -> CheckpointPlace:
-    """Prepare the run's checkpoint folder: clear it (``resume: false``), refuse one made with
-    other settings, record this run's settings; fails with one line when it cannot be written."""
+    """Prepare the run's checkpoint folder (``ckpt.location(output)``): clear it (``resume: false``),
+    refuse one made with other settings, record this run's settings; fails with one line when it
+    cannot be written."""
     if ckpt.keep < 1:
         raise UserError(f"checkpoints.keep must be >= 1, got {ckpt.keep}")
-    url = (ckpt.path or f"{output.rstrip('/')}/checkpoints").rstrip("/")
-    options = ckpt.storage_options or default_storage_options
+    where = ckpt.location(output)
+    url = where.path
     fingerprint = run_fingerprint(identity)
     try:
-        fs, root = datasets.filesystem(url, options)
+        fs, root = where.filesystem()
         run_root = posixpath.join(root, name)
         if not ckpt.resume and fs.exists(run_root):
             log.info("checkpoints.resume is false: deleting the earlier checkpoints in %s/%s", url, name)

@@ -4,6 +4,11 @@ Each section is a strict frozen dataclass whose numbers carry their declared ran
 (:func:`~restore_core.config_loader.ranged`); :mod:`restore_core.config_loader` reads and checks
 them. ``RestoreConfig`` is what a :class:`~restore_core.pipeline.Restorer` needs; the restore
 job's tree (``jobs/config_restore.py``) extends it with its Ray section.
+
+A path and the storage options it is opened with are separate YAML keys; each section gives
+them together as a :class:`~restore_core.io.locations.Location` property (``input.location``,
+``output.location``, ``sr.model_location``, ``bases_location``...). Properties are not fields:
+``to_dict`` and the resume fingerprints see the YAML keys only.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import dataclasses
 from typing import Any, ClassVar, Literal
 
 from restore_core.config_loader import ranged, warn_renamed
+from restore_core.io.locations import Location
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +33,11 @@ class InputConfig:
     limit: int = ranged(0, 0)  # 0 = all rows
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def location(self) -> Location:
+        """``path`` with ``storage_options``."""
+        return Location(self.path, self.storage_options)
+
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
@@ -39,6 +50,11 @@ class OutputConfig:
     format: Literal["parquet", "images"] = "parquet"  # images: files in the input's tree under <path>/images/
     image_format: Literal["keep", "png", "jpeg", "webp", "tiff"] = "keep"  # keep = the input's (PNG if other)
     quality: int = ranged(0, 0, 100)  # jpeg/webp 1-100; 0 = the input JPEG's own (90 if none), webp lossless
+
+    @property
+    def location(self) -> Location:
+        """``path`` with ``storage_options``."""
+        return Location(self.path, self.storage_options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +133,11 @@ class SRConfig:
     batch_tiles: int = ranged(16, 1)  # tiles per forward pass
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the model URL
 
+    @property
+    def model_location(self) -> Location:
+        """``model`` with ``storage_options``."""
+        return Location(self.model, self.storage_options)
+
 
 @dataclasses.dataclass(frozen=True)
 class RestoreConfig:
@@ -133,6 +154,19 @@ class RestoreConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     only_flagged: str = ""  # a quality run folder (<quality output>/run=<date>); "" = restore every row
     only_flagged_flags: list[str] = dataclasses.field(default_factory=lambda: ["dead_pixels"])  # flags to restore
+
+    # The artifacts and the quality run are read with the input's storage options.
+    @property
+    def bases_location(self) -> Location:
+        return self.input.location.at(self.bases)
+
+    @property
+    def refiner_location(self) -> Location:
+        return self.input.location.at(self.refiner)
+
+    @property
+    def only_flagged_location(self) -> Location:
+        return self.input.location.at(self.only_flagged)
 
 
 @dataclasses.dataclass(frozen=True)

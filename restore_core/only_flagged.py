@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from restore_core.codec import cell_bytes as _cell_bytes  # the restore step's cell rules
 from restore_core.errors import UserError
-from restore_core.io import datasets
+from restore_core.io.locations import Location
 
 
 def _objects(values: list[Any]) -> np.ndarray:
@@ -23,19 +23,17 @@ def _objects(values: list[Any]) -> np.ndarray:
     return arr
 
 
-def read_flagged_ids(
-    run_folder: str, flags: Collection[str] = ("dead_pixels",), storage_options: dict[str, Any] | None = None
-) -> frozenset[str]:
+def read_flagged_ids(run_folder: Location, flags: Collection[str] = ("dead_pixels",)) -> frozenset[str]:
     """Ids of the images a quality run flagged with any of ``flags`` (for ``restore.only_flagged``).
 
     ``run_folder`` is one run, ``<quality output>/run=<date>``; its ``flags.parquet`` (written
     by the quality job, duplicate flags included) is read. A UserError when it is missing.
     """
-    fs, root = datasets.filesystem(run_folder, storage_options)
+    fs, root = run_folder.filesystem()
     path = posixpath.join(root, "flags.parquet")
     if not fs.exists(path):
         raise UserError(
-            f"{run_folder} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
+            f"{run_folder.path} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
             "<quality output>/run=<date> folder"
         )
     with fs.open(path, "rb") as f:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from restore_core.config_loader import from_dict, ranged
 from restore_core.config_sections import DecodeConfig, InputConfig, MaskConfig
 from restore_core.errors import ConfigError
+from restore_core.io.locations import Location
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +150,16 @@ class QualityConfig:
     cluster_aggregation_rows: int = ranged(10**6, 0)  # rows from which the run-wide step runs on Ray (0 = always)
     local_score_max_rows: int = ranged(1000, 0)  # at most this many rows to score: in the driver, no Ray (0 = never)
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
+
+    @property
+    def output_location(self) -> Location:
+        """``output`` with ``output_storage_options``."""
+        return Location(self.output, self.output_storage_options)
+
+    @property
+    def calibrate_location(self) -> Location:
+        """``calibrate``, a run folder under the output: read with ``output_storage_options``."""
+        return Location(self.calibrate, self.output_storage_options)
 
     def __post_init__(self) -> None:
         # The loader hands the flags over as plain mappings: merge them over the defaults and

@@ -21,22 +21,17 @@ import math
 import posixpath
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from restore_core.bases import Bases, BasesMeta, validate_bases
 from restore_core.errors import ArtifactError
-from restore_core.io import datasets
+from restore_core.io.locations import Location
 
 
-def _fs(url: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    return datasets.filesystem(url, storage_options)
-
-
-def save_bases(bases: Bases, url: str, storage_options: dict[str, Any] | None = None) -> None:
+def save_bases(bases: Bases, location: Location) -> None:
     """Write ``bases.npy`` then ``meta.json`` (meta last: its presence marks completion)."""
     validate_bases(bases.H, bases.meta)
-    fs, root = _fs(url, storage_options)
+    fs, root = location.filesystem()
     fs.makedirs(root, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, bases.H, allow_pickle=False)
@@ -70,12 +65,13 @@ def _load_npy(raw: bytes) -> np.ndarray:
     return np.load(buf, allow_pickle=False)
 
 
-def load_bases(url: str, storage_options: dict[str, Any] | None = None) -> Bases:
+def load_bases(location: Location) -> Bases:
     """Load and validate a bases artifact; every failure is one :class:`ArtifactError` line."""
+    url = location.path
     if not url:
         raise ArtifactError("no bases artifact given: set 'bases' to a folder made by `learn-bases`")
     try:
-        fs, root = _fs(url, storage_options)
+        fs, root = location.filesystem()
         meta_path = posixpath.join(root, "meta.json")
         if not fs.exists(meta_path):
             raise ArtifactError(
@@ -157,7 +153,7 @@ def validate_sr(tensors: dict[str, np.ndarray], meta: dict[str, Any], where: str
         raise ArtifactError(f"{where}: {SR_WEIGHTS_FILE} does not match the fingerprint in meta.json; it is corrupt")
 
 
-def save_sr_model(artifact: SRArtifact, url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_sr_model(artifact: SRArtifact, location: Location) -> dict[str, Any]:
     """Write ``model.safetensors`` then ``meta.json`` (last: its presence marks completion).
 
     Returns the meta as written (with ``fingerprint``).
@@ -167,17 +163,15 @@ def save_sr_model(artifact: SRArtifact, url: str, storage_options: dict[str, Any
     meta["fingerprint"] = artifact.fingerprint()
     tensors = {k: np.ascontiguousarray(v) for k, v in artifact.tensors.items()}
     validate_sr(tensors, meta)
-    write_safetensors_artifact(tensors, meta, url, storage_options)
+    write_safetensors_artifact(tensors, meta, location)
     return meta
 
 
-def write_safetensors_artifact(
-    tensors: dict[str, np.ndarray], meta: dict[str, Any], url: str, storage_options: dict[str, Any] | None
-) -> None:
+def write_safetensors_artifact(tensors: dict[str, np.ndarray], meta: dict[str, Any], location: Location) -> None:
     """Write a model folder: ``model.safetensors``, then ``meta.json`` (its presence marks completion)."""
     from safetensors.numpy import save as st_save
 
-    fs, root = _fs(url, storage_options)
+    fs, root = location.filesystem()
     fs.makedirs(root, exist_ok=True)
     with fs.open(posixpath.join(root, SR_WEIGHTS_FILE), "wb") as f:
         f.write(st_save(tensors, metadata={"format": str(meta["format"])}))
@@ -185,15 +179,14 @@ def write_safetensors_artifact(
         json.dump(meta, f, indent=2, allow_nan=True)
 
 
-def read_safetensors_artifact(
-    url: str, storage_options: dict[str, Any] | None, what: str, missing_hint: str
-) -> tuple[dict[str, np.ndarray], Any]:
+def read_safetensors_artifact(location: Location, what: str, missing_hint: str) -> tuple[dict[str, np.ndarray], Any]:
     """(tensors, meta.json's content) of a model folder; one ArtifactError line on any failure."""
     from safetensors import SafetensorError
     from safetensors.numpy import load as st_load
 
+    url = location.path
     try:
-        fs, root = _fs(url, storage_options)
+        fs, root = location.filesystem()
         meta_path = posixpath.join(root, SR_META_FILE)
         if not fs.exists(meta_path):
             raise ArtifactError(f"no {what} at {url} (meta.json missing): {missing_hint}")
@@ -208,15 +201,15 @@ def read_safetensors_artifact(
     return tensors, meta
 
 
-def load_sr_model(url: str, storage_options: dict[str, Any] | None = None) -> SRArtifact:
+def load_sr_model(location: Location) -> SRArtifact:
     """Load and validate an SR model artifact (safetensors: no code runs on load).
 
     Every failure is one :class:`ArtifactError` line naming the artifact.
     """
-    if not url:
+    if not location.path:
         raise ArtifactError("no SR model given: set 'sr.model' to a folder made by `train-sr`")
     tensors, meta = read_safetensors_artifact(
-        url, storage_options, "SR model", "run `python -m jobs train-sr` first or fix 'sr.model'"
+        location, "SR model", "run `python -m jobs train-sr` first or fix 'sr.model'"
     )
-    validate_sr(tensors, meta, where=f"SR model at {url}")
+    validate_sr(tensors, meta, where=f"SR model at {location.path}")
     return SRArtifact(tensors=tensors, meta=meta)

@@ -10,7 +10,6 @@ Hugging Face image columns are structs ``{bytes, path}``; a dataset that points 
 from __future__ import annotations
 
 import concurrent.futures
-import importlib
 import logging
 import os
 import posixpath
@@ -23,53 +22,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from restore_core.errors import UserError
+from restore_core.io.locations import Location
 from restore_core.io.paths import UnsafePathError, safe_relpath
 
 log = logging.getLogger("restore_core.io.datasets")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
 
-#: fsspec protocols served by an optional extra: protocol -> (module fsspec imports, extra name).
-OPTIONAL_PROTOCOLS = {
-    "gs": ("gcsfs", "gcs"),
-    "gcs": ("gcsfs", "gcs"),
-    "hf": ("huggingface_hub", "hf"),
-}
 
-
-def require_protocol(url: str) -> None:
-    """A one-line UserError naming the extra to install when ``url``'s protocol needs one."""
-    protocol = fsspec.utils.get_protocol(url)
-    needed = OPTIONAL_PROTOCOLS.get(protocol)
-    if needed is None:
-        return
-    module, extra = needed
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise UserError(
-            f"{protocol}:// URLs need {module}, which is not installed: pip install 'imrestore[{extra}]' "
-            f'(from a checkout: pip install ".[{extra}]")'
-        ) from None
-
-
-def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and the path inside it for ``url``.
-
-    ``storage_options`` go to the filesystem as they are (``s3``: ``client_kwargs``, ``key``...;
-    ``gs``: ``token``, ``project``...; ``hf``: ``token``, ``endpoint``...).
-    """
-    require_protocol(url)
-    try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ImportError, ValueError) as exc:
-        raise UserError(f"cannot open {url!r}: {exc}") from None
-
-
-def dataset_folder(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the folder of the dataset at ``url`` (its parent when ``url`` is a file):
+def dataset_folder(location: Location) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the folder of the dataset at ``location`` (its parent when it is a file):
     where the relative paths of path-only image cells start."""
-    fs, root = filesystem(url, storage_options)
+    fs, root = location.filesystem()
     root = root.rstrip("/")
     if posixpath.splitext(root)[1].lower() == ".parquet" or fs.isfile(root):
         root = posixpath.dirname(root)
@@ -100,20 +64,18 @@ def resolve_cell_path(fs: fsspec.AbstractFileSystem, root: str, path: str) -> st
     return f"{root}/{rel}" if root else rel
 
 
-def embed_path_cells(
-    table: pa.Table, columns: Iterable[str], url: str, storage_options: dict[str, Any] | None = None
-) -> pa.Table:
+def embed_path_cells(table: pa.Table, columns: Iterable[str], location: Location) -> pa.Table:
     """Fill the path-only cells (``{bytes: null, path: p}``) of ``columns`` with the files' bytes.
 
     Paths are read relative to the dataset's folder (see :func:`dataset_folder` and
-    :func:`resolve_cell_path`), with the same ``storage_options`` as the dataset. A file that
+    :func:`resolve_cell_path`), with the dataset's storage options. A file that
     cannot be read, or lies outside the folder, leaves its cell without bytes: that row becomes
     an error row downstream, and the other rows go on. Other columns and cells are unchanged.
     """
     todo = [c for c in columns if c in table.column_names and is_path_struct(table.schema.field(c).type)]
     if not todo:
         return table
-    fs, root = dataset_folder(url, storage_options)
+    fs, root = dataset_folder(location)
     for name in todo:
         col = table.column(name).combine_chunks()
         if isinstance(col, pa.ChunkedArray):  # an empty column has no chunk to combine
@@ -146,11 +108,11 @@ def embed_path_cells(
     return table
 
 
-def list_files(url: str, fmt: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+def list_files(location: Location, fmt: str) -> list[str]:
     """Sorted full paths (without protocol) of the dataset's files; a UserError if none."""
-    fs, root = filesystem(url, storage_options)
+    fs, root = location.filesystem()
     if not fs.exists(root):
-        raise UserError(f"input path does not exist: {url} (check input.path)")
+        raise UserError(f"input path does not exist: {location.path} (check input.path)")
     if fs.isfile(root):
         files = [root]
     else:
@@ -158,7 +120,7 @@ def list_files(url: str, fmt: str, storage_options: dict[str, Any] | None = None
     files.sort()
     if not files:
         kind = "*.parquet files" if fmt == "parquet" else "image files"
-        raise UserError(f"no {kind} under {url} (check input.path and input.format)")
+        raise UserError(f"no {kind} under {location.path} (check input.path and input.format)")
     return files
 
 
@@ -198,9 +160,8 @@ def _find_local(root: str) -> list[str]:
 
 
 def iter_rows(
-    url: str,
+    location: Location,
     fmt: str,
-    storage_options: dict[str, Any] | None = None,
     id_column: str = "id",
     image_column: str = "image",
     limit: int = 0,
@@ -212,9 +173,9 @@ def iter_rows(
     files' bytes (:func:`embed_path_cells`).
     """
     image_columns = (image_column, *extra_image_columns)
-    fs, root = filesystem(url, storage_options)
+    fs, root = location.filesystem()
     count = 0
-    for path in list_files(url, fmt, storage_options):
+    for path in list_files(location, fmt):
         if fmt == "images":
             rel = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
             with fs.open(path, "rb") as f:
@@ -231,9 +192,7 @@ def iter_rows(
                 rows = (
                     row
                     for batch in parquet.iter_batches(batch_size=64)
-                    for row in embed_path_cells(
-                        pa.Table.from_batches([batch]), image_columns, url, storage_options
-                    ).to_pylist()
+                    for row in embed_path_cells(pa.Table.from_batches([batch]), image_columns, location).to_pylist()
                 )
                 count = yield from _take(rows, count, limit)
         if limit and count >= limit:
@@ -345,8 +304,7 @@ def conform(table: pa.Table, schema: pa.Schema | None, where: str = "") -> pa.Ta
 
 
 def parquet_input_schema(
-    url: str,
-    storage_options: dict[str, Any] | None = None,
+    location: Location,
     id_column: str = "id",
     image_column: str = "image",
     files: Sequence[str] | None = None,
@@ -357,8 +315,8 @@ def parquet_input_schema(
     and column types must be reconcilable. Footers only are read. ``files``: these of the input's
     files only (default: all of them).
     """
-    files = list(files) if files is not None else list_files(url, "parquet", storage_options)
-    fs, _ = filesystem(url, storage_options)
+    files = list(files) if files is not None else list_files(location, "parquet")
+    fs, _ = location.filesystem()
     schemas = parquet_schemas(files, fs)
     for path, schema in zip(files, schemas, strict=True):
         missing = [c for c in (id_column, image_column) if c not in schema.names]

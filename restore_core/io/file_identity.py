@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from restore_core.errors import UserError
 from restore_core.io import datasets
+from restore_core.io.locations import Location
 from restore_core.io.resume import changed_settings, settings_document, settings_fingerprint
 
 #: ``<run>/files.parquet``: the input files a run read, their identity, and the ids each gave.
@@ -138,21 +139,21 @@ def identity_token(info: Mapping[str, Any]) -> str:
     return ""
 
 
-def list_identities(url: str, fmt: str, storage_options: dict[str, Any] | None = None) -> list[FileIdentity]:
+def list_identities(location: Location, fmt: str) -> list[FileIdentity]:
     """The dataset's files (as :func:`datasets.list_files` lists them) with their identity.
 
     One listing call on object stores (``find(detail=True)`` carries sizes and checksums), one
     ``stat`` per file on a local folder. A UserError if the path is missing or holds no files.
     """
-    fs, root = datasets.filesystem(url, storage_options)
+    fs, root = location.filesystem()
     if datasets.is_local(fs):
         out = []
-        for path in datasets.list_files(url, fmt, storage_options):
+        for path in datasets.list_files(location, fmt):
             st = os.stat(path)
             out.append(FileIdentity(path, int(st.st_size), f"mtime_ns:{st.st_mtime_ns}"))
         return out
     if not fs.exists(root):
-        raise UserError(f"input path does not exist: {url} (check input.path)")
+        raise UserError(f"input path does not exist: {location.path} (check input.path)")
     if fs.isfile(root):
         infos = {root: fs.info(root)}
     else:
@@ -160,13 +161,13 @@ def list_identities(url: str, fmt: str, storage_options: dict[str, Any] | None =
         infos = {p: listed[p] for p in datasets.dataset_files(listed, fmt)}
     if not infos:
         kind = "*.parquet files" if fmt == "parquet" else "image files"
-        raise UserError(f"no {kind} under {url} (check input.path and input.format)")
+        raise UserError(f"no {kind} under {location.path} (check input.path and input.format)")
     return [FileIdentity(p, int(infos[p].get("size") or 0), identity_token(infos[p])) for p in sorted(infos)]
 
 
-def image_ids(url: str, files: Sequence[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+def image_ids(location: Location, files: Sequence[str]) -> list[str]:
     """The ids an image folder's files get (their path relative to the folder), as the read gives them."""
-    fs, root = datasets.filesystem(url, storage_options)
+    fs, root = location.filesystem()
     root = root.rstrip("/")
     base = posixpath.dirname(root) if fs.isfile(root) else root
     return [posixpath.relpath(p, base) if p != base else posixpath.basename(p) for p in files]

@@ -14,19 +14,24 @@ from typing import Any
 
 from restore_core.errors import UserError
 from restore_core.io import datasets
+from restore_core.io.locations import Location
 from restore_core.io.probe import probe_writable
 
 
 class Folder:
-    """An output folder (an fsspec URL): paths under it, listings, atomic writes, JSON."""
+    """An output folder (a :class:`Location`): paths under it, listings, atomic writes, JSON."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        if not url:
+    def __init__(self, location: Location) -> None:
+        if not location.path:
             raise UserError("output.path is empty: set it to the folder (or s3://bucket/prefix) to write")
-        self.url = url.rstrip("/")
-        self.storage_options = dict(storage_options or {})
-        self.fs, self.root = datasets.filesystem(self.url, self.storage_options)
+        self.location = location.at(location.path.rstrip("/"))
+        self.fs, self.root = self.location.filesystem()
         self.root = self.root.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        """The folder's path as configured (no trailing ``/``): for messages."""
+        return self.location.path
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -43,7 +48,7 @@ class Folder:
 
     def check_writable(self) -> None:
         """Write and delete a probe object: bad credentials or a read-only bucket fail here."""
-        probe_writable(self.url, self.storage_options)
+        probe_writable(self.location)
 
     def relative(self, path: str) -> str:
         return posixpath.relpath(str(path), self.root)

@@ -10,15 +10,21 @@ URLs reduced to protocol + ``bucket/key`` without empty or trailing parts.
 
 Credentials never belong in a URL (``s3://KEY:SECRET@bucket``, a presigned ``?Signature=``):
 they would reach logs, error lines and manifests. :func:`refuse_credentials_in_url` says so in
-one line, without echoing them.
+one line, without echoing them. They travel beside the URL instead, as a :class:`Location`: the
+path and its fsspec ``storage_options``, one value wherever the two go together.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import fsspec
 
 from restore_core.errors import UserError
 
@@ -31,6 +37,75 @@ _CREDENTIAL_PARAM = re.compile(
     r"access_token|secret|password|key)=",
     re.I,
 )
+
+
+#: fsspec protocols served by an optional extra: protocol -> (module fsspec imports, extra name).
+OPTIONAL_PROTOCOLS = {
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+    "hf": ("huggingface_hub", "hf"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """A path (an fsspec URL: local folder, ``s3://bucket/prefix``, ``gs://...``, ``memory://...``)
+    and the fsspec ``storage_options`` to open it with (``s3``: ``client_kwargs``, ``key``...;
+    ``gs``: ``token``, ``project``...; ``hf``: ``token``, ``endpoint``...).
+
+    The options hold credentials: ``str()`` is the path and ``repr()`` shows the path only, so a
+    Location can go into a log line or an error message. Two Locations are equal when path and
+    options are; the hash is the path's. A Location is never a config field (configs keep their
+    YAML keys and expose Locations as properties), so the resume fingerprints never see one.
+    """
+
+    path: str
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, hash=False)
+
+    def __post_init__(self) -> None:
+        # A private copy (a plain dict: Locations travel to Ray workers, and a mapping proxy does
+        # not pickle), so that a caller's later change to its dict does not change this value.
+        object.__setattr__(self, "storage_options", dict(self.storage_options or {}))
+
+    def __str__(self) -> str:
+        return self.path
+
+    def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The fsspec filesystem and the path inside it; a UserError when it cannot be opened
+        (a protocol whose extra is not installed, options the filesystem refuses)."""
+        require_protocol(self.path)
+        try:
+            return fsspec.core.url_to_fs(self.path, **self.storage_options)
+        except (ImportError, ValueError) as exc:
+            raise UserError(f"cannot open {self.path!r}: {exc}") from None
+
+    def join(self, *parts: str) -> Location:
+        """The location ``parts`` below this one, with the same storage options."""
+        return Location(posixpath.join(self.path.rstrip("/"), *parts), self.storage_options)
+
+    def at(self, path: str) -> Location:
+        """Another path with the same storage options (an artifact read with the input's credentials)."""
+        return Location(path, self.storage_options)
+
+    def key(self) -> tuple[str, str]:
+        """:func:`location_key` of the path: equal keys name the same folder, however spelled."""
+        return location_key(self.path)
+
+
+def require_protocol(url: str) -> None:
+    """A one-line UserError naming the extra to install when ``url``'s protocol needs one."""
+    protocol = fsspec.utils.get_protocol(url)
+    needed = OPTIONAL_PROTOCOLS.get(protocol)
+    if needed is None:
+        return
+    module, extra = needed
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"{protocol}:// URLs need {module}, which is not installed: pip install 'imrestore[{extra}]' "
+            f'(from a checkout: pip install ".[{extra}]")'
+        ) from None
 
 
 def _split(url: str) -> tuple[str, str]:

@@ -17,13 +17,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from restore_core.config import InputConfig
-from restore_core.io import datasets
 from restore_core.io.paths import UnsafePathError, safe_relpath
 
 
 def images_in_parquet(path: str, input_cfg: InputConfig, wanted: Collection[str]) -> dict[str, Any]:
     """``{id: image cell}`` for the rows of one Parquet file whose id (as a string) is in ``wanted``."""
-    fs, _ = datasets.filesystem(input_cfg.path, input_cfg.storage_options)
+    fs, _ = input_cfg.location.filesystem()
     ids = pa.array(sorted(set(wanted)), pa.string())
     found: dict[str, Any] = {}
     with fs.open(path, "rb") as f:
@@ -46,7 +45,7 @@ def images_in_parquet(path: str, input_cfg: InputConfig, wanted: Collection[str]
 
 def images_in_folder(input_cfg: InputConfig, wanted: Collection[str]) -> dict[str, bytes]:
     """``{id: file bytes}`` for ids that are image files under ``input.path``; unreadable ones are left out."""
-    fs, root = datasets.filesystem(input_cfg.path, input_cfg.storage_options)
+    fs, root = input_cfg.location.filesystem()
     base = posixpath.dirname(root) if fs.isfile(root) else root
     found: dict[str, bytes] = {}
     for row_id in wanted:

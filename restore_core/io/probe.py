@@ -9,10 +9,10 @@ from __future__ import annotations
 import errno
 import posixpath
 import uuid
-from typing import Any
 
 from restore_core.errors import UserError
 from restore_core.io import datasets
+from restore_core.io.locations import Location
 
 
 def write_problem(exc: BaseException) -> str:
@@ -34,10 +34,10 @@ def write_problem(exc: BaseException) -> str:
     return "check the path and its credentials"
 
 
-def probe_writable(url: str, storage_options: dict[str, Any] | None = None, key: str = "output.path") -> None:
-    """Write and delete a small probe under ``url`` before any work; a UserError naming ``key``,
+def probe_writable(location: Location, key: str = "output.path") -> None:
+    """Write and delete a small probe under ``location`` before any work; a UserError naming ``key``,
     the cause and the fix when that fails (read-only folder, full disk, refused credentials)."""
-    fs, root = datasets.filesystem(url, storage_options)
+    fs, root = location.filesystem()
     root = root.rstrip("/")
     probe = posixpath.join(root, f"_probe-{uuid.uuid4().hex}")
     local = datasets.is_local(fs)
@@ -56,4 +56,6 @@ def probe_writable(url: str, storage_options: dict[str, Any] | None = None, key:
             fs.rmdir(folder)
     except Exception as exc:  # any backend error means the same thing to the user
         first = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise UserError(f"cannot write to {key} {url}: {write_problem(exc)} ({type(exc).__name__}: {first})") from None
+        raise UserError(
+            f"cannot write to {key} {location.path}: {write_problem(exc)} ({type(exc).__name__}: {first})"
+        ) from None

@@ -26,6 +26,7 @@ from restore_core.io.artifacts import (
     tensors_fingerprint,
     write_safetensors_artifact,
 )
+from restore_core.io.locations import Location
 from restore_core.refiner import RefinerSpec, build_refiner
 
 REFINER_FORMAT = "imrestore-refiner"
@@ -112,24 +113,24 @@ def validate_refiner(artifact: RefinerArtifact, where: str = "refiner") -> None:
     build_from_artifact(artifact, "cpu", where)
 
 
-def save_refiner(artifact: RefinerArtifact, url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_refiner(artifact: RefinerArtifact, location: Location) -> dict[str, Any]:
     """Validate, then write ``model.safetensors`` and ``meta.json`` (last); returns the meta as
     written, with ``fingerprint``."""
     meta = {**artifact.meta, "fingerprint": artifact.fingerprint()}
     meta.setdefault("format", REFINER_FORMAT)
     tensors = {k: np.ascontiguousarray(v) for k, v in artifact.tensors.items()}
     validate_refiner(RefinerArtifact(tensors, meta))
-    write_safetensors_artifact(tensors, meta, url, storage_options)
+    write_safetensors_artifact(tensors, meta, location)
     return meta
 
 
-def load_refiner(url: str, storage_options: dict[str, Any] | None = None) -> RefinerArtifact:
+def load_refiner(location: Location) -> RefinerArtifact:
     """Load and validate a refiner artifact (safetensors: no code runs on load)."""
-    if not url:
+    if not location.path:
         raise ArtifactError("no refiner given: set 'refiner' to a folder made by `train-inpaint`")
     tensors, meta = read_safetensors_artifact(
-        url, storage_options, "refiner", "run `python -m jobs train-inpaint` first or fix 'refiner'"
+        location, "refiner", "run `python -m jobs train-inpaint` first or fix 'refiner'"
     )
     artifact = RefinerArtifact(tensors=tensors, meta=meta)
-    validate_refiner(artifact, where=f"refiner at {url}")
+    validate_refiner(artifact, where=f"refiner at {location.path}")
     return artifact

@@ -78,8 +78,8 @@ def plan_shards(input_cfg: InputConfig, rows_per_shard: int = 0) -> list[Shard]:
     ``IMAGES_PER_SHARD``) files in sorted order. ``input_cfg.limit`` keeps the first rows.
     Empty Parquet files give no shard. Missing paths are a UserError.
     """
-    files = datasets.list_files(input_cfg.path, input_cfg.format, input_cfg.storage_options)
-    fs, _ = datasets.filesystem(input_cfg.path, input_cfg.storage_options)
+    files = datasets.list_files(input_cfg.location, input_cfg.format)
+    fs, _ = input_cfg.location.filesystem()
     shards: list[Shard] = []
     budget = input_cfg.limit or -1
     if input_cfg.format == "images":
@@ -108,7 +108,7 @@ def input_schema(input_cfg: InputConfig) -> pa.Schema | None:
     if input_cfg.format != "parquet":
         return None
     icfg = input_cfg
-    return datasets.parquet_input_schema(icfg.path, icfg.storage_options, icfg.id_column, icfg.image_column)
+    return datasets.parquet_input_schema(icfg.location, icfg.id_column, icfg.image_column)
 
 
 def plan_document(plan: Sequence[Shard], input_cfg: InputConfig, rows_per_shard: int) -> dict[str, Any]:
@@ -214,7 +214,7 @@ def read_shard(shard: Shard, input_cfg: InputConfig, schema: pa.Schema | None = 
     position in the shard). Parquet: only the row groups overlapping the range are read, then
     cast to ``schema`` (the input's :func:`~restore_core.io.datasets.unified_schema`) when given,
     so that files whose column types differ give rows of one schema."""
-    fs, root = datasets.filesystem(input_cfg.path, input_cfg.storage_options)
+    fs, root = input_cfg.location.filesystem()
     if input_cfg.format == "images":
         base = root if not fs.isfile(root) else posixpath.dirname(root)
         ids, blobs = [], []
@@ -241,7 +241,7 @@ def read_shard(shard: Shard, input_cfg: InputConfig, schema: pa.Schema | None = 
         if missing:
             raise UserError(f"{path} has no column(s) {sorted(missing)} (columns: {table.column_names})")
         image_columns = (input_cfg.image_column, input_cfg.reference_column, input_cfg.mask_column)
-        table = datasets.embed_path_cells(table, image_columns, input_cfg.path, input_cfg.storage_options)
+        table = datasets.embed_path_cells(table, image_columns, input_cfg.location)
     n = table.num_rows
     table = table.append_column(SHARD_COL, pa.array(np.full(n, shard.index, np.int64)))
     return table.append_column(ROW_COL, pa.array(np.arange(n, dtype=np.int64)))

@@ -18,6 +18,7 @@ from restore_core.config import SRConfig, SRDegradeConfig
 from restore_core.device import resolve_device
 from restore_core.errors import ArtifactError
 from restore_core.io.artifacts import SR_FORMAT, SRArtifact, load_sr_model, save_sr_model
+from restore_core.io.locations import Location
 
 
 def model_artifact(net: sr.SRNet, degrade_cfg: SRDegradeConfig, **extra: Any) -> SRArtifact:
@@ -36,11 +37,9 @@ def model_artifact(net: sr.SRNet, degrade_cfg: SRDegradeConfig, **extra: Any) ->
     return SRArtifact(tensors=tensors, meta=meta)
 
 
-def save_model(
-    net: sr.SRNet, degrade_cfg: SRDegradeConfig, url: str, storage_options: dict[str, Any] | None = None, **extra: Any
-) -> dict[str, Any]:
+def save_model(net: sr.SRNet, degrade_cfg: SRDegradeConfig, location: Location, **extra: Any) -> dict[str, Any]:
     """Write the model artifact (safetensors + meta.json) to an fsspec folder; returns the meta."""
-    return save_sr_model(model_artifact(net, degrade_cfg, **extra), url, storage_options)
+    return save_sr_model(model_artifact(net, degrade_cfg, **extra), location)
 
 
 def model_from_artifact(artifact: SRArtifact, device: torch.device | str = "cpu") -> sr.SRModel:
@@ -64,23 +63,20 @@ def model_from_artifact(artifact: SRArtifact, device: torch.device | str = "cpu"
     return sr.SRModel(net=net, degrade=deg, meta=dict(artifact.meta), device=dev)
 
 
-def load_model(
-    url: str, device: torch.device | str = "cpu", storage_options: dict[str, Any] | None = None
-) -> sr.SRModel:
-    """Load an SR model artifact folder (fsspec URL) onto ``device``; no pickle involved."""
-    return model_from_artifact(load_sr_model(url, storage_options), device)
+def load_model(location: Location, device: torch.device | str = "cpu") -> sr.SRModel:
+    """Load an SR model artifact folder onto ``device``; no pickle involved."""
+    return model_from_artifact(load_sr_model(location), device)
 
 
-def load_sr_apply(
-    url: str, sr_cfg: SRConfig, device: torch.device | str = "auto"
-) -> Callable[[np.ndarray], np.ndarray]:
-    """The callable ``restore_core.pipeline.Restorer`` takes as ``sr_apply``.
+def load_sr_apply(sr_cfg: SRConfig, device: torch.device | str = "auto") -> Callable[[np.ndarray], np.ndarray]:
+    """The callable ``restore_core.pipeline.Restorer`` takes as ``sr_apply``, for the model at
+    ``sr_cfg.model_location``.
 
     It maps a float32 (H, W) or (H, W, C) image in [0, 1] to the SR output: same size when
     ``sr_cfg.scale`` is 1, else enlarged by that factor (resize with the training filter, then
     the CNN), tiled by ``sr_cfg.tile`` with ``sr_cfg.tile_overlap`` pixels of context.
     """
-    model = load_model(url or sr_cfg.model, device, sr_cfg.storage_options)
+    model = load_model(sr_cfg.model_location, device)
     apply = sr.apply_fn(model, sr_cfg)
     apply.model = model  # type: ignore[attr-defined]  # for callers that want the meta
     return apply

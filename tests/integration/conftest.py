@@ -25,6 +25,7 @@ from imrestore_data import synth
 from restore_core import masks, nmf, sampling
 from restore_core.bases import Bases, BasesMeta, data_fingerprint
 from restore_core.io.artifacts import save_bases
+from restore_core.io.locations import Location
 from tests.conftest import png_bytes
 
 #: ids of the rows that cannot be decoded, and what is wrong with them.
@@ -110,7 +111,7 @@ class DatasetInfo:
 def restore_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetInfo:
     root = tmp_path_factory.mktemp("restore_data")
     data = write_dataset(root / "input")
-    save_bases(make_bases(), str(root / "bases"))
+    save_bases(make_bases(), Location(str(root / "bases")))
     ids = [i for t in make_dataset_tables() for i in t.column("id").to_pylist()]
     return DatasetInfo(path=data, bases=root / "bases", ids=ids)
 

@@ -30,6 +30,7 @@ from restore_core.config import from_dict
 from restore_core.errors import UserError
 from restore_core.io import lease
 from restore_core.io.artifacts import save_bases
+from restore_core.io.locations import Location
 from tests.integration.conftest import free_port, make_bases, write_dataset
 from tests.integration.test_secrets import FAKE_KEY, FAKE_SECRET, FAKE_TOKEN
 
@@ -236,7 +237,7 @@ def test_resume_refuses_other_settings_and_restores_only_new_input(local_ray, re
     ):
         with pytest.raises(UserError, match=rf"{named}.*--overwrite"):
             restore.run(make_cfg(inp, out, bases=bases, **change))
-    save_bases(make_bases(k=8), str(bases))  # same path, other content
+    save_bases(make_bases(k=8), Location(str(bases)))  # same path, other content
     with pytest.raises(UserError, match=r"artifact\.bases.*--overwrite"):
         restore.run(make_cfg(inp, out, bases=bases))
     shutil.rmtree(bases)
@@ -448,7 +449,7 @@ def test_no_credential_in_any_output_at_any_log_level(moto_s3, level, tmp_path):
     write_dataset(tmp_path / "in")
     for p in sorted((tmp_path / "in").glob("*.parquet"))[:2]:
         fs.put_file(str(p), f"{bucket}/in/{p.name}")
-    save_bases(make_bases(), f"s3://{bucket}/bases", opts)
+    save_bases(make_bases(), Location(f"s3://{bucket}/bases", opts))
     config = {
         "input": {"path": f"s3://{bucket}/in", "storage_options": opts},
         "output": {"path": f"s3://{bucket}/out", "storage_options": opts},

@@ -32,6 +32,7 @@ from jobs import restore
 from jobs.config_restore import RestoreJobConfig
 from restore_core.config import from_dict
 from restore_core.io.artifacts import save_bases
+from restore_core.io.locations import Location
 from tests.integration.conftest import BAD_IDS, free_port, make_bases, make_dataset_tables
 
 pytestmark = pytest.mark.integration
@@ -197,7 +198,7 @@ def proxied_s3(moto_s3) -> Iterator[tuple[FaultyProxy, dict, s3fs.S3FileSystem]]
     for s, table in enumerate(make_dataset_tables()):
         with direct.open(f"{bucket}/in/part-{s}.parquet", "wb") as f:
             pq.write_table(table, f, row_group_size=2)
-    save_bases(make_bases(), f"s3://{bucket}/bases", moto_s3.storage_options)
+    save_bases(make_bases(), Location(f"s3://{bucket}/bases", moto_s3.storage_options))
     try:
         yield proxy, {**opts, "bucket": bucket}, direct
     finally:

@@ -17,6 +17,7 @@ import pytest
 import imrestore_report as report
 from jobs.config_quality import QualityJobConfig
 from restore_core.config import from_dict
+from restore_core.io.locations import Location
 from tests.conftest import scored_quality_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # minutes on a busy 2-CPU machine
@@ -46,7 +47,7 @@ def test_aggregation_on_ray_equals_the_in_memory_run(tmp_path, local_ray):
     pq.write_table(pa.table({"id": prev_ids}), prev)
 
     fs = fsspec.filesystem("file")
-    out_fs, _ = arrow_filesystem(staging, {})
+    out_fs, _ = arrow_filesystem(Location(staging, {}))
     got = quality_aggregate.aggregate_run(cfg, fs, out_fs, staging, "2024-01-02", str(prev))
 
     want_table = report.with_run_flags(table, cfg)

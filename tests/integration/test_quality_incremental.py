@@ -20,6 +20,7 @@ from jobs import quality
 from jobs.config_quality import QualityJobConfig
 from restore_core.config import from_dict
 from restore_core.io import file_identity as fid
+from restore_core.io.locations import Location
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.integration
@@ -181,11 +182,11 @@ def test_s3_listing_gives_etags_and_a_rewrite_changes_them(moto_s3):
     fs = s3fs.S3FileSystem(**moto_s3.storage_options)
     fs.mkdir("ident-bucket")
     fs.pipe({"ident-bucket/d/a.png": b"abc", "ident-bucket/d/b.png": b"abcd", "ident-bucket/d/_x.png": b"x"})
-    got = fid.list_identities("s3://ident-bucket/d", "images", moto_s3.storage_options)
+    got = fid.list_identities(Location("s3://ident-bucket/d", moto_s3.storage_options), "images")
     assert [(f.path, f.size) for f in got] == [("ident-bucket/d/a.png", 3), ("ident-bucket/d/b.png", 4)]
     assert all(f.token.startswith("etag:") for f in got), got
     fs.pipe("ident-bucket/d/a.png", b"xyz")  # same size, other content
-    now = fid.list_identities("s3://ident-bucket/d", "images", moto_s3.storage_options)
+    now = fid.list_identities(Location("s3://ident-bucket/d", moto_s3.storage_options), "images")
     changes = fid.compare(now, {f.path: (f.size, f.token) for f in got})
     assert [f.path for f in changes.changed] == ["ident-bucket/d/a.png"]
     assert [f.path for f in changes.unchanged] == ["ident-bucket/d/b.png"]

@@ -23,6 +23,7 @@ from jobs.config_restore import RestoreJobConfig
 from restore_core.config import from_dict
 from restore_core.errors import UserError
 from restore_core.io.artifacts import load_bases
+from restore_core.io.locations import Location
 from restore_core.pipeline import Restorer
 from tests.integration.conftest import BAD_IDS, make_dataset_tables
 
@@ -97,7 +98,7 @@ def test_restore_every_id_once_bad_rows_errors_equal_in_process(
     assert not (tmp_path / "out" / "_tmp").exists()
 
     # the same rows through restore_core in-process give the same images and metrics
-    restorer = Restorer(load_bases(str(restore_dataset.bases)), None, cfg)
+    restorer = Restorer(load_bases(Location(str(restore_dataset.bases))), None, cfg)
     for table, expected_name in zip(make_dataset_tables(), sorted((tmp_path / "out" / "data").iterdir()), strict=True):
         batch = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in table.column_names}
         want = restorer(batch)
@@ -109,7 +110,9 @@ def test_restore_every_id_once_bad_rows_errors_equal_in_process(
 
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["rows"] == {"rows": 15, "ok": 12, "error": 3}
-    assert manifest["artifacts"]["bases"]["fingerprint"] == load_bases(str(restore_dataset.bases)).fingerprint()
+    assert (
+        manifest["artifacts"]["bases"]["fingerprint"] == load_bases(Location(str(restore_dataset.bases))).fingerprint()
+    )
     assert manifest["config"]["input"]["path"] == str(restore_dataset.path)
     assert {"ray", "torch", "pyarrow"} <= set(manifest["versions"])
 

@@ -15,6 +15,7 @@ from jobs.config_restore import RestoreJobConfig
 from restore_core.config import from_dict
 from restore_core.errors import UserError
 from restore_core.io.artifacts import save_bases
+from restore_core.io.locations import Location
 from tests.integration.conftest import BAD_IDS, make_bases, make_dataset_tables
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ def s3_dataset(moto_s3):
     for s, table in enumerate(make_dataset_tables()):
         with fs.open(f"in-bucket/data/part-{s}.parquet", "wb") as f:
             pq.write_table(table, f, row_group_size=2)
-    save_bases(make_bases(), "s3://in-bucket/bases", moto_s3.storage_options)
+    save_bases(make_bases(), Location("s3://in-bucket/bases", moto_s3.storage_options))
     return fs
 
 

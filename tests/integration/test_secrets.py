@@ -16,6 +16,7 @@ import yaml
 
 from jobs import cli
 from restore_core.io.artifacts import save_bases
+from restore_core.io.locations import Location
 from tests.integration.conftest import make_bases, make_dataset_tables
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ def test_credentials_never_reach_outputs_logs_or_summary(local_ray, moto_s3, tmp
     for s, table in enumerate(make_dataset_tables()):
         with fs.open(f"{bucket}/in/part-{s}.parquet", "wb") as f:
             pq.write_table(table, f, row_group_size=2)
-    save_bases(make_bases(), f"s3://{bucket}/bases", opts)
+    save_bases(make_bases(), Location(f"s3://{bucket}/bases", opts))
 
     import ray
 

@@ -12,6 +12,7 @@ from jobs import train_sr
 from jobs.config_train_sr import TrainSRConfig
 from restore_core.config import from_dict
 from restore_core.io.artifacts import load_sr_model
+from restore_core.io.locations import Location
 
 # slow: ~50 s idle, ~2 min on a loaded 2-CPU machine; the S3 checkpoint path of train-inpaint shares jobs/training.py
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -52,4 +53,4 @@ def test_train_sr_checkpoints_on_s3_and_resumes(local_ray, moto_s3):
     fs.invalidate_cache()
     history = json.loads(fs.cat_file("models/sr/history.json"))
     assert [h["epoch"] for h in history] == [1, 2] and history[0] == epoch1
-    assert load_sr_model("s3://models/sr", opts).meta["epoch"] == 2
+    assert load_sr_model(Location("s3://models/sr", opts)).meta["epoch"] == 2

@@ -23,6 +23,7 @@ from jobs.config_train_inpaint import TrainInpaintConfig
 from restore_core import masks
 from restore_core.config import from_dict
 from restore_core.errors import UserError
+from restore_core.io.locations import Location
 from restore_core.io.refiners import refiner_artifact, save_refiner
 from restore_core.refiner import RefinerSpec, build_refiner
 from tests.conftest import png_bytes
@@ -111,7 +112,7 @@ def test_train_inpaint_then_restore_with_the_refiner(local_ray, damaged, tmp_pat
 
     # Other weights make other output: the rerun is refused rather than mixing the two.
     other = tmp_path / "other"
-    save_refiner(refiner_artifact(build_refiner(RefinerSpec(**NET)), RefinerSpec(**NET)), str(other))
+    save_refiner(refiner_artifact(build_refiner(RefinerSpec(**NET)), RefinerSpec(**NET)), Location(str(other)))
     with pytest.raises(UserError, match="--overwrite"):
         restore.run(restore_cfg(data, out, other))
     with pytest.raises(UserError, match="no refiner at"):

@@ -57,7 +57,7 @@ def test_train_sr_cli_then_restore_pipeline(tmp_path):
     assert meta["history"][0]["train_images"] == 256  # both workers' shards together
 
     cfg = RestoreJobConfig(fit=FitConfig(method="none"), sr=SRConfig(enabled=True, model=str(out)))
-    apply = sr_models.load_sr_apply(str(out), cfg.sr, "cpu")
+    apply = sr_models.load_sr_apply(cfg.sr, "cpu")
     restorer = Restorer(None, apply, cfg)
     rng = np.random.default_rng(0)
     gray = (rng.random((28, 28)) * 255).astype(np.uint8)

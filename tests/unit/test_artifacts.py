@@ -6,6 +6,7 @@ import pytest
 from restore_core.bases import Bases, BasesMeta
 from restore_core.errors import ArtifactError
 from restore_core.io.artifacts import load_bases, save_bases
+from restore_core.io.locations import Location
 
 
 def _bases():
@@ -15,8 +16,8 @@ def _bases():
 
 def test_roundtrip(tmp_path):
     b = _bases()
-    save_bases(b, str(tmp_path / "b"))
-    back = load_bases(str(tmp_path / "b"))
+    save_bases(b, Location(str(tmp_path / "b")))
+    back = load_bases(Location(str(tmp_path / "b")))
     np.testing.assert_array_equal(back.H, b.H)
     assert back.meta == b.meta
     assert json.loads((tmp_path / "b" / "meta.json").read_text())["fingerprint"] == b.fingerprint()
@@ -24,24 +25,24 @@ def test_roundtrip(tmp_path):
 
 def test_missing_artifact_says_what_to_do(tmp_path):
     with pytest.raises(ArtifactError, match="learn-bases"):
-        load_bases(str(tmp_path / "nothing"))
+        load_bases(Location(str(tmp_path / "nothing")))
 
 
 def test_corrupt_nan_wrong_shape_and_pickle_refused(tmp_path):
     b = _bases()
-    save_bases(b, str(tmp_path / "b"))
+    save_bases(b, Location(str(tmp_path / "b")))
     npy = tmp_path / "b" / "bases.npy"
     H = b.H.copy()
     H[0, 0] = np.nan
     np.save(npy, H)
     with pytest.raises(ArtifactError, match="NaN"):
-        load_bases(str(tmp_path / "b"))
+        load_bases(Location(str(tmp_path / "b")))
     np.save(npy, b.H[:, :5])
     with pytest.raises(ArtifactError, match="corrupt"):
-        load_bases(str(tmp_path / "b"))
+        load_bases(Location(str(tmp_path / "b")))
     np.save(npy, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ArtifactError, match="cannot be read"):
-        load_bases(str(tmp_path / "b"))
+        load_bases(Location(str(tmp_path / "b")))
     npy.write_bytes(b"garbage")
     with pytest.raises(ArtifactError):
-        load_bases(str(tmp_path / "b"))
+        load_bases(Location(str(tmp_path / "b")))

@@ -19,6 +19,7 @@ from restore_core.codec import cell_bytes
 from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets, shards
+from restore_core.io.locations import Location
 from tests.conftest import png_bytes
 
 PNG = png_bytes(np.full((4, 4), 90, np.uint8))
@@ -34,7 +35,7 @@ def test_symlinked_subfolders_are_followed_once_and_loops_are_not(tmp_path: Path
     os.symlink(elsewhere, root / "linked")  # a folder outside the root, reached through a link
     os.symlink(root, root / "sub" / "loop")  # a loop back to the root
     os.symlink(root / "sub", root / "zz_again")  # a second way into a folder already listed
-    files = datasets.list_files(str(root), "images")
+    files = datasets.list_files(Location(str(root)), "images")
     rel = [os.path.relpath(f, root) for f in files]
     assert rel == ["a.png", "linked/c.png", "sub/b.png"]
     plan = shards.plan_shards(InputConfig(path=str(root), format="images"))
@@ -47,7 +48,7 @@ def test_odd_file_names_are_listed_with_their_real_names(tmp_path: Path):
     for n in names:
         (tmp_path / n).write_bytes(PNG)
     for url in (str(tmp_path), f"file://{tmp_path}"):
-        files = datasets.list_files(url, "images")
+        files = datasets.list_files(Location(url), "images")
         assert sorted(os.path.basename(f) for f in files) == sorted(names)
 
 
@@ -66,7 +67,7 @@ def test_files_whose_types_differ_read_as_one_schema(tmp_path: Path):
         note=pa.array([1, 2]),
     )
     _write(tmp_path / "c.parquet", id=pa.array([3]), image=pa.array([PNG]), note=pa.array(["n"]))
-    schema = datasets.parquet_input_schema(str(tmp_path))
+    schema = datasets.parquet_input_schema(Location(str(tmp_path)))
     assert schema is not None
     assert schema.field("id").type == pa.string()
     assert schema.field("label").type == pa.float64()  # int32 + double widen
@@ -83,21 +84,21 @@ def test_files_whose_types_differ_read_as_one_schema(tmp_path: Path):
 def test_files_that_agree_need_no_schema(tmp_path: Path):
     for name in ("a", "b"):
         _write(tmp_path / f"{name}.parquet", id=pa.array([1]), image=pa.array([PNG]))
-    assert datasets.parquet_input_schema(str(tmp_path)) is None
+    assert datasets.parquet_input_schema(Location(str(tmp_path))) is None
 
 
 def test_irreconcilable_types_fail_up_front_naming_column_and_files(tmp_path: Path):
     _write(tmp_path / "a.parquet", id=pa.array(["p"]), image=pa.array([PNG]), meta=pa.array([{"k": 1}]))
     _write(tmp_path / "b.parquet", id=pa.array(["q"]), image=pa.array([PNG]), meta=pa.array([5]))
     with pytest.raises(UserError, match=r"column 'meta' is struct<k: int64> in .*a.parquet but int64 in .*b.parquet"):
-        datasets.parquet_input_schema(str(tmp_path))
+        datasets.parquet_input_schema(Location(str(tmp_path)))
 
 
 def test_a_file_without_the_image_column_is_named_up_front(tmp_path: Path):
     _write(tmp_path / "a.parquet", id=pa.array(["p"]), image=pa.array([PNG]))
     _write(tmp_path / "b.parquet", id=pa.array(["q"]), picture=pa.array([PNG]))
     with pytest.raises(UserError, match=r"b.parquet has no column\(s\) \['image'\]"):
-        datasets.parquet_input_schema(str(tmp_path))
+        datasets.parquet_input_schema(Location(str(tmp_path)))
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +107,7 @@ HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 def test_gs_url_reaches_gcsfs_with_storage_options():
     gcsfs = pytest.importorskip("gcsfs")
-    fs, root = datasets.filesystem("gs://my-bucket/images/train", {"token": "anon", "project": "proj-1"})
+    fs, root = Location("gs://my-bucket/images/train", {"token": "anon", "project": "proj-1"}).filesystem()
     assert isinstance(fs, gcsfs.GCSFileSystem)
     assert root == "my-bucket/images/train"
     assert fs.project == "proj-1"  # storage_options reach the filesystem
@@ -115,7 +116,7 @@ def test_gs_url_reaches_gcsfs_with_storage_options():
 def test_hf_url_reaches_hffilesystem_with_storage_options():
     hf = pytest.importorskip("huggingface_hub")
     endpoint = "http://127.0.0.1:9"  # never contacted: resolving a URL needs no request
-    fs, root = datasets.filesystem("hf://datasets/org/faces/data", {"token": False, "endpoint": endpoint})
+    fs, root = Location("hf://datasets/org/faces/data", {"token": False, "endpoint": endpoint}).filesystem()
     assert isinstance(fs, hf.HfFileSystem)
     assert root == "datasets/org/faces/data"
     assert fs.endpoint == endpoint
@@ -123,7 +124,7 @@ def test_hf_url_reaches_hffilesystem_with_storage_options():
 
 def test_unknown_protocol_is_a_user_error():
     with pytest.raises(UserError, match="cannot open"):
-        datasets.filesystem("nosuchproto://bucket/x")
+        Location("nosuchproto://bucket/x").filesystem()
 
 
 @pytest.mark.parametrize(
@@ -189,7 +190,7 @@ def test_embed_path_cells_reads_files_inside_the_dataset_only(tmp_path):
     root = path_only_folder(tmp_path)
     table = pq.read_table(root / "train.parquet")
     for url in (str(root), str(root / "train.parquet")):  # a folder, or one of its files
-        out = datasets.embed_path_cells(table, ["image", "not_a_column"], url)
+        out = datasets.embed_path_cells(table, ["image", "not_a_column"], Location(url))
         assert out.schema == table.schema  # same struct column: passes through unchanged in kind
         cells = dict(zip(out.column("id").to_pylist(), out.column("image").to_pylist(), strict=True))
         assert cells["rel"]["bytes"] == _png(10) and cells["rel"]["path"] == "images/a.png"
@@ -204,11 +205,11 @@ def test_embed_path_cells_reads_files_inside_the_dataset_only(tmp_path):
 
 def test_iter_rows_fills_path_only_cells(tmp_path):
     root = path_only_folder(tmp_path)
-    rows = list(datasets.iter_rows(str(root), "parquet"))
+    rows = list(datasets.iter_rows(Location(str(root)), "parquet"))
     assert [r["id"] for r in rows] == ["rel", "abs", "embedded", "missing", "climb", "outside", "null"]
     assert cell_bytes(rows[0]["image"]) == _png(10)
 
 
 def test_binary_columns_are_left_alone(tmp_path):
     table = pa.table({"id": ["x"], "image": pa.array([_png(1)], pa.binary())})
-    assert datasets.embed_path_cells(table, ["image"], str(tmp_path)) is table
+    assert datasets.embed_path_cells(table, ["image"], Location(str(tmp_path))) is table

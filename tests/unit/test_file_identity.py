@@ -14,6 +14,7 @@ from jobs.config_quality import QualityJobConfig
 from restore_core.config import from_dict, to_dict
 from restore_core.errors import UserError
 from restore_core.io import file_identity as fid
+from restore_core.io.locations import Location
 
 
 def test_token_prefers_content_checksums_and_falls_back_to_times() -> None:
@@ -42,13 +43,13 @@ def test_local_listing_gives_size_and_nanosecond_mtime(tmp_path: Path) -> None:
     (tmp_path / "sub" / "b.png").write_bytes(b"abcd")
     (tmp_path / ".hidden.png").write_bytes(b"x")
     (tmp_path / "notes.txt").write_bytes(b"x")
-    got = fid.list_identities(str(tmp_path), "images")
+    got = fid.list_identities(Location(str(tmp_path)), "images")
     assert [(Path(f.path).name, f.size) for f in got] == [("a.png", 3), ("b.png", 4)]
     assert got[0].token == f"mtime_ns:{os.stat(tmp_path / 'a.png').st_mtime_ns}"
-    assert fid.image_ids(str(tmp_path), [f.path for f in got]) == ["a.png", "sub/b.png"]
-    assert fid.image_ids(str(tmp_path / "a.png"), [str(tmp_path / "a.png")]) == ["a.png"]
+    assert fid.image_ids(Location(str(tmp_path)), [f.path for f in got]) == ["a.png", "sub/b.png"]
+    assert fid.image_ids(Location(str(tmp_path / "a.png")), [str(tmp_path / "a.png")]) == ["a.png"]
     with pytest.raises(UserError, match=r"no \*\.parquet files"):
-        fid.list_identities(str(tmp_path / "sub"), "parquet")
+        fid.list_identities(Location(str(tmp_path / "sub")), "parquet")
 
 
 def test_compare_sorts_files_into_unchanged_changed_added_removed() -> None:

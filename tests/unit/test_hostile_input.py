@@ -31,6 +31,7 @@ from restore_core.bases import Bases, BasesMeta
 from restore_core.config import RestoreConfig, from_dict, load_config
 from restore_core.errors import ArtifactError, ConfigError, ImageDecodeError, UserError
 from restore_core.io.artifacts import load_bases, save_bases
+from restore_core.io.locations import Location
 from restore_core.io.paths import UnsafePathError, safe_join, safe_relpath
 from restore_core.pipeline import Restorer
 
@@ -336,22 +337,22 @@ class _Tripwire:
 
 
 def test_bases_pickle_payload_is_never_executed(tmp_path: Path):
-    save_bases(_good_bases(), str(tmp_path / "b"))
+    save_bases(_good_bases(), Location(str(tmp_path / "b")))
     sentinel = tmp_path / "pwned"
     payload = np.empty(1, dtype=object)
     payload[0] = _Tripwire(str(sentinel))
     np.save(tmp_path / "b" / "bases.npy", payload, allow_pickle=True)
     with pytest.raises(ArtifactError, match="cannot be read"):
-        load_bases(str(tmp_path / "b"))
+        load_bases(Location(str(tmp_path / "b")))
     # A raw pickle in place of the .npy too.
     (tmp_path / "b" / "bases.npy").write_bytes(pickle.dumps(_Tripwire(str(sentinel))))
     with pytest.raises(ArtifactError):
-        load_bases(str(tmp_path / "b"))
+        load_bases(Location(str(tmp_path / "b")))
     assert not sentinel.exists()
 
 
 def test_bases_header_claiming_huge_array_is_refused_without_allocating(tmp_path: Path):
-    save_bases(_good_bases(), str(tmp_path / "b"))
+    save_bases(_good_bases(), Location(str(tmp_path / "b")))
     npy = tmp_path / "b" / "bases.npy"
     raw = npy.read_bytes()
     # Rewrite the header's shape to a 4 TB array; the file keeps its 144 data bytes.
@@ -362,7 +363,7 @@ def test_bases_header_claiming_huge_array_is_refused_without_allocating(tmp_path
     hacked = raw[:8] + len(header).to_bytes(2, "little") + header.encode("latin1") + raw[10 + header_len :]
     npy.write_bytes(hacked)
     with pytest.raises(ArtifactError, match="declares"):
-        load_bases(str(tmp_path / "b"))
+        load_bases(Location(str(tmp_path / "b")))
 
 
 @pytest.mark.parametrize(
@@ -380,13 +381,13 @@ def test_bases_header_claiming_huge_array_is_refused_without_allocating(tmp_path
 def test_bases_hostile_meta_refused(tmp_path: Path, edit: dict, message: str):
     import json
 
-    save_bases(_good_bases(), str(tmp_path / "b"))
+    save_bases(_good_bases(), Location(str(tmp_path / "b")))
     meta_path = tmp_path / "b" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta.update(edit)
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match=message):
-        load_bases(str(tmp_path / "b"))
+        load_bases(Location(str(tmp_path / "b")))
 
 
 @pytest.mark.parametrize("damage", ["nan", "inf", "negative", "wrong_shape", "float64"])

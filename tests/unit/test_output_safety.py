@@ -27,6 +27,7 @@ from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import lease, locations
 from restore_core.io import shards as shard_io
+from restore_core.io.locations import Location
 
 # ----------------------------------------------------------------------------- locations
 
@@ -236,7 +237,7 @@ def test_overwrite_deletes_what_restore_wrote_and_nothing_beside_it(tmp_path: Pa
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "bases").mkdir()
     (tmp_path / "bases" / "bases.npy").write_bytes(b"x")
-    out = shard_io.OutputFolder(str(tmp_path))
+    out = shard_io.OutputFolder(Location(str(tmp_path)))
     assert out.clear(doc) == 5
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert left == ["bases", "bases/bases.npy", "notes.txt"]
@@ -252,7 +253,7 @@ def test_overwrite_refuses_a_folder_holding_anything_else(tmp_path: Path, intrud
     (tmp_path / intruder).write_bytes(b"user data")
     before = sorted(p for p in tmp_path.rglob("*"))
     with pytest.raises(UserError, match="restore did not write") as info:
-        shard_io.OutputFolder(str(tmp_path)).clear(doc)
+        shard_io.OutputFolder(Location(str(tmp_path))).clear(doc)
     assert intruder in str(info.value) and "\n" not in str(info.value)
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing deleted
 
@@ -261,7 +262,7 @@ def test_data_folder_without_our_plan_is_never_ours(tmp_path: Path) -> None:
     # An input dataset laid out like restore output (data/part-00000.parquet) but no _plan.json
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "part-00000.parquet").write_bytes(b"their data")
-    out = shard_io.OutputFolder(str(tmp_path))
+    out = shard_io.OutputFolder(Location(str(tmp_path)))
     assert out.foreign_files(None) == ["data/part-00000.parquet"]
     with pytest.raises(UserError, match=r"no _plan\.json"):
         out.clear(None)

@@ -10,6 +10,7 @@ from imrestore_data import synth
 from restore_core import codec, masks, quality
 from restore_core.config import QualityConfig, RestoreConfig, from_dict
 from restore_core.errors import ConfigError, UserError
+from restore_core.io.locations import Location
 from restore_core.pipeline import OUTPUT_COLUMNS, Restorer
 from tests.conftest import png_bytes
 
@@ -121,10 +122,10 @@ def test_read_flagged_ids(tmp_path):
     pq.write_table(
         pa.table({"id": ["a", "b", "c"], "flags": ["dead_pixels,blurry", "", "blurry"]}), run / "flags.parquet"
     )
-    assert quality.read_flagged_ids(str(run)) == {"a"}
-    assert quality.read_flagged_ids(str(run), ["blurry"]) == {"a", "c"}
+    assert quality.read_flagged_ids(Location(str(run))) == {"a"}
+    assert quality.read_flagged_ids(Location(str(run)), ["blurry"]) == {"a", "c"}
     with pytest.raises(UserError, match="only_flagged"):
-        quality.read_flagged_ids(str(tmp_path))
+        quality.read_flagged_ids(Location(str(tmp_path)))
 
 
 def test_shape_columns_are_relative_to_the_run():

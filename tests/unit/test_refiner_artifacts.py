@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from restore_core.errors import ArtifactError
+from restore_core.io.locations import Location
 from restore_core.io.refiners import build_from_artifact, load_refiner, refiner_artifact, save_refiner
 from restore_core.refiner import RefinerSpec, build_refiner, refine
 
@@ -26,13 +27,13 @@ def _trained_like() -> torch.nn.Module:
 def _saved(tmp_path) -> tuple[torch.nn.Module, str, dict]:
     net = _trained_like()
     url = str(tmp_path / "refiner")
-    meta = save_refiner(refiner_artifact(net, SPEC, data_fingerprint="abc", training={"epochs": 1}), url)
+    meta = save_refiner(refiner_artifact(net, SPEC, data_fingerprint="abc", training={"epochs": 1}), Location(url))
     return net, url, meta
 
 
 def test_round_trip_gives_the_same_network_and_hash(tmp_path):
     net, url, meta = _saved(tmp_path)
-    back = load_refiner(url)
+    back = load_refiner(Location(url))
     assert (
         back.fingerprint()
         == meta["fingerprint"]
@@ -49,25 +50,25 @@ def test_round_trip_gives_the_same_network_and_hash(tmp_path):
 
 def test_round_trip_on_another_filesystem():
     net = _trained_like()
-    meta = save_refiner(refiner_artifact(net, SPEC), "memory://refiner-test/r1")
-    assert load_refiner("memory://refiner-test/r1").fingerprint() == meta["fingerprint"]
+    meta = save_refiner(refiner_artifact(net, SPEC), Location("memory://refiner-test/r1"))
+    assert load_refiner(Location("memory://refiner-test/r1")).fingerprint() == meta["fingerprint"]
 
 
 def test_missing_and_corrupt_files_are_one_line(tmp_path):
     with pytest.raises(ArtifactError, match="train-inpaint"):
-        load_refiner(str(tmp_path / "nothing"))
+        load_refiner(Location(str(tmp_path / "nothing")))
     with pytest.raises(ArtifactError, match="no refiner given"):
-        load_refiner("")
+        load_refiner(Location(""))
     _, url, _ = _saved(tmp_path)
     weights = tmp_path / "refiner" / "model.safetensors"
     raw = weights.read_bytes()
     weights.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ArtifactError, match="cannot be read") as err:
-        load_refiner(url)
+        load_refiner(Location(url))
     assert "\n" not in str(err.value)
     weights.write_bytes(b"\x80\x04garbage pickle-like bytes")
     with pytest.raises(ArtifactError, match="cannot be read"):
-        load_refiner(url)
+        load_refiner(Location(url))
 
 
 def test_changed_weights_break_the_content_hash(tmp_path):
@@ -80,11 +81,11 @@ def test_changed_weights_break_the_content_hash(tmp_path):
     tensors[name] = tensors[name] + 1
     save_file(tensors, path)
     with pytest.raises(ArtifactError, match="fingerprint"):
-        load_refiner(url)
+        load_refiner(Location(url))
     tensors[name][...] = np.nan
     save_file(tensors, path)
     with pytest.raises(ArtifactError, match="NaN"):
-        load_refiner(url)
+        load_refiner(Location(url))
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_a_spec_that_does_not_fit_the_weights_is_refused(tmp_path, change, messa
     meta["spec"].update(change)
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match=message) as err:
-        load_refiner(url)
+        load_refiner(Location(url))
     assert "\n" not in str(err.value) and url in str(err.value)
 
 
@@ -114,7 +115,7 @@ def test_another_artifact_kind_is_refused(tmp_path):
     meta["format"] = "imrestore-sr"
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="not a refiner"):
-        load_refiner(url)
+        load_refiner(Location(url))
 
 
 @pytest.mark.parametrize(("fill_psnr", "used_by_auto"), [(30.0, True), (30.5, False), (None, True)])
@@ -124,7 +125,7 @@ def test_auto_uses_a_refiner_only_when_it_beat_its_fill_on_held_out_rows(tmp_pat
 
     history = [] if fill_psnr is None else [{"val_psnr_hidden": 30.2, "val_psnr_hidden_fill": fill_psnr}]
     url = str(tmp_path / "refiner")
-    save_refiner(refiner_artifact(_trained_like(), SPEC, training={"history": history}), url)
+    save_refiner(refiner_artifact(_trained_like(), SPEC, training={"history": history}), Location(url))
     for method, expected in (("auto", used_by_auto), ("learned", True)):
         cfg = from_dict(RestoreConfig, {"input": {"path": "in"}, "refiner": url, "fit": {"method": method}})
         assert (load_refiner_artifact(cfg) is not None) == expected, method

@@ -17,6 +17,7 @@ from restore_core.bases import Bases, BasesMeta
 from restore_core.config import from_dict
 from restore_core.errors import ArtifactError, UserError
 from restore_core.io.artifacts import save_bases
+from restore_core.io.locations import Location
 from tests.conftest import png_bytes
 
 
@@ -53,13 +54,13 @@ def test_preflight_plans_without_ray_and_resume_writes_the_plan(tmp_path: Path) 
 
 def test_preflight_refuses_corrupt_bases_and_bases_for_other_images(tmp_path: Path) -> None:
     meta = BasesMeta(mode="patch", k=2, n_pixels=9, channels=1, patch_size=3)
-    save_bases(Bases(np.ones((2, 9), np.float32), meta), str(tmp_path / "bases"))
+    save_bases(Bases(np.ones((2, 9), np.float32), meta), Location(str(tmp_path / "bases")))
     assert preflight(_cfg(tmp_path, bases=str(tmp_path / "bases"))).method == "nmf"
     (tmp_path / "bases" / "bases.npy").write_bytes(b"not numpy")
     with pytest.raises(ArtifactError):
         preflight(_cfg(tmp_path / "b", bases=str(tmp_path / "bases")))
     wide = BasesMeta(mode="global", k=2, n_pixels=64, channels=1, image_shape=(8, 8))
-    save_bases(Bases(np.ones((2, 64), np.float32), wide), str(tmp_path / "global"))
+    save_bases(Bases(np.ones((2, 64), np.float32), wide), Location(str(tmp_path / "global")))
     with pytest.raises(UserError, match="8"):
         preflight(_cfg(tmp_path / "c", bases=str(tmp_path / "global")))
 

@@ -10,6 +10,7 @@ from restore_core.config import SRConfig, SRDegradeConfig
 from restore_core.errors import ArtifactError, UserError
 from restore_core.io import sr_models
 from restore_core.io.artifacts import load_sr_model
+from restore_core.io.locations import Location
 
 WRITEUP = SRDegradeConfig(scale=2.8, filter="bilinear", align_corners=True, antialias=False)
 
@@ -116,7 +117,7 @@ def test_train_step_reduces_loss():
 def saved_model(tmp_path):
     net = _trained_ish(sr.SRNet((8, 8), residual=True), seed=3)
     url = str(tmp_path / "model")
-    meta = sr_models.save_model(net, WRITEUP, url, val_psnr=21.5)
+    meta = sr_models.save_model(net, WRITEUP, Location(url), val_psnr=21.5)
     return net, url, meta
 
 
@@ -125,7 +126,7 @@ def test_checkpoint_round_trip(saved_model, rng):
     assert sorted(os.listdir(url)) == ["meta.json", "model.safetensors"]
     assert meta["architecture"] == {"name": "srnet", "channels": [8, 8], "residual": True, "in_channels": 1}
     assert meta["degrade"]["filter"] == "bilinear" and meta["val_psnr"] == 21.5
-    model = sr_models.load_model(url)
+    model = sr_models.load_model(Location(url))
     assert model.degrade == WRITEUP
     x = torch.from_numpy(rng.random((2, 1, 13, 11), dtype=np.float32))
     torch.testing.assert_close(sr.predict(model.net, x), sr.predict(net, x))
@@ -136,15 +137,15 @@ def test_load_sr_apply_gray_rgb_and_scale(saved_model, rng):
     gray = rng.random((31, 17), dtype=np.float32)
     rgb = rng.random((19, 33, 3), dtype=np.float32)
     rgba = rng.random((12, 12, 4), dtype=np.float32)
-    apply = sr_models.load_sr_apply(url, SRConfig(enabled=True, model=url), "cpu")
+    apply = sr_models.load_sr_apply(SRConfig(enabled=True, model=url), "cpu")
     assert apply(gray).shape == gray.shape
     out = apply(rgb)
     assert out.shape == rgb.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
     out4 = apply(rgba)
     np.testing.assert_array_equal(out4[:, :, 3], rgba[:, :, 3])  # alpha passes through
-    per = sr_models.load_sr_apply(url, SRConfig(enabled=True, model=url, color="per_channel"), "cpu")(rgb)
+    per = sr_models.load_sr_apply(SRConfig(enabled=True, model=url, color="per_channel"), "cpu")(rgb)
     assert per.shape == rgb.shape and not np.allclose(per, out)
-    up = sr_models.load_sr_apply(url, SRConfig(enabled=True, model=url, scale=2.0, tile=8), "cpu")
+    up = sr_models.load_sr_apply(SRConfig(enabled=True, model=url, scale=2.0, tile=8), "cpu")
     assert up(gray).shape == (62, 34)
     assert up(rgb).shape == (38, 66, 3)
 
@@ -152,7 +153,7 @@ def test_load_sr_apply_gray_rgb_and_scale(saved_model, rng):
 def test_y_channel_keeps_gray_images_gray(saved_model, rng):
     _, url, _ = saved_model
     g = rng.random((16, 16), dtype=np.float32)
-    apply = sr_models.load_sr_apply(url, SRConfig(enabled=True, model=url), "cpu")
+    apply = sr_models.load_sr_apply(SRConfig(enabled=True, model=url), "cpu")
     out = apply(np.repeat(g[:, :, None], 3, axis=2))
     np.testing.assert_allclose(out[:, :, 0], out[:, :, 1], atol=1e-5)
     np.testing.assert_allclose(out[:, :, 0], apply(g), atol=1e-5)
@@ -173,7 +174,7 @@ def test_corrupt_checkpoints_refused(saved_model, tmp_path):
     with open(weights, "wb") as f:
         f.write(good[: len(good) // 2])
     with pytest.raises(ArtifactError, match="cannot be read"):
-        sr_models.load_model(url)
+        sr_models.load_model(Location(url))
 
     # Flipped bytes in the data: still parses, but the fingerprint no longer matches.
     bad = bytearray(good)
@@ -181,7 +182,7 @@ def test_corrupt_checkpoints_refused(saved_model, tmp_path):
     with open(weights, "wb") as f:
         f.write(bytes(bad))
     with pytest.raises(ArtifactError, match=r"NaN|fingerprint"):
-        sr_models.load_model(url)
+        sr_models.load_model(Location(url))
 
     # Weights that do not fit the architecture in meta.json.
     with open(weights, "wb") as f:
@@ -190,14 +191,14 @@ def test_corrupt_checkpoints_refused(saved_model, tmp_path):
     meta["architecture"]["channels"] = [8, 16]
     json.dump(meta, open(meta_path, "w"))
     with pytest.raises(ArtifactError, match="do not match its architecture"):
-        sr_models.load_model(url)
+        sr_models.load_model(Location(url))
 
     # Not a model folder at all.
     with pytest.raises(ArtifactError, match=r"meta\.json missing"):
-        sr_models.load_model(str(tmp_path / "nowhere"))
+        sr_models.load_model(Location(str(tmp_path / "nowhere")))
     open(meta_path, "w").write("{not json")
     with pytest.raises(ArtifactError):
-        load_sr_model(url)
+        load_sr_model(Location(url))
 
 
 def test_nan_weights_refused_on_save(tmp_path):
@@ -205,4 +206,4 @@ def test_nan_weights_refused_on_save(tmp_path):
     with torch.no_grad():
         net.head.bias.fill_(float("nan"))
     with pytest.raises(ArtifactError, match="NaN"):
-        sr_models.save_model(net, WRITEUP, str(tmp_path / "m"))
+        sr_models.save_model(net, WRITEUP, Location(str(tmp_path / "m")))

@@ -12,6 +12,7 @@ from jobs.config_ray import TrainCheckpointConfig
 from jobs.config_train_inpaint import TrainInpaintConfig
 from restore_core.config import from_dict, load_config, to_dict
 from restore_core.errors import ConfigError, UserError
+from restore_core.io.locations import Location
 from tests.conftest import png_bytes
 
 BASE = {"input": {"path": "data"}, "output": "out"}
@@ -131,17 +132,17 @@ def test_run_identity_leaves_out_epochs_workers_and_storage():
 def test_checkpoint_place_refuses_other_settings_and_can_start_afresh(tmp_path):
     ckpt = TrainCheckpointConfig()
     out = str(tmp_path / "model")
-    place = training.checkpoint_place("job", ckpt, out, {}, {"lr": 1})
+    place = training.checkpoint_place("job", ckpt, Location(out), {"lr": 1})
     assert place.url == f"{out}/checkpoints/job" and not place.resuming
     (tmp_path / "model" / "checkpoints" / "job" / "checkpoint_0").mkdir()
-    assert training.checkpoint_place("job", ckpt, out, {}, {"lr": 1}).resuming
+    assert training.checkpoint_place("job", ckpt, Location(out), {"lr": 1}).resuming
     with pytest.raises(UserError, match=r"other settings; set checkpoints\.resume=false"):
-        training.checkpoint_place("job", ckpt, out, {}, {"lr": 2})
-    fresh = training.checkpoint_place("job", TrainCheckpointConfig(resume=False), out, {}, {"lr": 2})
+        training.checkpoint_place("job", ckpt, Location(out), {"lr": 2})
+    fresh = training.checkpoint_place("job", TrainCheckpointConfig(resume=False), Location(out), {"lr": 2})
     assert not fresh.resuming and not (tmp_path / "model" / "checkpoints" / "job" / "checkpoint_0").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match=r"cannot use .* for checkpoints"):
-        training.checkpoint_place("job", TrainCheckpointConfig(path=str(tmp_path / "file" / "sub")), out, {}, {})
+        training.checkpoint_place("job", TrainCheckpointConfig(path=str(tmp_path / "file" / "sub")), Location(out), {})
 
 
 def test_restore_refuses_a_refiner_with_other_bases_than_it_was_trained_with():

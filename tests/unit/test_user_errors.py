@@ -20,6 +20,7 @@ from imrestore_data import demo_data
 from restore_core import codec
 from restore_core.bases import Bases, BasesMeta
 from restore_core.io.artifacts import save_bases
+from restore_core.io.locations import Location
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,13 +54,13 @@ def gray_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four 64x64 gray images in one Parquet file."""
     folder = tmp_path_factory.mktemp("gray")
     images, kinds = demo_data.generate(4, 64, rgb=False, seed=3)
-    demo_data.write_shards(demo_data.to_table([f"g{i}" for i in range(4)], images, kinds), str(folder), 1)
+    demo_data.write_shards(demo_data.to_table([f"g{i}" for i in range(4)], images, kinds), Location(str(folder)), 1)
     return folder
 
 
 def _bases(folder: Path, meta: BasesMeta) -> Path:
     rng = np.random.default_rng(0)
-    save_bases(Bases(rng.random((meta.k, meta.n_pixels), dtype=np.float32), meta), str(folder))
+    save_bases(Bases(rng.random((meta.k, meta.n_pixels), dtype=np.float32), meta), Location(str(folder)))
     return folder
 
 
@@ -250,7 +251,9 @@ def test_no_refiner_yet_or_one_without_its_bases(tmp_path: Path, gray_dataset: P
     line = _one_error_line(proc)
     assert "no refiner at" in line and "train-inpaint" in line
     spec = RefinerSpec(width=4, levels=1, use_bases=True)
-    save_refiner(refiner_artifact(build_refiner(spec), spec, bases_fingerprint="0123"), str(tmp_path / "refiner"))
+    save_refiner(
+        refiner_artifact(build_refiner(spec), spec, bases_fingerprint="0123"), Location(str(tmp_path / "refiner"))
+    )
     proc = _cli(
         "restore",
         "--set", f"input.path={gray_dataset}",
