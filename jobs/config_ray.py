@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from restore_core.config_loader import ranged
+from restore_core.config_sections import DecodeConfig, InputConfig
 from restore_core.io.locations import Location
 
 
@@ -45,3 +46,21 @@ class TrainCheckpointConfig:
         their output with the input's options)."""
         path = (self.path or f"{output.path.rstrip('/')}/checkpoints").rstrip("/")
         return Location(path, self.storage_options or output.storage_options)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJobConfig:
+    """What every training job (train-sr, train-inpaint) has: its input, its artifact folder, the
+    Ray Train worker group, checkpoints, decoding limits and Ray. The jobs add their own sections."""
+
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    output: str = ""  # artifact folder (fsspec URL): model.safetensors + meta.json
+    workers: TrainWorkersConfig = dataclasses.field(default_factory=TrainWorkersConfig)
+    checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    @property
+    def output_location(self) -> Location:
+        """``output``, written with the input's storage options."""
+        return self.input.location.at(self.output)

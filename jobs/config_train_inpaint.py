@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from jobs.config_ray import RayConfig, TrainCheckpointConfig, TrainWorkersConfig
+from jobs.config_ray import TrainJobConfig
 from restore_core.config_loader import ranged
-from restore_core.config_sections import DecodeConfig, InputConfig, MaskConfig
+from restore_core.config_sections import InputConfig, MaskConfig
 from restore_core.io.locations import Location
 
 
@@ -27,7 +27,7 @@ class InpaintTrainLoopConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainInpaintConfig:
+class TrainInpaintConfig(TrainJobConfig):
     input: InputConfig = dataclasses.field(default_factory=InputConfig)  # the damaged dataset itself
     output: str = ""  # refiner artifact folder (fsspec URL): model.safetensors + meta.json
     bases: str = ""  # learn-bases artifact whose NMF reconstruction the refiner takes as an input; "" = none
@@ -35,16 +35,8 @@ class TrainInpaintConfig:
     net: dict[str, Any] = dataclasses.field(default_factory=dict)  # RefinerSpec fields but channels; {} = defaults
     masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead pixels when no mask column
     train: InpaintTrainLoopConfig = dataclasses.field(default_factory=InpaintTrainLoopConfig)
-    workers: TrainWorkersConfig = dataclasses.field(default_factory=TrainWorkersConfig)
-    checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
-    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-
-    # The artifacts are written and read with the input's storage options.
-    @property
-    def output_location(self) -> Location:
-        return self.input.location.at(self.output)
 
     @property
     def bases_location(self) -> Location:
+        """``bases``, read with the input's storage options."""
         return self.input.location.at(self.bases)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from jobs.config_ray import RayConfig, TrainCheckpointConfig, TrainWorkersConfig
+from jobs.config_ray import TrainJobConfig
 from restore_core.config_loader import each_in, ranged
-from restore_core.config_sections import DecodeConfig, InputConfig, SRDegradeConfig
-from restore_core.io.locations import Location
+from restore_core.config_sections import InputConfig, SRDegradeConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,19 +43,10 @@ class SRTrainLoopConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSRConfig:
+class TrainSRConfig(TrainJobConfig):
     input: InputConfig = dataclasses.field(default_factory=InputConfig)  # path "" = generated digits
     output: str = ""  # model artifact folder (fsspec URL)
     digits: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
     net: SRNetConfig = dataclasses.field(default_factory=SRNetConfig)
     degrade: SRDegradeConfig = dataclasses.field(default_factory=SRDegradeConfig)
     train: SRTrainLoopConfig = dataclasses.field(default_factory=SRTrainLoopConfig)
-    workers: TrainWorkersConfig = dataclasses.field(default_factory=TrainWorkersConfig)
-    checkpoints: TrainCheckpointConfig = dataclasses.field(default_factory=TrainCheckpointConfig)
-    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-
-    @property
-    def output_location(self) -> Location:
-        """``output``, written with the input's storage options."""
-        return self.input.location.at(self.output)

@@ -5,7 +5,6 @@ Re-exported by :mod:`restore_core.quality`. Nothing here imports ray.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -29,13 +28,13 @@ def read_flagged_ids(run_folder: Location, flags: Collection[str] = ("dead_pixel
     ``run_folder`` is one run, ``<quality output>/run=<date>``; its ``flags.parquet`` (written
     by the quality job, duplicate flags included) is read. A UserError when it is missing.
     """
-    fs, root = run_folder.filesystem()
-    path = posixpath.join(root, "flags.parquet")
-    if not fs.exists(path):
+    found = run_folder.member("flags.parquet")
+    if found is None:
         raise UserError(
             f"{run_folder.path} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
             "<quality output>/run=<date> folder"
         )
+    fs, path = found
     with fs.open(path, "rb") as f:
         table = pq.read_table(f, columns=["id", "flags"])
     wanted = set(flags)

@@ -71,16 +71,16 @@ def load_bases(location: Location) -> Bases:
     if not url:
         raise ArtifactError("no bases artifact given: set 'bases' to a folder made by `learn-bases`")
     try:
-        fs, root = location.filesystem()
-        meta_path = posixpath.join(root, "meta.json")
-        if not fs.exists(meta_path):
+        found = location.member("meta.json")
+        if found is None:
             raise ArtifactError(
                 f"no bases artifact at {url} (meta.json missing): run "
                 "`python -m jobs learn-bases` first or fix the 'bases' path"
             )
+        fs, meta_path = found
         with fs.open(meta_path, "r") as f:
             raw = json.load(f)
-        with fs.open(posixpath.join(root, "bases.npy"), "rb") as f:
+        with fs.open(posixpath.join(posixpath.dirname(meta_path), "bases.npy"), "rb") as f:
             H = _load_npy(f.read())
     except ArtifactError:
         raise

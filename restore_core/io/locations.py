@@ -87,6 +87,12 @@ class Location:
         """Another path with the same storage options (an artifact read with the input's credentials)."""
         return Location(path, self.storage_options)
 
+    def member(self, name: str) -> tuple[fsspec.AbstractFileSystem, str] | None:
+        """The filesystem and the path of the file ``name`` in this folder; None when it does not exist."""
+        fs, root = self.filesystem()
+        path = posixpath.join(root, name)
+        return (fs, path) if fs.exists(path) else None
+
     def key(self) -> tuple[str, str]:
         """:func:`location_key` of the path: equal keys name the same folder, however spelled."""
         return location_key(self.path)
