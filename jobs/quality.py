@@ -160,7 +160,7 @@ def group_thumbnails(cfg: QualityConfig, table: pa.Table, summary: dict[str, Any
     return {i: t for part in parts for i, t in part.items()}
 
 
-def _aggregate_on_cluster(cfg: QualityConfig, fs: Any, staging: str) -> bool:
+def _aggregate_on_cluster(cfg: QualityJobConfig, fs: Any, staging: str) -> bool:
     """Whether the run-wide step runs on the cluster: from ``cluster_aggregation_rows`` staged rows
     (counted from the Parquet footers). Below that the driver reads the metric columns and is done
     in seconds, where a dozen Ray Data executions take minutes."""
@@ -221,7 +221,7 @@ def _aggregate_with_ray(
     return summary, write_report
 
 
-def calibrate(cfg: QualityConfig) -> Summary:
+def calibrate(cfg: QualityJobConfig) -> Summary:
     """Suggested thresholds from the per-image metrics of a finished run of known-good images."""
     fs, folder = cfg.calibrate_location.filesystem()
     if not fs.exists(posixpath.join(folder, report.SUCCESS)):
@@ -280,7 +280,7 @@ def run(cfg: QualityJobConfig) -> Summary:
         raise
 
 
-def _write_error_status(cfg: QualityConfig, fs: Any, root: str, date: str, started: str, exc: BaseException) -> None:
+def _write_error_status(cfg: QualityJobConfig, fs: Any, root: str, date: str, started: str, exc: BaseException) -> None:
     rec = verdict.record(
         verdict.crashed(logs.redact(verdict.describe_error(exc))),
         run_date=date,

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import imrestore_report as report
+from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import is_process_local
 from restore_core.config import QualityConfig, to_dict
 from restore_core.io import datasets
@@ -88,7 +89,7 @@ def _full(plan: Plan, reason: str) -> Plan:
     return plan
 
 
-def prepare(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str) -> Plan:
+def prepare(cfg: QualityJobConfig, date: str, fs: Any, root: str, staging: str) -> Plan:
     """Plan the run, copy the reused rows into ``<staging>/data`` and write ``<staging>/files.parquet``."""
     t0 = time.perf_counter()
     icfg = cfg.input
@@ -111,7 +112,7 @@ def prepare(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str) -> 
     return plan
 
 
-def _plan(cfg: QualityConfig, date: str, fs: Any, root: str, staging: str, plan: Plan) -> None:
+def _plan(cfg: QualityJobConfig, date: str, fs: Any, root: str, staging: str, plan: Plan) -> None:
     icfg = cfg.input
     if cfg.full:
         _full(plan, "a full rescan was asked for (--full / full: true)")

@@ -1,7 +1,8 @@
 """The quality scoring's config: per-image flag rules, their defaults, and ``QualityConfig``.
 
 ``QualityConfig`` is what :mod:`restore_core.quality` and the report take; the quality job's
-tree (``jobs/config_quality.py``) adds its Ray section.
+tree (``jobs/config_quality.py``) adds the job's own keys (where runs go, which flags fail a
+run, when to use Ray) and its Ray section.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any, Literal
 from restore_core.config_loader import from_dict, ranged
 from restore_core.config_sections import DecodeConfig, InputConfig, MaskConfig
 from restore_core.errors import ConfigError
-from restore_core.io.locations import Location
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +128,6 @@ class QualityReportConfig:
 @dataclasses.dataclass(frozen=True)
 class QualityConfig:
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
-    output: str = ""  # root folder (fsspec URL); a run goes to <output>/run=<run_date>/
-    output_storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # never logged
-    run_date: str = ""  # YYYY-MM-DD; "" = today (UTC). A rerun for the same date replaces that run
     masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)  # dead-pixel candidates
     dead_rule: Literal["isolated", "all"] = "isolated"  # isolated: only candidates amid live neighbours are dead
     dead_min_contrast: float = ranged(0.06, 0.0, 1.0)  # isolated: least gap to the live neighbours' median
@@ -143,23 +140,7 @@ class QualityConfig:
     odd_spread_floor: float = ranged(0.08, 0.0, low_open=True)  # odd size/aspect: least spread (log units)
     blur_spread_floor: float = ranged(0.15, 0.0, low_open=True)  # blur_deviation: least spread (log units)
     flags: dict[str, FlagRule] = dataclasses.field(default_factory=dict)  # merged over DEFAULT_FLAGS
-    fail_on: list[str] = dataclasses.field(default_factory=list)  # flags that fail the run past max_share
-    warn_on: list[str] = dataclasses.field(default_factory=list)  # flags that only warn (exit 3) past max_share
-    calibrate: str = ""  # a known-good run folder: print suggested thresholds from it instead of scoring
-    full: bool = False  # true = score every image; false = reuse the last finished run's rows of unchanged files
-    cluster_aggregation_rows: int = ranged(10**6, 0)  # rows from which the run-wide step runs on Ray (0 = always)
-    local_score_max_rows: int = ranged(1000, 0)  # at most this many rows to score: in the driver, no Ray (0 = never)
     report: QualityReportConfig = dataclasses.field(default_factory=QualityReportConfig)
-
-    @property
-    def output_location(self) -> Location:
-        """``output`` with ``output_storage_options``."""
-        return Location(self.output, self.output_storage_options)
-
-    @property
-    def calibrate_location(self) -> Location:
-        """``calibrate``, a run folder under the output: read with ``output_storage_options``."""
-        return Location(self.calibrate, self.output_storage_options)
 
     def __post_init__(self) -> None:
         # The loader hands the flags over as plain mappings: merge them over the defaults and
@@ -193,17 +174,21 @@ class QualityConfig:
             bad = [u for u in rule.unless if u not in merged or u == name]
             if bad:
                 raise ConfigError(f"config key 'flags.{name}.unless' names {bad[0]!r}, not another flag")
-        for key in ("fail_on", "warn_on"):
-            names = []
-            for f in getattr(self, key):
-                if f in FLAG_ALIASES and f not in merged:
-                    _warn_alias(f"{key} {f}", FLAG_ALIASES[f])
-                    f = FLAG_ALIASES[f]
-                names.append(f)
-            object.__setattr__(self, key, names)
-            unknown = [f for f in names if f not in merged]
-            if unknown:
-                raise ConfigError(f"{key} names unknown flag {unknown[0]!r} (flags: {', '.join(merged)})")
+
+
+def flag_names(key: str, names: list[str], flags: Mapping[str, FlagRule]) -> list[str]:
+    """``names`` (the flags a config key such as ``fail_on`` lists) with old names replaced by
+    their new ones; a :class:`ConfigError` naming ``key`` when one is not among ``flags``."""
+    out = []
+    for f in names:
+        if f in FLAG_ALIASES and f not in flags:
+            _warn_alias(f"{key} {f}", FLAG_ALIASES[f])
+            f = FLAG_ALIASES[f]
+        out.append(f)
+    unknown = [f for f in out if f not in flags]
+    if unknown:
+        raise ConfigError(f"{key} names unknown flag {unknown[0]!r} (flags: {', '.join(flags)})")
+    return out
 
 
 def _warn_alias(key: str, new: str) -> None:

@@ -80,6 +80,7 @@ import typing  # noqa: E402
 from jobs.config_benchmark import BenchmarkConfig  # noqa: E402
 from jobs.config_demo import DemoConfig  # noqa: E402
 from jobs.config_learn_bases import LearnBasesConfig  # noqa: E402
+from jobs.config_quality import QualityJobConfig  # noqa: E402
 from jobs.config_restore import RestoreJobConfig  # noqa: E402
 from jobs.config_train_sr import TrainSRConfig  # noqa: E402
 from restore_core import config as config_module  # noqa: E402
@@ -194,8 +195,8 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
 def test_a_date_is_read_as_the_text_written(tmp_path):
     p = tmp_path / "q.yaml"
     p.write_text("run_date: 2024-06-30\n")
-    assert load_config(QualityConfig, p).run_date == "2024-06-30"
-    assert load_config(QualityConfig, None, ["run_date=2024-07-01"]).run_date == "2024-07-01"
+    assert load_config(QualityJobConfig, p).run_date == "2024-06-30"
+    assert load_config(QualityJobConfig, None, ["run_date=2024-07-01"]).run_date == "2024-07-01"
 
 
 def test_dates_in_string_keys_and_quoted_exponents():

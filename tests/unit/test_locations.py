@@ -7,9 +7,10 @@ import dataclasses
 import logging
 import pickle
 
+from jobs.config_quality import QualityJobConfig
 from jobs.config_ray import TrainCheckpointConfig
 from jobs.config_train_inpaint import TrainInpaintConfig
-from restore_core.config import InputConfig, OutputConfig, QualityConfig, RestoreConfig, SRConfig, to_dict
+from restore_core.config import InputConfig, OutputConfig, RestoreConfig, SRConfig, to_dict
 from restore_core.io import shards as shard_io
 from restore_core.io.locations import Location
 
@@ -69,7 +70,7 @@ def test_config_sections_expose_their_locations_and_fingerprints_never_see_them(
     assert cfg.bases_location == Location("s3://b/bases", opts)  # artifacts: the input's options
     assert cfg.refiner_location == Location("s3://b/refiner", opts)
     assert cfg.sr.model_location == Location("s3://m/sr", {"profile": "models"})
-    quality = QualityConfig(output="s3://q/runs", output_storage_options={"anon": True})
+    quality = QualityJobConfig(output="s3://q/runs", output_storage_options={"anon": True})
     assert quality.output_location == Location("s3://q/runs", {"anon": True})
     # Properties are not fields: the config's plain data, and so every fingerprint, is unchanged.
     flat = shard_io.settings_document(to_dict(cfg), {})

@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from imrestore_data import synth
+from jobs.config_quality import QualityJobConfig
 from restore_core import codec, masks, quality
 from restore_core.config import QualityConfig, RestoreConfig, from_dict
 from restore_core.errors import ConfigError, UserError
@@ -63,7 +64,7 @@ def test_unknown_flag_metric_names_the_key():
     with pytest.raises(ConfigError, match=r"flags\.tiny\.metric"):
         quality.QualityScorer(cfg)
     with pytest.raises(ConfigError, match="fail_on"):
-        from_dict(QualityConfig, {"fail_on": ["blury"]})
+        from_dict(QualityJobConfig, {"fail_on": ["blury"]})
 
 
 def test_near_duplicate_groups():
@@ -207,7 +208,7 @@ def test_blur_columns_are_relative_to_the_run():
 
 
 def test_old_flag_names_are_aliases():
-    cfg = from_dict(QualityConfig, {"flags": {"underexposed": {"value": 0.2}}, "fail_on": ["near_duplicate"]})
+    cfg = from_dict(QualityJobConfig, {"flags": {"underexposed": {"value": 0.2}}, "fail_on": ["near_duplicate"]})
     assert cfg.flags["dark"].value == 0.2 and "underexposed" not in cfg.flags
     assert cfg.fail_on == ["near_duplicates"]
     with pytest.raises(ConfigError, match="old name"):

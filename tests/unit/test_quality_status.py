@@ -17,6 +17,7 @@ import imrestore_report as report
 from imrestore_data import synth
 from jobs import cli, logs, verdict
 from jobs import quality as quality_job
+from jobs.config_quality import QualityJobConfig
 from restore_core import codec, quality
 from restore_core.config import ConfigError, QualityConfig, from_dict
 from restore_core.errors import UserError
@@ -77,10 +78,10 @@ def test_crash_verdict_and_record():
 
 
 def test_warn_on_is_checked_like_fail_on():
-    cfg = from_dict(QualityConfig, {"warn_on": ["near_duplicate", "blurry"]})
+    cfg = from_dict(QualityJobConfig, {"warn_on": ["near_duplicate", "blurry"]})
     assert cfg.warn_on == ["near_duplicates", "blurry"]  # the old name still read
     with pytest.raises(ConfigError, match="warn_on names unknown flag 'blury'"):
-        from_dict(QualityConfig, {"warn_on": ["blury"]})
+        from_dict(QualityJobConfig, {"warn_on": ["blury"]})
 
 
 def test_cli_warn_on_flag():

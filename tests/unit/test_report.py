@@ -14,6 +14,7 @@ from scipy import ndimage
 
 import imrestore_report as report
 from imrestore_data import synth
+from jobs.config_quality import QualityJobConfig
 from restore_core import masks, quality
 from restore_core.config import QualityConfig, from_dict
 from restore_core.errors import UserError
@@ -27,9 +28,9 @@ def enc(img: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def cfg() -> QualityConfig:
+def cfg() -> QualityJobConfig:
     flags = {"blurry": {"value": 1.0}, "grayscale": {"enabled": False}}  # the photos are gray
-    return from_dict(QualityConfig, {"flags": flags, "fail_on": ["dead_pixels"]})
+    return from_dict(QualityJobConfig, {"flags": flags, "fail_on": ["dead_pixels"]})
 
 
 @pytest.fixture(scope="module")
