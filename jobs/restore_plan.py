@@ -58,7 +58,7 @@ class RestorePlan:
 # ----------------------------------------------------------------------------- checks
 
 
-def check_config(cfg: RestoreConfig) -> None:
+def check_config(cfg: RestoreJobConfig) -> None:
     """Refuse configurations that cannot work, with one line naming the key to fix."""
     check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
     if not cfg.input.path:
@@ -125,7 +125,7 @@ def load_sr_artifact(cfg: RestoreConfig) -> Any:
     return artifact
 
 
-def load_refiner_artifact(cfg: RestoreConfig) -> RefinerArtifact | None:
+def load_refiner_artifact(cfg: RestoreJobConfig) -> RefinerArtifact | None:
     """The validated refiner artifact when the method uses it (``auto`` or ``learned`` with
     ``refiner`` set), else None."""
     if not cfg.refiner or cfg.fit.method not in ("auto", "learned"):
@@ -147,7 +147,7 @@ def load_refiner_artifact(cfg: RestoreConfig) -> RefinerArtifact | None:
     return artifact
 
 
-def check_refiner_bases(cfg: RestoreConfig, refiner: RefinerArtifact | None, bases: Bases | None) -> None:
+def check_refiner_bases(cfg: RestoreJobConfig, refiner: RefinerArtifact | None, bases: Bases | None) -> None:
     """A refiner that takes NMF bases as an input needs the very bases it was trained with."""
     wanted = refiner.bases_fingerprint if refiner is not None else ""
     if not wanted:

@@ -141,32 +141,22 @@ class SRConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RestoreConfig:
-    """What restoring a dataset takes (the restore job's tree, ``jobs/config_restore.py``, adds Ray)."""
+    """What restoring a dataset takes (the restore job's tree, ``jobs/config_restore.py``, adds the
+    refiner artifact, the quality run that picks the rows, and Ray)."""
 
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     bases: str = ""  # bases artifact folder
-    refiner: str = ""  # train-inpaint artifact folder (storage options: the input's); "" = none
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     masks: MaskConfig = dataclasses.field(default_factory=MaskConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     sr: SRConfig = dataclasses.field(default_factory=SRConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    only_flagged: str = ""  # a quality run folder (<quality output>/run=<date>); "" = restore every row
-    only_flagged_flags: list[str] = dataclasses.field(default_factory=lambda: ["dead_pixels"])  # flags to restore
 
-    # The artifacts and the quality run are read with the input's storage options.
+    # The artifacts are read with the input's storage options.
     @property
     def bases_location(self) -> Location:
         return self.input.location.at(self.bases)
-
-    @property
-    def refiner_location(self) -> Location:
-        return self.input.location.at(self.refiner)
-
-    @property
-    def only_flagged_location(self) -> Location:
-        return self.input.location.at(self.only_flagged)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,9 @@ import pickle
 
 from jobs.config_quality import QualityJobConfig
 from jobs.config_ray import TrainCheckpointConfig
+from jobs.config_restore import RestoreJobConfig
 from jobs.config_train_inpaint import TrainInpaintConfig
-from restore_core.config import InputConfig, OutputConfig, RestoreConfig, SRConfig, to_dict
+from restore_core.config import InputConfig, OutputConfig, SRConfig, to_dict
 from restore_core.io import shards as shard_io
 from restore_core.io.locations import Location
 
@@ -58,7 +59,7 @@ def test_filesystem_opens_the_path_with_the_options(tmp_path):
 
 def test_config_sections_expose_their_locations_and_fingerprints_never_see_them():
     opts = {"key": "k", "secret": "s"}
-    cfg = RestoreConfig(
+    cfg = RestoreJobConfig(
         input=InputConfig(path="s3://b/in", storage_options=opts),
         output=OutputConfig(path="s3://b/out", storage_options={"anon": True}),
         bases="s3://b/bases",

@@ -120,12 +120,13 @@ def test_another_artifact_kind_is_refused(tmp_path):
 
 @pytest.mark.parametrize(("fill_psnr", "used_by_auto"), [(30.0, True), (30.5, False), (None, True)])
 def test_auto_uses_a_refiner_only_when_it_beat_its_fill_on_held_out_rows(tmp_path, fill_psnr, used_by_auto):
+    from jobs.config_restore import RestoreJobConfig
     from jobs.restore_plan import load_refiner_artifact
-    from restore_core.config import RestoreConfig, from_dict
+    from restore_core.config import from_dict
 
     history = [] if fill_psnr is None else [{"val_psnr_hidden": 30.2, "val_psnr_hidden_fill": fill_psnr}]
     url = str(tmp_path / "refiner")
     save_refiner(refiner_artifact(_trained_like(), SPEC, training={"history": history}), Location(url))
     for method, expected in (("auto", used_by_auto), ("learned", True)):
-        cfg = from_dict(RestoreConfig, {"input": {"path": "in"}, "refiner": url, "fit": {"method": method}})
+        cfg = from_dict(RestoreJobConfig, {"input": {"path": "in"}, "refiner": url, "fit": {"method": method}})
         assert (load_refiner_artifact(cfg) is not None) == expected, method

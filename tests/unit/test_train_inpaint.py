@@ -146,14 +146,14 @@ def test_checkpoint_place_refuses_other_settings_and_can_start_afresh(tmp_path):
 
 
 def test_restore_refuses_a_refiner_with_other_bases_than_it_was_trained_with():
+    from jobs.config_restore import RestoreJobConfig
     from jobs.restore_plan import check_refiner_bases
     from restore_core.bases import Bases, BasesMeta
-    from restore_core.config import RestoreConfig
     from restore_core.io.refiners import RefinerArtifact
 
     meta = BasesMeta(mode="patch", k=2, n_pixels=4, channels=1, patch_size=2)
     bases = Bases(np.ones((2, 4), np.float32), meta)
-    cfg = RestoreConfig(refiner="r", bases="b")
+    cfg = RestoreJobConfig(refiner="r", bases="b")
     with_bases = RefinerArtifact({}, {"bases_fingerprint": bases.fingerprint()})
     check_refiner_bases(cfg, with_bases, bases)  # the same bases: fine
     check_refiner_bases(cfg, RefinerArtifact({}, {}), None)  # a refiner without bases needs none
