@@ -27,8 +27,8 @@ from restore_core.io import datasets, locations, sr_models
 from restore_core.io import shards as shard_io
 from restore_core.io.artifacts import load_bases, load_sr_model
 from restore_core.io.refiners import RefinerArtifact, build_from_artifact, load_refiner
+from restore_core.io.runs import read_flagged_ids
 from restore_core.pipeline import resolve_method
-from restore_core.quality import read_flagged_ids
 
 log = logging.getLogger("jobs.restore")
 

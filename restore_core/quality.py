@@ -29,7 +29,6 @@ from restore_core.config import FlagRule, QualityConfig
 from restore_core.duplicates import duplicate_columns as duplicate_columns
 from restore_core.duplicates import near_duplicate_groups as near_duplicate_groups
 from restore_core.errors import ConfigError, ImageDecodeError
-from restore_core.only_flagged import read_flagged_ids as read_flagged_ids
 from restore_core.only_flagged import restore_only_flagged as restore_only_flagged
 from restore_core.run_columns import blur_columns as blur_columns
 from restore_core.run_columns import blur_deviation as blur_deviation

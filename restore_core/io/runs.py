@@ -20,14 +20,16 @@ import os
 import posixpath
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
+from restore_core.errors import UserError
 from restore_core.io import datasets
+from restore_core.io.locations import Location
 from restore_core.quality_summary import DATE
 
 RUN_PREFIX = "run="
@@ -109,3 +111,24 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.floating):
         return float(o)
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def read_flagged_ids(run_folder: Location, flags: Collection[str] = ("dead_pixels",)) -> frozenset[str]:
+    """Ids of the images a quality run flagged with any of ``flags`` (for ``restore.only_flagged``).
+
+    ``run_folder`` is one run, ``<quality output>/run=<date>``; its ``flags.parquet`` (written
+    by the quality job, duplicate flags included) is read. A UserError when it is missing.
+    """
+    found = run_folder.member("flags.parquet")
+    if found is None:
+        raise UserError(
+            f"{run_folder.path} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
+            "<quality output>/run=<date> folder"
+        )
+    fs, path = found
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=["id", "flags"])
+    wanted = set(flags)
+    ids = table.column("id").to_pylist()
+    tags = table.column("flags").to_pylist()
+    return frozenset(str(i) for i, t in zip(ids, tags, strict=True) if t and wanted & set(t.split(",")))

@@ -11,6 +11,7 @@ from jobs.config_quality import QualityJobConfig
 from restore_core import codec, masks, quality
 from restore_core.config import QualityConfig, RestoreConfig, from_dict
 from restore_core.errors import ConfigError, UserError
+from restore_core.io import runs
 from restore_core.io.locations import Location
 from restore_core.pipeline import OUTPUT_COLUMNS, Restorer
 from tests.conftest import png_bytes
@@ -123,10 +124,10 @@ def test_read_flagged_ids(tmp_path):
     pq.write_table(
         pa.table({"id": ["a", "b", "c"], "flags": ["dead_pixels,blurry", "", "blurry"]}), run / "flags.parquet"
     )
-    assert quality.read_flagged_ids(Location(str(run))) == {"a"}
-    assert quality.read_flagged_ids(Location(str(run)), ["blurry"]) == {"a", "c"}
+    assert runs.read_flagged_ids(Location(str(run))) == {"a"}
+    assert runs.read_flagged_ids(Location(str(run)), ["blurry"]) == {"a", "c"}
     with pytest.raises(UserError, match="only_flagged"):
-        quality.read_flagged_ids(Location(str(tmp_path)))
+        runs.read_flagged_ids(Location(str(tmp_path)))
 
 
 def test_shape_columns_are_relative_to_the_run():
