@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import ray
 
 import imrestore_report as report
-from jobs import logs, quality_aggregate, quality_incremental, quality_score, verdict
+from jobs import logs, quality_aggregate, quality_incremental, quality_read, quality_score, verdict
 from jobs.common import Summary, format_table
 from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import arrow_filesystem, init_ray, is_process_local, report_progress
@@ -100,14 +100,22 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
 
 
 class ScoreActor:
-    """The actor Ray Data runs: a QualityScorer whose output is an Arrow table of fixed schema."""
+    """The actor Ray Data runs: a QualityScorer whose output is an Arrow table of fixed schema.
+    ``read_files``: the batches hold file paths (an image folder, ``jobs/quality_read.py``),
+    which the actor reads itself."""
 
-    def __init__(self, cfg: QualityConfig, progress: Any = None) -> None:
+    def __init__(self, cfg: QualityConfig, progress: Any = None, read_files: bool = False) -> None:
         self.scorer = QualityScorer(cfg)
         self.progress = progress  # a ray_utils.remote_progress counter, or None
+        self.reader = quality_read.FileReader(cfg.input) if read_files else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        table = table_from_columns(self.scorer(batch))
+        unread: dict[int, str] = {}
+        if self.reader is not None:
+            batch, unread = self.reader.read(batch)
+        columns = self.scorer(batch)
+        quality_read.mark_unreadable(columns, unread)
+        table = table_from_columns(columns)
         report_progress(self.progress, table.num_rows)
         return table
 

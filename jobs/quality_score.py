@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.data
 
-from jobs import logs, quality_incremental
+from jobs import logs, quality_incremental, quality_read
 from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import (
     actor_pool_args,
@@ -35,7 +36,6 @@ from jobs.ray_utils import (
 )
 from restore_core.errors import UserError
 from restore_core.io import datasets
-from restore_core.io import file_identity as fid
 
 log = logging.getLogger("jobs.quality")
 
@@ -67,18 +67,32 @@ def score(
         return Scored(time.perf_counter() - t0, "driver" if n_rows else "none")
     init_ray(cfg.ray)
     pool = actor_pool_args(cfg.ray)
-    total = rows_in(cfg, inc.to_score) if inc.to_score is not None else input_rows(cfg.input)
+    read_files = reads_in_actors(cfg)
+    if read_files:  # an image folder: the actors read the files (jobs/quality_read.py)
+        blocks = quality_read.path_blocks(cfg.input, inc.to_score, cfg.ray.batch_size)
+        total: int | None = sum(b.num_rows for b in blocks)
+        # from_blocks keeps the blocks as made (from_arrow also runs a metadata task for each).
+        ds = ray.data.from_blocks(blocks)
+    else:
+        total = rows_in(cfg, inc.to_score) if inc.to_score is not None else input_rows(cfg.input)
+        ds = read_dataset(cfg.input, inc.to_score)
     # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
     with remote_progress(total, "scoring") as counter:
-        scored = read_dataset(cfg.input, inc.to_score).map_batches(
+        scored = ds.map_batches(
             actor,
-            fn_constructor_kwargs={"cfg": cfg, "progress": counter},
+            fn_constructor_kwargs={"cfg": cfg, "progress": counter, "read_files": read_files},
             batch_size=cfg.ray.batch_size,
             batch_format="numpy",
             **pool,
         )
         scored.write_parquet(folder, filesystem=out_fs)
     return Scored(time.perf_counter() - t0, "ray", pool_size(pool))
+
+
+def reads_in_actors(cfg: QualityJobConfig) -> bool:
+    """Whether the scoring actors read the input's files themselves: an image folder that
+    Ray's workers can reach (a ``memory://`` one is read in the driver and handed over)."""
+    return cfg.input.format == "images" and not is_process_local(cfg.input.path)
 
 
 def _all_files_if_local(cfg: QualityJobConfig) -> list[str] | None:
@@ -117,18 +131,11 @@ def rows_in(cfg: QualityJobConfig, paths: list[str], at_most: int | None = None)
 def _batches(cfg: QualityJobConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """The rows of ``paths`` as numpy batches, as Ray Data hands them to the scoring actor."""
     icfg = cfg.input
-    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
     step = cfg.ray.batch_size
-    if icfg.format == "images":
-        ids = fid.image_ids(icfg.path, paths, icfg.storage_options)
-        for start in range(0, len(paths), step):
-            chunk = paths[start : start + step]
-            blobs = fs.cat(chunk, on_error="raise")
-            yield {
-                icfg.id_column: _objects(ids[start : start + step]),
-                icfg.image_column: _objects([blobs[p] for p in chunk]),
-            }
+    if icfg.format == "images":  # paths only: the scorer reads them (quality_read.FileReader)
+        yield from quality_read.path_batches(icfg, paths, step)
         return
+    fs, _ = datasets.filesystem(icfg.path, icfg.storage_options)
     schema = datasets.parquet_input_schema(icfg.path, icfg.storage_options, icfg.id_column, icfg.image_column, paths)
     for path in paths:
         with fs.open(path, "rb") as f:
@@ -155,10 +162,11 @@ def score_in_driver(
 ) -> int:
     """Score ``paths`` in this process into ``<folder>/scored-<k>.parquet``, batch by batch; the
     row count. ``n_rows``: the rows ``paths`` hold (for the progress lines). ``make_scorer(cfg)``
-    is the job's scoring actor class: the rows come out as the actor pool would write them. A
+    is the job's scoring actor class (``read_files``: it reads an image folder's files itself):
+    the rows come out as the actor pool would write them. A
     batch whose columns cannot take the open file's types (an extra column all null in one file,
     text in the next) starts a new file, as the actor pool writes one file a block."""
-    scorer = make_scorer(cfg)
+    scorer = make_scorer(cfg, read_files=cfg.input.format == "images")
     rows = 0
     writer = None
     sink: Any = None
