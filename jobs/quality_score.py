@@ -5,7 +5,9 @@ Up to ``local_score_max_rows`` rows to score (an incremental run's new and chang
 small input) are scored in this process with the same scoring class the actors run, batch by
 batch, into ``<staging>/data/scored-00000.parquet``: no Ray is started for them, which on a
 small increment is most of a run's time (30-45 s on a busy 2-core machine). More rows go through
-``read_dataset(...).map_batches(ScoreActor, ...)`` with an actor pool and progress lines.
+``map_batches(ScoreActor, ...)`` with an actor pool: the actors read an image folder's files
+themselves (``jobs/quality_read.py``; other inputs come from ``read_dataset``), score them and
+write the shards (:class:`ShardWriter`); the driver gets a row count a batch, for progress lines.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import dataclasses
 import logging
 import posixpath
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 import ray.data
 
 from jobs import logs, quality_incremental, quality_read
@@ -32,12 +37,36 @@ from jobs.ray_utils import (
     is_process_local,
     pool_size,
     read_dataset,
-    remote_progress,
 )
 from restore_core.errors import UserError
 from restore_core.io import datasets
 
 log = logging.getLogger("jobs.quality")
+
+
+class ShardWriter:
+    """An actor's writer of scored batches: one Parquet shard a batch in ``folder`` of the output.
+    A shard is named after the Ray task that scored it and the batch's place in that task (a
+    task may hold several batches), so a retried task (its actor restarted) writes the same
+    files again instead of second copies of its rows."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None, folder: str) -> None:
+        self.fs, _ = datasets.filesystem(url, storage_options)
+        self.folder = folder
+        self.fs.makedirs(folder, exist_ok=True)
+        self.task, self.batches = "", 0
+
+    def write(self, table: pa.Table) -> pa.Table:
+        """Write ``table``; ``{"rows": [its row count]}``."""
+        # (outside a Ray worker there is no task: asking would start Ray in this process)
+        task = (ray.get_runtime_context().get_task_id() if ray.is_initialized() else None) or uuid.uuid4().hex
+        if task != self.task:
+            self.task, self.batches = task, 0
+        name = f"part-{task}-{self.batches:05d}.parquet"
+        self.batches += 1
+        with self.fs.open(posixpath.join(self.folder, name), "wb") as f:
+            pq.write_table(table, f)
+        return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
 
 
 @dataclasses.dataclass
@@ -49,12 +78,10 @@ class Scored:
     actors: int = 0
 
 
-def score(
-    cfg: QualityJobConfig, inc: quality_incremental.Plan, fs: Any, out_fs: Any, staging: str, actor: Any
-) -> Scored:
-    """Score the rows ``inc`` leaves to score into ``<staging>/data`` (``fs``: fsspec, ``out_fs``:
-    pyarrow, both the output's); ``actor`` is the job's scoring class (``actor(cfg)`` maps a
-    numpy batch to an Arrow table)."""
+def score(cfg: QualityJobConfig, inc: quality_incremental.Plan, fs: Any, staging: str, actor: Any) -> Scored:
+    """Score the rows ``inc`` leaves to score into ``<staging>/data`` (``fs``: the output's
+    fsspec filesystem); ``actor`` is the job's scoring class (``actor(cfg)`` maps a numpy batch
+    to an Arrow table; ``write_to``: it writes the table there and returns its row count)."""
     t0 = time.perf_counter()
     folder = posixpath.join(staging, "data")
     paths = inc.to_score if inc.to_score is not None else _all_files_if_local(cfg)
@@ -67,26 +94,37 @@ def score(
         return Scored(time.perf_counter() - t0, "driver" if n_rows else "none")
     init_ray(cfg.ray)
     pool = actor_pool_args(cfg.ray)
-    read_files = reads_in_actors(cfg)
-    if read_files:  # an image folder: the actors read the files (jobs/quality_read.py)
-        blocks = quality_read.path_blocks(cfg.input, inc.to_score, cfg.ray.batch_size)
-        total: int | None = sum(b.num_rows for b in blocks)
-        # from_blocks keeps the blocks as made (from_arrow also runs a metadata task for each).
-        ds = ray.data.from_blocks(blocks)
-    else:
-        total = rows_in(cfg, inc.to_score) if inc.to_score is not None else input_rows(cfg.input)
-        ds = read_dataset(cfg.input, inc.to_score)
-    # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
-    with remote_progress(total, "scoring") as counter:
-        scored = ds.map_batches(
-            actor,
-            fn_constructor_kwargs={"cfg": cfg, "progress": counter, "read_files": read_files},
-            batch_size=cfg.ray.batch_size,
-            batch_format="numpy",
-            **pool,
-        )
-        scored.write_parquet(folder, filesystem=out_fs)
+    ds, total = _input_dataset(cfg, inc.to_score)
+    scored = ds.map_batches(
+        actor,
+        fn_constructor_kwargs={"cfg": cfg, "read_files": reads_in_actors(cfg), "write_to": folder},
+        batch_size=cfg.ray.batch_size,
+        batch_format="numpy",
+        **pool,
+    )
+    # The actors write the shards; what comes back is one small row a batch, for the progress
+    # lines (logs, when stderr is not a terminal: at most every IMRESTORE_PROGRESS_SECONDS).
+    done = 0
+    with logs.progress_bar(total, "scoring") as bar:
+        for counts in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+            n = int(pc.sum(counts.column("rows")).as_py() or 0)
+            done += n
+            bar.update(n)
+    if total is not None and done != total:
+        raise RuntimeError(f"the actor pool scored {done} rows where the input holds {total}")
     return Scored(time.perf_counter() - t0, "ray", pool_size(pool))
+
+
+def _input_dataset(cfg: QualityJobConfig, files: list[str] | None) -> tuple[Any, int | None]:
+    """The rows to score as a Ray Dataset (``files``: these of the input's files only) and how
+    many they are (None when that cannot be known cheaply). An image folder gives path-only
+    blocks that the actors read (``jobs/quality_read.py``)."""
+    if reads_in_actors(cfg):
+        blocks = quality_read.path_blocks(cfg.input, files, cfg.ray.batch_size)
+        # from_blocks keeps the blocks as made (from_arrow also runs a metadata task for each).
+        return ray.data.from_blocks(blocks), sum(b.num_rows for b in blocks)
+    total = rows_in(cfg, files) if files is not None else input_rows(cfg.input)
+    return read_dataset(cfg.input, files), total
 
 
 def reads_in_actors(cfg: QualityJobConfig) -> bool:

@@ -6,10 +6,12 @@ id exactly once, in the actor pool as in the driver."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -37,8 +39,10 @@ def _folder(root: Path) -> list[str]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("where", ["ray", "driver"])
-def test_vanished_and_undecodable_files_are_error_rows(local_ray, tmp_path, monkeypatch, where):
+def test_vanished_and_undecodable_files_are_error_rows(local_ray, tmp_path, monkeypatch, caplog, where):
     ids = _folder(tmp_path / "imgs")
+    monkeypatch.setenv("IMRESTORE_PROGRESS_SECONDS", "0")  # a progress line at every update
+    caplog.set_level(logging.INFO, logger="jobs.progress")
     listed = quality_read.path_blocks
 
     def list_then_delete(*args: Any, **kwargs: Any) -> Any:
@@ -74,3 +78,33 @@ def test_vanished_and_undecodable_files_are_error_rows(local_ray, tmp_path, monk
     assert summary["flags"]["decode_error"]["count"] == 2
     flags = pq.read_table(run / "flags.parquet").column("id").to_pylist()
     assert sorted(flags) == ids
+    lines = [r.getMessage() for r in caplog.records if r.name == "jobs.progress"]
+    assert any(m.startswith("scoring: 0/11 images (0%)") for m in lines), lines
+    assert any(m.startswith("scoring: 11/11 images (100%)") for m in lines), lines
+
+
+@pytest.mark.timeout(600)
+def test_actors_write_one_shard_a_batch_when_a_block_holds_several(local_ray, tmp_path):
+    """Parquet read blocks of 20 rows scored 4 at a time: each batch is its own shard (named by
+    task and place in it), none overwritten, every row once."""
+    rng = np.random.default_rng(6)
+    (tmp_path / "in").mkdir()
+    ids = [f"p{f}-{k:02d}" for f in range(2) for k in range(20)]
+    for f in range(2):
+        part = ids[f * 20 : (f + 1) * 20]
+        blobs = [png_bytes(rng.integers(30, 220, (16, 16, 3), dtype=np.uint8)) for _ in part]
+        pq.write_table(pa.table({"id": part, "image": pa.array(blobs, pa.binary())}), tmp_path / "in" / f"{f}.parquet")
+    cfg = from_dict(
+        QualityJobConfig,
+        {
+            "input": {"path": str(tmp_path / "in")},
+            "output": str(tmp_path / "q"),
+            "run_date": "2024-07-02",
+            "local_score_max_rows": 0,
+            "ray": {"batch_size": 4, "num_cpus": 2},
+        },
+    )
+    quality.run(cfg)
+    data = tmp_path / "q" / "run=2024-07-02" / "data"
+    assert sorted(pq.read_table(data).column("id").to_pylist()) == ids
+    assert len(list(data.glob("part-*.parquet"))) == 10
