@@ -32,10 +32,10 @@ import pyarrow.parquet as pq
 import ray
 
 import imrestore_report as report
-from jobs import logs, quality_aggregate, quality_incremental, quality_score, verdict
+from jobs import logs, quality_aggregate, quality_incremental, quality_read, quality_score, verdict
 from jobs.common import Summary, format_table
 from jobs.config_quality import QualityJobConfig
-from jobs.ray_utils import arrow_filesystem, init_ray, is_process_local, report_progress
+from jobs.ray_utils import arrow_filesystem, init_ray, is_process_local
 from restore_core import codec, run_wide
 from restore_core.codec import cell_bytes
 from restore_core.config import QualityConfig, check_ranges, to_dict
@@ -100,16 +100,24 @@ def apply_arguments(args: argparse.Namespace) -> list[str]:
 
 
 class ScoreActor:
-    """The actor Ray Data runs: a QualityScorer whose output is an Arrow table of fixed schema."""
+    """The actor Ray Data runs: a QualityScorer whose output is an Arrow table of fixed schema.
+    ``read_files``: the batches hold file paths (an image folder, ``jobs/quality_read.py``),
+    which the actor reads itself. ``write_to``: a folder of the output where the actor writes
+    the table (``quality_score.ShardWriter``), returning its row count instead."""
 
-    def __init__(self, cfg: QualityConfig, progress: Any = None) -> None:
+    def __init__(self, cfg: QualityJobConfig, read_files: bool = False, write_to: str | None = None) -> None:
         self.scorer = QualityScorer(cfg)
-        self.progress = progress  # a ray_utils.remote_progress counter, or None
+        self.reader = quality_read.FileReader(cfg.input) if read_files else None
+        self.writer = quality_score.ShardWriter(cfg.output_location, write_to) if write_to else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        table = table_from_columns(self.scorer(batch))
-        report_progress(self.progress, table.num_rows)
-        return table
+        unread: dict[int, str] = {}
+        if self.reader is not None:
+            batch, unread = self.reader.read(batch)
+        columns = self.scorer(batch)
+        quality_read.mark_unreadable(columns, unread)
+        table = table_from_columns(columns)
+        return self.writer.write(table) if self.writer is not None else table
 
 
 def _read_shards(fs: Any, folder: str) -> pa.Table:
@@ -303,7 +311,7 @@ def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> 
     # they are few (no Ray started), else by the actor pool.
     inc = quality_incremental.prepare(cfg, date, fs, root, staging)
     out_fs, _ = arrow_filesystem(cfg.output_location)
-    scored = quality_score.score(cfg, inc, fs, out_fs, staging, ScoreActor)
+    scored = quality_score.score(cfg, inc, fs, staging, ScoreActor)
     t_score = time.perf_counter() - t0
 
     try:

@@ -5,7 +5,9 @@ Up to ``local_score_max_rows`` rows to score (an incremental run's new and chang
 small input) are scored in this process with the same scoring class the actors run, batch by
 batch, into ``<staging>/data/scored-00000.parquet``: no Ray is started for them, which on a
 small increment is most of a run's time (30-45 s on a busy 2-core machine). More rows go through
-``read_dataset(...).map_batches(ScoreActor, ...)`` with an actor pool and progress lines.
+``map_batches(ScoreActor, ...)`` with an actor pool: the actors read an image folder's files
+themselves (``jobs/quality_read.py``; other inputs come from ``read_dataset``), score them and
+write the shards (:class:`ShardWriter`); the driver gets a row count a batch, for progress lines.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import dataclasses
 import logging
 import posixpath
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
+import ray.data
 
-from jobs import logs, quality_incremental
+from jobs import logs, quality_incremental, quality_read
 from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import (
     actor_pool_args,
@@ -31,13 +37,37 @@ from jobs.ray_utils import (
     is_process_local,
     pool_size,
     read_dataset,
-    remote_progress,
 )
 from restore_core.errors import UserError
 from restore_core.io import datasets
-from restore_core.io import file_identity as fid
+from restore_core.io.locations import Location
 
 log = logging.getLogger("jobs.quality")
+
+
+class ShardWriter:
+    """An actor's writer of scored batches: one Parquet shard a batch in ``folder`` of the output.
+    A shard is named after the Ray task that scored it and the batch's place in that task (a
+    task may hold several batches), so a retried task (its actor restarted) writes the same
+    files again instead of second copies of its rows."""
+
+    def __init__(self, output: Location, folder: str) -> None:
+        self.fs, _ = output.filesystem()
+        self.folder = folder
+        self.fs.makedirs(folder, exist_ok=True)
+        self.task, self.batches = "", 0
+
+    def write(self, table: pa.Table) -> pa.Table:
+        """Write ``table``; ``{"rows": [its row count]}``."""
+        # (outside a Ray worker there is no task: asking would start Ray in this process)
+        task = (ray.get_runtime_context().get_task_id() if ray.is_initialized() else None) or uuid.uuid4().hex
+        if task != self.task:
+            self.task, self.batches = task, 0
+        name = f"part-{task}-{self.batches:05d}.parquet"
+        self.batches += 1
+        with self.fs.open(posixpath.join(self.folder, name), "wb") as f:
+            pq.write_table(table, f)
+        return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
 
 
 @dataclasses.dataclass
@@ -49,12 +79,10 @@ class Scored:
     actors: int = 0
 
 
-def score(
-    cfg: QualityJobConfig, inc: quality_incremental.Plan, fs: Any, out_fs: Any, staging: str, actor: Any
-) -> Scored:
-    """Score the rows ``inc`` leaves to score into ``<staging>/data`` (``fs``: fsspec, ``out_fs``:
-    pyarrow, both the output's); ``actor`` is the job's scoring class (``actor(cfg)`` maps a
-    numpy batch to an Arrow table)."""
+def score(cfg: QualityJobConfig, inc: quality_incremental.Plan, fs: Any, staging: str, actor: Any) -> Scored:
+    """Score the rows ``inc`` leaves to score into ``<staging>/data`` (``fs``: the output's
+    fsspec filesystem); ``actor`` is the job's scoring class (``actor(cfg)`` maps a numpy batch
+    to an Arrow table; ``write_to``: it writes the table there and returns its row count)."""
     t0 = time.perf_counter()
     folder = posixpath.join(staging, "data")
     paths = inc.to_score if inc.to_score is not None else _all_files_if_local(cfg)
@@ -67,18 +95,43 @@ def score(
         return Scored(time.perf_counter() - t0, "driver" if n_rows else "none")
     init_ray(cfg.ray)
     pool = actor_pool_args(cfg.ray)
-    total = rows_in(cfg, inc.to_score) if inc.to_score is not None else input_rows(cfg.input)
-    # Logs (stderr not a terminal) get a progress line at most every IMRESTORE_PROGRESS_SECONDS.
-    with remote_progress(total, "scoring") as counter:
-        scored = read_dataset(cfg.input, inc.to_score).map_batches(
-            actor,
-            fn_constructor_kwargs={"cfg": cfg, "progress": counter},
-            batch_size=cfg.ray.batch_size,
-            batch_format="numpy",
-            **pool,
-        )
-        scored.write_parquet(folder, filesystem=out_fs)
+    ds, total = _input_dataset(cfg, inc.to_score)
+    scored = ds.map_batches(
+        actor,
+        fn_constructor_kwargs={"cfg": cfg, "read_files": reads_in_actors(cfg), "write_to": folder},
+        batch_size=cfg.ray.batch_size,
+        batch_format="numpy",
+        **pool,
+    )
+    # The actors write the shards; what comes back is one small row a batch, for the progress
+    # lines (logs, when stderr is not a terminal: at most every IMRESTORE_PROGRESS_SECONDS).
+    done = 0
+    with logs.progress_bar(total, "scoring") as bar:
+        for counts in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+            n = int(pc.sum(counts.column("rows")).as_py() or 0)
+            done += n
+            bar.update(n)
+    if total is not None and done != total:
+        raise RuntimeError(f"the actor pool scored {done} rows where the input holds {total}")
     return Scored(time.perf_counter() - t0, "ray", pool_size(pool))
+
+
+def _input_dataset(cfg: QualityJobConfig, files: list[str] | None) -> tuple[Any, int | None]:
+    """The rows to score as a Ray Dataset (``files``: these of the input's files only) and how
+    many they are (None when that cannot be known cheaply). An image folder gives path-only
+    blocks that the actors read (``jobs/quality_read.py``)."""
+    if reads_in_actors(cfg):
+        blocks = quality_read.path_blocks(cfg.input, files, cfg.ray.batch_size)
+        # from_blocks keeps the blocks as made (from_arrow also runs a metadata task for each).
+        return ray.data.from_blocks(blocks), sum(b.num_rows for b in blocks)
+    total = rows_in(cfg, files) if files is not None else input_rows(cfg.input)
+    return read_dataset(cfg.input, files), total
+
+
+def reads_in_actors(cfg: QualityJobConfig) -> bool:
+    """Whether the scoring actors read the input's files themselves: an image folder that
+    Ray's workers can reach (a ``memory://`` one is read in the driver and handed over)."""
+    return cfg.input.format == "images" and not is_process_local(cfg.input.path)
 
 
 def _all_files_if_local(cfg: QualityJobConfig) -> list[str] | None:
@@ -117,18 +170,11 @@ def rows_in(cfg: QualityJobConfig, paths: list[str], at_most: int | None = None)
 def _batches(cfg: QualityJobConfig, paths: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """The rows of ``paths`` as numpy batches, as Ray Data hands them to the scoring actor."""
     icfg = cfg.input
-    fs, _ = icfg.location.filesystem()
     step = cfg.ray.batch_size
-    if icfg.format == "images":
-        ids = fid.image_ids(icfg.location, paths)
-        for start in range(0, len(paths), step):
-            chunk = paths[start : start + step]
-            blobs = fs.cat(chunk, on_error="raise")
-            yield {
-                icfg.id_column: _objects(ids[start : start + step]),
-                icfg.image_column: _objects([blobs[p] for p in chunk]),
-            }
+    if icfg.format == "images":  # paths only: the scorer reads them (quality_read.FileReader)
+        yield from quality_read.path_batches(icfg, paths, step)
         return
+    fs, _ = icfg.location.filesystem()
     schema = datasets.parquet_input_schema(icfg.location, icfg.id_column, icfg.image_column, paths)
     for path in paths:
         with fs.open(path, "rb") as f:
@@ -155,10 +201,11 @@ def score_in_driver(
 ) -> int:
     """Score ``paths`` in this process into ``<folder>/scored-<k>.parquet``, batch by batch; the
     row count. ``n_rows``: the rows ``paths`` hold (for the progress lines). ``make_scorer(cfg)``
-    is the job's scoring actor class: the rows come out as the actor pool would write them. A
+    is the job's scoring actor class (``read_files``: it reads an image folder's files itself):
+    the rows come out as the actor pool would write them. A
     batch whose columns cannot take the open file's types (an extra column all null in one file,
     text in the next) starts a new file, as the actor pool writes one file a block."""
-    scorer = make_scorer(cfg)
+    scorer = make_scorer(cfg, read_files=cfg.input.format == "images")
     rows = 0
     writer = None
     sink: Any = None

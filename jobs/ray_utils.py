@@ -14,7 +14,6 @@ import os
 import posixpath
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,7 +24,6 @@ import pyarrow.fs as pafs
 import ray
 import ray.data
 
-from jobs import logs
 from jobs.config_ray import RayConfig
 from restore_core.config import InputConfig
 from restore_core.errors import UserError
@@ -299,66 +297,6 @@ def numpy_column(values: list[Any]) -> np.ndarray:
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
     return arr
-
-
-class ProgressCounter:
-    """Rows done, counted in one small actor: the actors that do the work add to it, the driver reads."""
-
-    def __init__(self) -> None:
-        self.done = 0
-
-    def add(self, n: int) -> None:
-        self.done += int(n)
-
-    def get(self) -> int:
-        return self.done
-
-
-def report_progress(counter: Any, n: int) -> None:
-    """Add ``n`` rows to a :func:`remote_progress` counter (None: progress is not logged)."""
-    if counter is not None:
-        counter.add.remote(n)  # fire and forget: the work never waits for the count
-
-
-@contextlib.contextmanager
-def remote_progress(total: int | None, what: str, unit: str = "images") -> Iterator[Any]:
-    """A counter handle for the actors of a Ray Data pipeline (pass it to them; they call
-    :func:`report_progress`) and a driver thread that turns its count into ``jobs.logs``
-    progress lines (rows done/total, rate, ETA) at most every ``IMRESTORE_PROGRESS_SECONDS``.
-    Yields None when stderr is a terminal: Ray Data's own bars show progress there."""
-    bar = logs.progress_bar(total, what, unit)
-    if bar.disable:
-        yield None
-        return
-    counter: Any = ray.remote(num_cpus=0)(ProgressCounter).remote()
-    stop = threading.Event()
-
-    def poll() -> None:
-        while True:
-            try:
-                done = int(ray.get(counter.get.remote(), timeout=30))
-                if done > bar.n:
-                    bar.update(done - bar.n)
-            except Exception as exc:  # progress is a courtesy: never let it break the job
-                log.debug("progress poll: %s", exc)
-            if stop.wait(min(1.0, max(bar.mininterval / 2, 0.1))):
-                return
-
-    thread = threading.Thread(target=poll, name="imrestore-progress", daemon=True)
-    thread.start()
-    try:
-        yield counter
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-        try:
-            done = int(ray.get(counter.get.remote(), timeout=30))
-            if done > bar.n:
-                bar.update(done - bar.n)
-        except Exception as exc:
-            log.debug("progress poll: %s", exc)
-        bar.close()
-        ray.kill(counter)
 
 
 def input_rows(input_cfg: InputConfig) -> int | None:

@@ -212,11 +212,14 @@ def test_incremental_run_with_input_and_output_on_s3(tmp_path, local_ray, moto_s
                 "output": "s3://inc-out/q",
                 "output_storage_options": opts,
                 "run_date": date,
+                # the first night through the actor pool: its actors read the images from S3 themselves
+                "local_score_max_rows": 0 if date == "2024-06-01" else 1000,
                 "ray": {"batch_size": 8, "num_cpus": 2},
             },
         )
 
     quality.run(cfg("2024-06-01"))
+    assert json.loads(fs.cat("inc-out/q/run=2024-06-01/summary.json"))["scored_in"] == "ray"
     fs.pipe({"inc-in/d/im-10.png": blobs[10], "inc-in/d/im-00.png": blobs[11]})
     fs.rm("inc-in/d/im-01.png")
     quality.run(cfg("2024-06-02"))
