@@ -75,7 +75,9 @@ def resolve_config(command: str, value: str | None) -> str | None:
     return str(path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. ``only``: import just that command's module for its own flags (the others'
+    modules, with torch and the like, are not imported: a run starts seconds sooner); None = all."""
     parser = argparse.ArgumentParser(
         prog="python -m jobs",
         description="Restore and check image datasets at scale (NMF dead-pixel filling, CNN SR, quality).",
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="also show Ray's own output: worker lines, Ray's info logs, library warnings",
         )
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(f"jobs.{cmd.module}")
         add_args = getattr(module, "add_arguments", None)
         if add_args is not None:
@@ -139,8 +143,10 @@ def setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first argument that names one (options before it are the parser's own).
+    parser = build_parser(next((a for a in given if a in COMMANDS), None))
+    args = parser.parse_args(given)
     if not args.command:
         parser.print_help()
         return 2

@@ -12,7 +12,8 @@ does it without ever holding a whole shard or a Python object per row:
 2. a second pass reads the flag metrics batch by batch, computes the size, aspect and blur
    deviations of the batch, evaluates the flags, streams ``flags.parquet`` and merges per-batch
    counts and worst rows (:class:`restore_core.aggregate.Partial`);
-3. each summary metric is then read alone: exact quantiles and the report's histogram counts.
+3. the summary metrics are then read a few at a time (``METRICS_PER_PASS``): exact quantiles
+   and the report's histogram counts.
 
 What it holds grows by ~60 bytes a row (ids, hashes, duplicate columns; about 6 MB at 100,000
 rows, plus transients of the duplicate step), against several hundred bytes and the thumbnails a
@@ -24,6 +25,7 @@ group's first member).
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,23 +198,38 @@ def _flags_pass(fs: Any, files: list[str], cfg: QualityConfig, keys: _Keys, flag
     return total
 
 
+#: Stored metrics read together by the summary step: one pass over the shards per group, and
+#: 8 bytes a row per metric held (a few MB at 100,000 rows) while a group's statistics are made.
+METRICS_PER_PASS = 6
+
+
+def _metric_values(fs: Any, files: list[str], keys: _Keys) -> Iterator[tuple[str, np.ndarray]]:
+    """``(metric, every row's value)`` of the summary metrics the run has, a few held at a time."""
+    names = set(staged.column_names(fs, files))
+    for m in SUMMARY_METRICS:
+        if m in keys.run_columns:
+            yield m, keys.run_columns[m]
+    deviations = [m for m in SUMMARY_METRICS if m in RUN_COLUMNS and m not in keys.run_columns]
+    if deviations:
+        parts = [keys.deviations(t) for t in staged.batches(fs, files, ["width", "height", "blur_width"])]
+        for m in deviations:
+            yield m, np.concatenate([p[m] for p in parts]) if parts else np.empty(0)
+        del parts
+    stored = [m for m in SUMMARY_METRICS if m in names and m not in keys.run_columns and m not in RUN_COLUMNS]
+    for start in range(0, len(stored), METRICS_PER_PASS):
+        group = stored[start : start + METRICS_PER_PASS]
+        values = staged.columns(fs, files, group)
+        for m in group:
+            yield m, values.pop(m)
+
+
 def _metric_stats(
     fs: Any, files: list[str], keys: _Keys
 ) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray, bool]]]:
-    """Exact quantiles and the report's 40-bin histograms, one metric read at a time."""
-    names = set(staged.column_names(fs, files))
+    """Exact quantiles and the report's 40-bin histograms, in SUMMARY_METRICS order."""
     quantiles: dict[str, dict[str, float]] = {}
     histograms: dict[str, tuple[np.ndarray, np.ndarray, bool]] = {}
-    for m in SUMMARY_METRICS:
-        if m in keys.run_columns:
-            v = keys.run_columns[m]
-        elif m in RUN_COLUMNS:
-            parts = [keys.deviations(t)[m] for t in staged.batches(fs, files, ["width", "height", "blur_width"])]
-            v = np.concatenate(parts) if parts else np.empty(0)
-        elif m in names:
-            v = staged.column(fs, files, m)
-        else:
-            continue
+    for m, v in _metric_values(fs, files, keys):
         v = v[np.isfinite(v)]
         if v.size == 0:
             continue
@@ -223,7 +240,11 @@ def _metric_stats(
         edges, log_scale = agg.plot_edges(m, lo, hi)
         pv = np.log10(np.maximum(v, 1e-12)) if log_scale else v
         histograms[m] = (edges, np.histogram(pv, bins=edges)[0].astype(np.int64), log_scale)
-    return quantiles, histograms
+    order = {m: i for i, m in enumerate(SUMMARY_METRICS)}
+    return (
+        dict(sorted(quantiles.items(), key=lambda kv: order[kv[0]])),
+        dict(sorted(histograms.items(), key=lambda kv: order[kv[0]])),
+    )
 
 
 def id_changes(ids: pa.Array, previous: pa.Array | None, examples: int = 10) -> dict[str, Any] | None:

@@ -73,8 +73,17 @@ def floats(table: pa.Table, name: str) -> np.ndarray:
 
 def column(fs: Any, files: Sequence[str], name: str) -> np.ndarray:
     """One numeric column of every row, float64, in the passes' order."""
-    parts = [floats(t, name) for t in batches(fs, files, [name], rows=1 << 20)]
-    return np.concatenate(parts) if parts else np.empty(0)
+    return columns(fs, files, [name])[name]
+
+
+def columns(fs: Any, files: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """A few numeric columns of every row, float64, in the passes' order, read in one pass (each
+    shard's footer is read once for them all, not once a column)."""
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for t in batches(fs, files, list(names), rows=1 << 20):
+        for n in names:
+            parts[n].append(floats(t, n))
+    return {n: np.concatenate(p) if p else np.empty(0) for n, p in parts.items()}
 
 
 def strings(fs: Any, files: Sequence[str], name: str) -> pa.Array:
