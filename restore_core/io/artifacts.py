@@ -71,13 +71,8 @@ def load_bases(location: Location) -> Bases:
     if not url:
         raise ArtifactError("no bases artifact given: set 'bases' to a folder made by `learn-bases`")
     try:
-        found = location.member("meta.json")
-        if found is None:
-            raise ArtifactError(
-                f"no bases artifact at {url} (meta.json missing): run "
-                "`python -m jobs learn-bases` first or fix the 'bases' path"
-            )
-        fs, meta_path = found
+        missing = f"no bases artifact at {url} (meta.json missing): run `python -m jobs learn-bases` or fix 'bases'"
+        fs, meta_path = location.member("meta.json", ArtifactError(missing))
         with fs.open(meta_path, "r") as f:
             raw = json.load(f)
         with fs.open(posixpath.join(posixpath.dirname(meta_path), "bases.npy"), "rb") as f:

@@ -87,11 +87,14 @@ class Location:
         """Another path with the same storage options (an artifact read with the input's credentials)."""
         return Location(path, self.storage_options)
 
-    def member(self, name: str) -> tuple[fsspec.AbstractFileSystem, str] | None:
-        """The filesystem and the path of the file ``name`` in this folder; None when it does not exist."""
+    def member(self, name: str, missing: Exception) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The filesystem and the path of the file ``name`` in this folder; ``missing`` raised
+        when there is no such file."""
         fs, root = self.filesystem()
         path = posixpath.join(root, name)
-        return (fs, path) if fs.exists(path) else None
+        if not fs.exists(path):
+            raise missing
+        return fs, path
 
     def key(self) -> tuple[str, str]:
         """:func:`location_key` of the path: equal keys name the same folder, however spelled."""

@@ -119,13 +119,11 @@ def read_flagged_ids(run_folder: Location, flags: Collection[str] = ("dead_pixel
     ``run_folder`` is one run, ``<quality output>/run=<date>``; its ``flags.parquet`` (written
     by the quality job, duplicate flags included) is read. A UserError when it is missing.
     """
-    found = run_folder.member("flags.parquet")
-    if found is None:
-        raise UserError(
-            f"{run_folder.path} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
-            "<quality output>/run=<date> folder"
-        )
-    fs, path = found
+    missing = UserError(
+        f"{run_folder.path} holds no finished quality run (no flags.parquet); set restore.only_flagged to a "
+        "<quality output>/run=<date> folder"
+    )
+    fs, path = run_folder.member("flags.parquet", missing)
     with fs.open(path, "rb") as f:
         table = pq.read_table(f, columns=["id", "flags"])
     wanted = set(flags)
