@@ -19,6 +19,7 @@ GOOD = {"rel", "abs", "embedded"}
 BAD = {"missing", "climb", "outside", "null"}
 
 
+@pytest.mark.slow  # 26 s in CI: a restore and a quality run
 def test_restore_and_quality_read_path_only_cells(local_ray, tmp_path):
     root = path_only_folder(tmp_path)
     rcfg = from_dict(

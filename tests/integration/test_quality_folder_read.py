@@ -83,6 +83,7 @@ def test_vanished_and_undecodable_files_are_error_rows(local_ray, tmp_path, monk
     assert any(m.startswith("scoring: 11/11 images (100%)") for m in lines), lines
 
 
+@pytest.mark.slow  # 13 s in CI
 @pytest.mark.timeout(600)
 def test_actors_write_one_shard_a_batch_when_a_block_holds_several(local_ray, tmp_path):
     """Parquet read blocks of 20 rows scored 4 at a time: each batch is its own shard (named by
