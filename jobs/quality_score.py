@@ -95,7 +95,7 @@ def score(cfg: QualityJobConfig, inc: quality_incremental.Plan, fs: Any, staging
         return Scored(time.perf_counter() - t0, "driver" if n_rows else "none")
     init_ray(cfg.ray)
     pool = actor_pool_args(cfg.ray)
-    ds, total = _input_dataset(cfg, inc.to_score)
+    ds, total = _input_dataset(cfg, paths)  # the listing made above, not a second one
     scored = ds.map_batches(
         actor,
         fn_constructor_kwargs={"cfg": cfg, "read_files": reads_in_actors(cfg), "write_to": folder},
