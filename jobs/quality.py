@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import posixpath
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,10 +30,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 import imrestore_report as report
-from jobs import logs, quality_aggregate, quality_incremental, quality_read, quality_score, verdict
+from jobs import logs, quality_incremental, quality_read, quality_score, verdict
 from jobs.common import Summary, format_table
 from jobs.config_quality import QualityJobConfig
 from jobs.ray_utils import arrow_filesystem, init_ray, is_process_local
@@ -40,7 +40,7 @@ from restore_core import codec, run_wide
 from restore_core.codec import cell_bytes
 from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
-from restore_core.io import datasets, lease, locations, lookup
+from restore_core.io import datasets, lease, locations, lookup, staged
 from restore_core.io.shards import probe_writable
 from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_png
 
@@ -156,7 +156,8 @@ def group_thumbnails(cfg: QualityConfig, table: pa.Table, summary: dict[str, Any
             files = lookup.images_in_folder(cfg.input, missing)
             return {i: t for i, t in ((i, _thumbnail(b, cfg)) for i, b in files.items()) if t}
         paths = datasets.list_files(cfg.input.location, cfg.input.format)
-        if is_process_local(cfg.input.path) or not ray.is_initialized():  # no Ray started for a small run
+        ray = sys.modules.get("ray")  # imported only by a run that started Ray
+        if is_process_local(cfg.input.path) or ray is None or not ray.is_initialized():
             parts = [_thumbnails_in_file(p, cfg, missing) for p in paths]
         else:
             task = ray.remote(num_cpus=0.25)(_thumbnails_in_file)
@@ -174,7 +175,8 @@ def _aggregate_on_cluster(cfg: QualityJobConfig, fs: Any, staging: str) -> bool:
     in seconds, where a dozen Ray Data executions take minutes."""
     if cfg.cluster_aggregation_rows == 0:
         return True
-    rows = quality_aggregate.staged_rows(fs, posixpath.join(staging, "data"))
+    data = posixpath.join(staging, "data")
+    rows = staged.row_count(fs, [p for p in fs.find(data) if p.endswith(".parquet")])
     return rows >= cfg.cluster_aggregation_rows
 
 
@@ -214,6 +216,8 @@ def _aggregate_with_ray(
     cfg: QualityConfig, fs: Any, out_fs: Any, root: str, staging: str, date: str, previous_date: str | None
 ) -> tuple[dict[str, Any], ReportWriter]:
     """The run-wide step on the cluster (jobs/quality_aggregate.py): the driver gets summaries only."""
+    from jobs import quality_aggregate  # imports Ray: only runs that use it
+
     prev_flags = posixpath.join(root, f"{report.RUN_PREFIX}{previous_date}", "flags.parquet") if previous_date else None
     run_agg = quality_aggregate.aggregate_run(cfg, fs, out_fs, staging, date, prev_flags)
     summary = run_agg.summary

@@ -89,16 +89,6 @@ def read_staged(fs: Any, out_fs: Any, data_dir: str) -> ray.data.Dataset:
     return ray.data.read_parquet(data_dir, filesystem=out_fs).select_columns(columns)
 
 
-def staged_rows(fs: Any, data_dir: str) -> int:
-    """How many rows the Parquet files under ``data_dir`` hold, from their footers only."""
-    total = 0
-    for path in fs.find(data_dir):
-        if path.endswith(".parquet"):
-            with fs.open(path, "rb") as f:
-                total += pq.ParquetFile(f).metadata.num_rows
-    return total
-
-
 # ----------------------------------------------------------------------------- duplicates
 
 

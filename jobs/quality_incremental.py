@@ -4,10 +4,11 @@
 (:mod:`restore_core.io.file_identity`), finds the latest finished run of this date or before
 (``_SUCCESS``) and its ``files.parquet``, and, when the scoring settings are the same,
 
-- copies that run's per-image shards into ``<staging>/data/reused-*.parquet``, shard by shard:
-  a shard holding no row of a changed or removed file is copied as it is (a server-side copy on
-  object stores), one that does is streamed through a filter batch by batch (never all rows in
-  memory);
+- copies that run's per-image shards into ``<staging>/data/reused-*.parquet``: a large shard
+  holding no row of a changed or removed file is copied as it is (a server-side copy on object
+  stores); small shards (the actors write one a batch) are merged into shards of up to
+  ``COMPACT_ROWS`` rows, and rows of changed or removed files are filtered out, streamed batch by
+  batch (never all rows in memory), so later passes over the run open a few files, not hundreds;
 - returns the new and changed files, which alone are scored;
 - writes ``<staging>/files.parquet`` for the next run.
 
@@ -192,37 +193,88 @@ def _ids_of(fs: Any, files_path: str, paths: list[str]) -> pa.Array:
     return pc.list_flatten(table.column("ids")).combine_chunks() if table.num_rows else pa.array([], pa.string())
 
 
+#: A reused shard with fewer rows than this is merged with its small neighbours (the actors
+#: write one shard a batch of ``ray.batch_size`` rows; every later pass over the run would open
+#: each of them), into shards of up to ``COMPACT_ROWS`` rows; larger ones are copied as they are.
+SMALL_SHARD_ROWS = 2048
+COMPACT_ROWS = 32768
+
+
+@dataclasses.dataclass
+class _Shard:
+    path: str
+    rows: int
+    schema: pa.Schema
+    dropped: int  # rows whose id is in the drop set
+
+
 def _copy_reused(fs: Any, src_dir: str, dst_dir: str, drop: pa.Array) -> int:
-    """Copy the rows of ``src_dir``'s shards whose id is not in ``drop`` to ``dst_dir``; the row count."""
-    shards = sorted(p for p in fs.find(src_dir) if p.endswith(".parquet")) if fs.exists(src_dir) else []
+    """Copy the rows of ``src_dir``'s shards whose id is not in ``drop`` to ``dst_dir``; the row
+    count. A large shard with nothing to drop is copied whole (server-side on object stores);
+    small shards of the same columns are merged, streamed batch by batch (never all rows in memory)."""
+    paths = sorted(p for p in fs.find(src_dir) if p.endswith(".parquet")) if fs.exists(src_dir) else []
     drop_set = pa.array(drop.to_pylist(), pa.string()) if len(drop) else None
 
-    def one(k: int, src: str) -> int:
+    def inspect(src: str) -> _Shard:
+        with fs.open(src, "rb") as f:
+            pf = pq.ParquetFile(f)
+            hits = 0
+            if drop_set is not None:
+                ids = pf.read(columns=["id"]).column("id")
+                hits = int(pc.sum(pc.is_in(ids, value_set=drop_set)).as_py() or 0)
+            return _Shard(src, pf.metadata.num_rows, pf.schema_arrow, hits)
+
+    def write(k: int, group: list[_Shard]) -> int:
         dst = posixpath.join(dst_dir, f"{REUSED_PREFIX}{k:05d}.parquet")
-        with fs.open(src, "rb") as f:
-            ids = pq.read_table(f, columns=["id"]).column("id")
-        hit = pc.is_in(ids, value_set=drop_set) if drop_set is not None else None
-        if hit is None or not pc.any(hit).as_py():
-            fs.copy(src, dst)
-            return len(ids)
-        kept = 0
-        with fs.open(src, "rb") as f:
-            source = pq.ParquetFile(f)
-            if source.metadata.num_rows == int(pc.sum(hit).as_py() or 0):
-                return 0  # every row dropped: no file
-            with fs.open(dst, "wb") as out, pq.ParquetWriter(out, source.schema_arrow) as writer:
-                for batch in source.iter_batches(batch_size=4096):
-                    keep = pc.invert(pc.is_in(batch.column(batch.schema.get_field_index("id")), value_set=drop_set))
-                    part = batch.filter(keep)
-                    kept += part.num_rows
-                    writer.write_batch(part)
+        if len(group) == 1 and not group[0].dropped:
+            fs.copy(group[0].path, dst)
+            return group[0].rows
+        kept, pending = 0, []
+        with fs.open(dst, "wb") as out, pq.ParquetWriter(out, group[0].schema) as writer:
+            for shard in group:
+                with fs.open(shard.path, "rb") as f:
+                    for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+                        if shard.dropped:
+                            batch = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=drop_set)))
+                        pending.append(batch)
+                        kept += batch.num_rows
+                        if sum(b.num_rows for b in pending) >= 4096:
+                            writer.write_table(pa.Table.from_batches(pending, group[0].schema))
+                            pending = []
+            if pending:
+                writer.write_table(pa.Table.from_batches(pending, group[0].schema))
         return kept
 
-    if not shards:
+    if not paths:
         return 0
     fs.makedirs(dst_dir, exist_ok=True)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(shards))) as pool:
-        return sum(pool.map(one, range(len(shards)), shards))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        shards = [s for s in pool.map(inspect, paths) if s.rows > s.dropped]  # all dropped: no file
+        groups = _groups(shards)
+        return sum(pool.map(write, range(len(groups)), groups))
+
+
+def _groups(shards: list[_Shard]) -> list[list[_Shard]]:
+    """Neighbouring small shards of the same columns together (up to ``COMPACT_ROWS`` rows); a
+    large one alone."""
+    groups: list[list[_Shard]] = []
+    rows = 0
+    for shard in shards:
+        last = groups[-1] if groups else None
+        small = shard.rows < SMALL_SHARD_ROWS
+        if (
+            small
+            and last is not None
+            and last[0].rows < SMALL_SHARD_ROWS
+            and last[0].schema.equals(shard.schema)
+            and rows + shard.rows <= COMPACT_ROWS
+        ):
+            last.append(shard)
+            rows += shard.rows
+        else:
+            groups.append([shard])
+            rows = shard.rows
+    return groups
 
 
 def _new_ids(cfg: QualityConfig, paths: list[str]) -> list[list[str | None]]:

@@ -16,6 +16,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import posixpath
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,8 +26,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
-import ray.data
 
 from jobs import logs, quality_incremental, quality_read
 from jobs.config_quality import QualityJobConfig
@@ -59,8 +58,10 @@ class ShardWriter:
 
     def write(self, table: pa.Table) -> pa.Table:
         """Write ``table``; ``{"rows": [its row count]}``."""
-        # (outside a Ray worker there is no task: asking would start Ray in this process)
-        task = (ray.get_runtime_context().get_task_id() if ray.is_initialized() else None) or uuid.uuid4().hex
+        # (outside a Ray worker there is no task: asking would start Ray in this process; a run
+        # scored in the driver never imports Ray)
+        ray = sys.modules.get("ray")
+        task = (ray.get_runtime_context().get_task_id() if ray and ray.is_initialized() else None) or uuid.uuid4().hex
         if task != self.task:
             self.task, self.batches = task, 0
         name = f"part-{task}-{self.batches:05d}.parquet"
@@ -120,6 +121,8 @@ def _input_dataset(cfg: QualityJobConfig, files: list[str] | None) -> tuple[Any,
     """The rows to score as a Ray Dataset (``files``: these of the input's files only) and how
     many they are (None when that cannot be known cheaply). An image folder gives path-only
     blocks that the actors read (``jobs/quality_read.py``)."""
+    import ray.data
+
     if reads_in_actors(cfg):
         blocks = quality_read.path_blocks(cfg.input, files, cfg.ray.batch_size)
         # from_blocks keeps the blocks as made (from_arrow also runs a metadata task for each).

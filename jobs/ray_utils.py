@@ -16,19 +16,20 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import ray
-import ray.data
 
 from jobs.config_ray import RayConfig
 from restore_core.config import InputConfig
 from restore_core.errors import UserError
 from restore_core.io import datasets
 from restore_core.io.locations import Location, is_process_local
+
+if TYPE_CHECKING:
+    import ray.data
 
 log = logging.getLogger("jobs.ray")
 
@@ -96,6 +97,8 @@ def _set_ray_data_console(level: int) -> None:
 
 def ray_logs_folder() -> str:
     """Where this driver's Ray session writes its logs (the workers' output among them)."""
+    import ray
+
     node = getattr(getattr(ray, "_private", None), "worker", None)
     node = getattr(node, "_global_node", None)
     getter = getattr(node, "get_logs_dir_path", None)
@@ -114,6 +117,9 @@ def init_ray(ray_cfg: RayConfig) -> None:
     unless ``$RAY_ADDRESS`` is set (as it is inside ``ray job submit``), in which case the job
     joins that cluster. Any other address (``"auto"``, ``"host:port"``, ``"ray://..."``) connects.
     """
+    import ray  # imported when used: a run that starts no Ray (a small incremental night) saves ~2 s
+    import ray.data
+
     if ray.is_initialized():
         return
     verbose = is_verbose()
@@ -176,6 +182,9 @@ def read_dataset(input_cfg: InputConfig, files: Sequence[str] | None = None) -> 
     ``files``: read these of the input's files only (full paths as ``datasets.list_files`` gives
     them, not empty; an incremental quality run's new and changed files); ids are as in a full read.
     """
+    import ray
+    import ray.data
+
     if not input_cfg.path:
         raise UserError("input.path is empty: point it at the images (Parquet files or a folder)")
     where = input_cfg.location
@@ -231,6 +240,8 @@ def _binary_to_rows(table: pa.Table, root: str, id_column: str, image_column: st
 
 def cluster_resources() -> tuple[float, float]:
     """(CPUs, GPUs) of the whole cluster Ray is connected to."""
+    import ray
+
     res = ray.cluster_resources()
     return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
 
@@ -246,6 +257,9 @@ def actor_pool_args(ray_cfg: RayConfig) -> dict[str, Any]:
     UserError naming the key to change (the shares' own ranges are declared in ``RayConfig``).
     ``batch_size`` is left to the caller.
     """
+    import ray
+    import ray.data
+
     cpus, gpus = cluster_resources()
     cpu_per = float(ray_cfg.num_cpus_per_actor)
     gpu_per = float(ray_cfg.num_gpus_per_actor)
