@@ -282,7 +282,24 @@ _FLOAT_RE = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]
 
 class _ConfigLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` (no tags run) that reads what users write naturally: ``1e-4`` as a
-    float, and ``2024-06-30`` as the string it is (no implicit dates or timestamps)."""
+    float, and ``2024-06-30`` as the string it is (no implicit dates or timestamps). A key given
+    twice in one mapping is an error (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _ConfigLoader.yaml_implicit_resolvers = {
@@ -342,7 +359,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {p} is not valid YAML{where}") from exc
+            problem = getattr(exc, "problem", None)
+            raise ConfigError(
+                f"config file {p} is not valid YAML{where}" + (f": {problem}" if problem else "")
+            ) from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

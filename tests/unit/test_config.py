@@ -1,6 +1,6 @@
 import pytest
 
-from restore_core.config import RestoreConfig, from_dict, load_config, to_dict
+from restore_core.config import RestoreConfig, from_dict, load_config, to_dict, yaml_load
 from restore_core.errors import ConfigError
 
 
@@ -41,6 +41,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(RestoreConfig, bad)
+
+
+def test_a_key_given_twice_is_refused_naming_it(tmp_path):
+    # PyYAML keeps the last of two equal keys silently: configs/quality.yaml once held one twice
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("fit:\n  l1: 0.1\n  max_iter: 5\n  l1: 0.2\n")
+    with pytest.raises(ConfigError, match=r"line 4: key 'l1' is given twice \(lines 2 and 4\)"):
+        load_config(RestoreConfig, dup)
+    # the same key in two sections is fine
+    assert yaml_load("a:\n  tile: 64\nb:\n  tile: 32\n") == {"a": {"tile": 64}, "b": {"tile": 32}}
 
 
 def test_yaml_tags_are_not_executed(tmp_path):
