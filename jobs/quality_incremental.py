@@ -57,6 +57,10 @@ class Plan:
     rows_reused: int = 0
     rows_scored: int = 0
     seconds: float = 0.0
+    #: Every input file's path, in listing order (None: not listed, a ``memory://`` input). Kept
+    #: for the scoring step (no second listing); ``files`` is emptied once files.parquet holds it.
+    listed: list[str] | None = None
+    n_files: int = 0
 
     @property
     def to_score(self) -> list[str] | None:
@@ -67,7 +71,7 @@ class Plan:
         counts = (
             self.changes.counts()
             if self.changes is not None
-            else {"unchanged": 0, "changed": 0, "added": len(self.files), "removed": 0}
+            else {"unchanged": 0, "changed": 0, "added": self.n_files, "removed": 0}
         )
         return {
             "mode": self.mode,
@@ -101,8 +105,11 @@ def prepare(cfg: QualityJobConfig, date: str, fs: Any, root: str, staging: str) 
         plan.seconds = time.perf_counter() - t0
         return plan  # nothing recorded: the next run could not read this input's files either
     plan.files = fid.list_identities(icfg.location, icfg.format)
+    plan.listed, plan.n_files = [f.path for f in plan.files], len(plan.files)
     _plan(cfg, date, fs, root, staging, plan)
     _write_files_table(cfg, fs, root, staging, plan)
+    # The identities are in files.parquet now: not held through scoring (~300 bytes a file)
+    plan.files = []
     plan.seconds = time.perf_counter() - t0
     if plan.mode == "incremental" and plan.changes is not None:
         c = plan.changes.counts()

@@ -86,7 +86,8 @@ def score(cfg: QualityJobConfig, inc: quality_incremental.Plan, fs: Any, staging
     to an Arrow table; ``write_to``: it writes the table there and returns its row count)."""
     t0 = time.perf_counter()
     folder = posixpath.join(staging, "data")
-    paths = inc.to_score if inc.to_score is not None else _all_files_if_local(cfg)
+    paths = inc.to_score if inc.to_score is not None else _all_files_if_local(cfg, inc.listed)
+    inc.listed = None  # the scoring holds it from here, as long as it needs it
     n_rows = rows_in(cfg, paths, cfg.local_score_max_rows) if paths is not None else None
     if paths is not None and n_rows is not None:
         if n_rows:
@@ -97,6 +98,7 @@ def score(cfg: QualityJobConfig, inc: quality_incremental.Plan, fs: Any, staging
     init_ray(cfg.ray)
     pool = actor_pool_args(cfg.ray)
     ds, total = _input_dataset(cfg, paths)  # the listing made above, not a second one
+    paths = None  # in the blocks now: not held through the scoring
     scored = ds.map_batches(
         actor,
         fn_constructor_kwargs={"cfg": cfg, "read_files": reads_in_actors(cfg), "write_to": folder},
@@ -137,13 +139,14 @@ def reads_in_actors(cfg: QualityJobConfig) -> bool:
     return cfg.input.format == "images" and not is_process_local(cfg.input.path)
 
 
-def _all_files_if_local(cfg: QualityJobConfig) -> list[str] | None:
-    """Every input file when the whole input may be scored in this process: not a ``memory://``
-    input (the actor pool gets those), no ``input.limit``, no cells that point at other files."""
+def _all_files_if_local(cfg: QualityJobConfig, listed: list[str] | None = None) -> list[str] | None:
+    """Every input file (``listed``: the listing the run made already) when the whole input may
+    be scored in this process: not a ``memory://`` input (the actor pool gets those), no
+    ``input.limit``, no cells that point at other files."""
     icfg = cfg.input
     if cfg.local_score_max_rows <= 0 or is_process_local(icfg.path) or icfg.limit:
         return None
-    files = datasets.list_files(icfg.location, icfg.format)
+    files = listed if listed is not None else datasets.list_files(icfg.location, icfg.format)
     if icfg.format == "parquet" and quality_incremental.points_at_files(cfg, files):
         return None
     return list(files)

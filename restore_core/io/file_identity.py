@@ -78,7 +78,7 @@ NOT_SCORING_KEYS = (
 SCORER_MODULES = ("quality", "metrics", "masks", "codec")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: ~50 bytes less a file (100,000 files a night)
 class FileIdentity:
     path: str
     size: int

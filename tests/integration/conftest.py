@@ -239,10 +239,25 @@ def ray_head() -> Iterator[RayHead]:
             time.sleep(2)
         yield RayHead(address=address, env=env)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
+        _stop_group(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_group(head: subprocess.Popen) -> None:
+    """Stop ``ray start --block`` and every process of its session (GCS, raylet, dashboard,
+    workers: the test cluster's data is thrown away): SIGTERM, then SIGKILL for what is left after
+    a few seconds. A graceful stop waited ~30 s on the dashboard's processes, on every CI run."""
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        head.poll()  # reaps it once dead (a zombie still counts as a member of its group)
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group is gone
+            return
+        time.sleep(0.2)
+    raise AssertionError("the test's Ray head left processes that SIGKILL did not end")
