@@ -17,6 +17,7 @@ from imrestore_report.html import render_html
 from imrestore_report.plots import histogram_png, histogram_png_counts, history_png
 from restore_core.config import QualityConfig
 from restore_core.io.runs import put
+from restore_core.quality import thumbnail_suffix
 from restore_core.quality_summary import (
     GROUP_THUMBS,
     floats,
@@ -39,7 +40,7 @@ def write_report(
     """Write plots/, thumbs/ and report.html into ``folder`` (fsspec path); return the HTML's path.
 
     ``history`` is the earlier runs' summaries, oldest first (the current one is appended here).
-    ``group_thumbs`` holds thumbnails (PNG) of duplicate-group members whose rows kept none (only
+    ``group_thumbs`` holds thumbnails (JPEG) of duplicate-group members whose rows kept none (only
     flagged rows do); the others come from ``table``.
     """
     pngs = {m: histogram_png(floats(table, m), m, thresholds(cfg, m)) for m in summary["quantiles"]}
@@ -59,8 +60,8 @@ def write_report_parts(
 ) -> str:
     """:func:`write_report` from what the quality job's aggregation keeps: per metric a PNG or
     ``(edges, counts, log10)`` of its histogram, per flag its worst rows (``id``, ``value``,
-    ``thumb`` PNG bytes or None, ``error``), and the thumbnails of the duplicate-group members
-    shown (``{id: PNG}``)."""
+    ``thumb`` image bytes (JPEG; PNG from older runs) or None, ``error``), and the thumbnails of
+    the duplicate-group members shown (``{id: bytes}``)."""
     plots: list[tuple[str, str]] = []
     for m in summary["quantiles"]:
         h = histograms.get(m)
@@ -75,7 +76,7 @@ def write_report_parts(
     for name, rows in worst.items():
         for k, r in enumerate(rows):
             if r["thumb"]:
-                r["src"] = f"thumbs/{name}_{k}.png"
+                r["src"] = f"thumbs/{name}_{k}{thumbnail_suffix(r['thumb'])}"
                 put(fs, posixpath.join(folder, r["src"]), r["thumb"])
     group_images = _group_thumbnails_written(fs, folder, summary, dict(group_thumbs or {}))
     page = render_html(summary, plots, worst, group_images)
@@ -94,7 +95,7 @@ def _group_thumbnails_written(
         for k, row_id in enumerate(group["ids"][:GROUP_THUMBS]):
             member: dict[str, Any] = {"id": row_id}
             if thumbs.get(row_id):
-                member["src"] = f"thumbs/group_{g}_{k}.png"
+                member["src"] = f"thumbs/group_{g}_{k}{thumbnail_suffix(thumbs[row_id])}"
                 put(fs, posixpath.join(folder, member["src"]), thumbs[row_id])
             members.append(member)
         group_images.append(members)

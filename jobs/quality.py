@@ -42,7 +42,7 @@ from restore_core.config import QualityConfig, check_ranges, to_dict
 from restore_core.errors import UserError
 from restore_core.io import datasets, lease, locations, lookup, staged
 from restore_core.io.shards import probe_writable
-from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_png
+from restore_core.quality import QualityScorer, check_flag_metrics, table_from_columns, thumbnail_jpeg
 
 CONFIG = QualityJobConfig
 log = logging.getLogger("jobs.quality")
@@ -134,7 +134,7 @@ def _read_shards(fs: Any, folder: str) -> pa.Table:
 def _thumbnail(cell: Any, cfg: QualityConfig) -> bytes | None:
     try:
         raw = cell_bytes(cell)
-        return thumbnail_png(codec.decode(raw, cfg.decode.max_pixels)[0], cfg.report.thumbnail_size) if raw else None
+        return thumbnail_jpeg(codec.decode(raw, cfg.decode.max_pixels)[0], cfg.report.thumbnail_size) if raw else None
     except Exception:  # an image that cannot be shown gets no thumbnail; the run goes on
         return None
 

@@ -1,5 +1,7 @@
 """The quality step (restore_core/quality.py): rows in, metric rows out; duplicates; only-flagged restore."""
 
+import io
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -298,3 +300,20 @@ def test_alpha_does_not_make_pixels_dead(photos):
     batch = {"id": np.array(["a"], dtype=object), "image": np.array([png_bytes(np.dstack([rgb, alpha]))], dtype=object)}
     out = quality.QualityScorer(QualityConfig())(batch)
     assert out["dead_fraction"][0] == pytest.approx(1 / (48 * 48))
+
+
+def test_thumbnails_are_jpeg_gray_stays_gray_and_alpha_is_left_out() -> None:
+    from PIL import Image
+
+    from restore_core.quality import thumbnail_jpeg, thumbnail_suffix
+
+    rng = np.random.default_rng(0)
+    for shape, mode in (((200, 100), "L"), ((50, 60, 2), "L"), ((64, 64, 3), "RGB"), ((30, 300, 4), "RGB")):
+        data = thumbnail_jpeg(rng.random(shape, dtype=np.float32), 96)
+        with Image.open(io.BytesIO(data)) as im:
+            assert (im.format, im.mode) == ("JPEG", mode)
+            assert max(im.size) <= 96
+        assert thumbnail_suffix(data) == ".jpg"
+    png = io.BytesIO()
+    Image.new("L", (4, 4)).save(png, format="PNG")
+    assert thumbnail_suffix(png.getvalue()) == ".png"  # a run before JPEG thumbnails

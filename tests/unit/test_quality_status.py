@@ -181,5 +181,5 @@ def test_duplicate_groups_shown_with_thumbnails(tmp_path, dup_images, fmt):
     page = Path(report.write_report(out, str(tmp_path / "run"), table, summary, [], cfg, thumbs)).read_text()
     section = page[page.index("id='duplicates'") :]
     for k, row_id in enumerate(group["ids"]):
-        assert f"<img src='thumbs/group_0_{k}.png' alt='{row_id}'>" in section
-        assert (tmp_path / "run" / "thumbs" / f"group_0_{k}.png").exists()
+        assert f"<img src='thumbs/group_0_{k}.jpg' alt='{row_id}'>" in section
+        assert (tmp_path / "run" / "thumbs" / f"group_0_{k}.jpg").exists()

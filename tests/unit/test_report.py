@@ -145,7 +145,7 @@ def test_html_renders_in_headless_chromium(tmp_path, cfg, images):
     folder = str(tmp_path / "run=2024-01-03")
     path = report.write_report(fs, folder, table, summary, [], cfg)
     assert os.path.exists(os.path.join(folder, "plots", "hist_sharpness.png"))
-    assert os.path.exists(os.path.join(folder, "thumbs", "dead_pixels_0.png"))
+    assert os.path.exists(os.path.join(folder, "thumbs", "dead_pixels_0.jpg"))
     page = open(path, encoding="utf-8").read()
     assert "file://" not in page and "http" not in page  # relative links only: opens with no server
     dom = render_dom(path, str(tmp_path / "profile"))
