@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import posixpath
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -314,9 +315,11 @@ def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> 
     # only new and changed files are scored (all of them on a full rescan): in this process when
     # they are few (no Ray started), else by the actor pool.
     inc = quality_incremental.prepare(cfg, date, fs, root, staging)
+    peak = {"planned": _peak_rss_mib()}
     out_fs, _ = arrow_filesystem(cfg.output_location)
     scored = quality_score.score(cfg, inc, fs, staging, ScoreActor)
     t_score = time.perf_counter() - t0
+    peak["scored"] = _peak_rss_mib()
 
     try:
         earlier = [d for d in report.list_runs(fs, root) if d < date]
@@ -330,6 +333,8 @@ def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> 
         _annotate(summary, cfg, decision, inc, scored.where, t_score, on_cluster)
         write_report(summary, history)
         summary["seconds"]["total"] = time.perf_counter() - t0
+        # The driver's memory high-water mark after each step (MiB): what to size a driver node by
+        summary["driver_peak_rss_mib"] = {**peak, "aggregated": _peak_rss_mib()}
         url, final = _publish(cfg, fs, root, staging, date, started, decision, summary)
     except BaseException:
         if fs.exists(staging):  # leave no half-built staging folder behind
@@ -337,6 +342,12 @@ def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> 
         raise
     log.info("quality run published at %s", final)
     return _job_summary(summary, date, inc, scored, decision, url)
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kib / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def _annotate(

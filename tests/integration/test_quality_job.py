@@ -83,7 +83,10 @@ def test_two_nightly_runs(tmp_path, local_ray, capsys, monkeypatch, where):
     status1 = json.loads((run1 / "status.json").read_text())
     assert (status1["verdict"], status1["exit_code"], status1["failed"]) == ("PASS", 0, [])
     assert (run1 / "_SUCCESS").exists() and (run1 / "report.html").exists()
-    assert json.loads((run1 / "summary.json").read_text())["aggregated_on"] == where
+    summary1 = json.loads((run1 / "summary.json").read_text())
+    assert summary1["aggregated_on"] == where
+    peak = summary1["driver_peak_rss_mib"]  # the driver's high-water mark after each step, never falling
+    assert 50 < peak["planned"] <= peak["scored"] <= peak["aggregated"] < 4096, peak
     flags1 = pq.read_table(run1 / "flags.parquet").to_pydict()
     assert len(flags1["id"]) == N_IMAGES and not any(flags1["flags"])
 
