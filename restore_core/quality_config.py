@@ -121,7 +121,7 @@ FLAG_ALIASES: dict[str, str] = {
 class QualityReportConfig:
     history_runs: int = ranged(14, 1)  # flag-rate plot: this many latest runs (the current one included)
     worst_per_flag: int = ranged(8, 0)  # images shown per flag in the report's grid
-    thumbnail_size: int = ranged(96, 0, 4096)  # longest side of the thumbnails kept for flagged images; 0 = none
+    thumbnail_size: int = ranged(96, 0, 4096)  # longest side of the thumbnails (JPEG) kept for flagged images; 0 = none
     max_duplicate_groups: int = ranged(50, 0)  # duplicate groups listed in the report
 
 
