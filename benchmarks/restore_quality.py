@@ -183,6 +183,7 @@ def train_default(
     max_wall_s: float = 0.0,
     crop: int = 32,
     lr: float = 1e-3,
+    bases: Bases | None = None,
 ) -> tuple[torch.nn.Module, dict[str, float]]:
     """The refiner, trained self-supervised on damaged train images (cached under bench_out/)."""
     from safetensors.torch import load_file, save_file
@@ -229,6 +230,7 @@ def train_default(
         max_wall_s=max_wall_s,
         crop=crop,
         lr=lr,
+        bases=bases,
     )
     info["train s"] = time.perf_counter() - t0
     info["train cpu s"] = time.process_time() - c0
@@ -242,7 +244,11 @@ def train_default(
 
 
 def refiner_for(
-    name: str, args: argparse.Namespace, spec: RefinerSpec, models: dict[str, tuple[torch.nn.Module, dict[str, float]]]
+    name: str,
+    args: argparse.Namespace,
+    spec: RefinerSpec,
+    models: dict[str, tuple[torch.nn.Module, dict[str, float]]],
+    bases: Bases | None = None,
 ) -> torch.nn.Module:
     """Set ``name``'s refiner, trained on that set's damaged train images only (as a user trains
     on their own dataset) within ``--train-budget`` CPU-seconds, when first needed; ``--pooled``:
@@ -262,6 +268,7 @@ def refiner_for(
             args.train_wall,
             args.crop,
             args.lr,
+            bases,
         )
         models.update({s: trained for s in group})
     return models[name][0]
@@ -363,7 +370,12 @@ def refiner_flops(model: torch.nn.Module, h: int, w: int) -> float:
     with torch.no_grad():
         spec = model.spec  # type: ignore[attr-defined]
         z = torch.zeros(1, spec.channels, h, w)
-        model(z, torch.zeros(1, 1, h, w), None, z if spec.both_fills and spec.fill_order == 2 else None)
+        model(
+            z,
+            torch.zeros(1, 1, h, w),
+            z if spec.use_bases else None,
+            z if spec.both_fills and spec.fill_order == 2 else None,
+        )
     for hk in hooks:
         hk.remove()
     return total
@@ -466,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--crop", type=int, default=32, help="side of the random training crops")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--use-bases", action="store_true", help="the refiner also gets the NMF reconstruction")
     ap.add_argument("--width", type=int, default=RefinerSpec.width)
     ap.add_argument("--levels", type=int, default=RefinerSpec.levels)
     ap.add_argument("--nmf-images", type=int, default=6, help="test images per cell for nmf (slow)")
@@ -493,18 +506,21 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         print("# opencv-python-headless is not installed (pip install -e '.[bench]'): no telea column")
 
-    spec = RefinerSpec(channels=1, width=args.width, levels=args.levels)
+    spec = RefinerSpec(channels=1, width=args.width, levels=args.levels, use_bases=args.use_bases)
     t0 = time.perf_counter()
     models: dict[str, tuple[torch.nn.Module, dict[str, float]]] = {}
     current: dict[str, torch.nn.Module] = {}  # the set being evaluated's refiner
+    shared: dict[str, Bases] = {}  # the NMF bases, when the refiner takes them (--use-bases)
     methods: dict[str, Restore] = {
-        "default": torch_batched(lambda x, d: refine(current["model"], x, d)),
-        "raw": torch_batched(lambda x, d: refine(current["model"], x, d, calibrate=False)),
+        "default": torch_batched(lambda x, d: refine(current["model"], x, d, shared.get("bases"))),
+        "raw": torch_batched(lambda x, d: refine(current["model"], x, d, shared.get("bases"), calibrate=False)),
         "fill": torch_batched(lambda x, d: harmonic_fill(x, d, order=2)),
         "biharmonic": per_image(baselines.biharmonic),
     }
-    if args.nmf_images or args.reference_images:  # the bases take minutes to learn: only when used
+    if args.nmf_images or args.reference_images or args.use_bases:  # the bases take minutes to learn: when used
         bases = learn_bases(args.sets, 40, args.seed, 20 if args.quick else 60, 5000 if args.quick else 30_000)
+        if args.use_bases:
+            shared["bases"] = bases
         if args.nmf_images:
             methods["nmf"] = NMFInpainter(bases, FitConfig(method="nmf"), "cpu").restore_batch
         if args.reference_images:
@@ -514,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     limits = {"nmf": args.nmf_images, "reference": args.reference_images}
     rows: list[Row] = []
     for s in args.sets:
-        current["model"] = refiner_for(s, args, spec, models)
+        current["model"] = refiner_for(s, args, spec, models, shared.get("bases"))
         images = image_set(s, "test", args.n_test, args.seed)
         print(f"# {s}: {len(images)} test images {images.shape[1:]}", flush=True)
         lim = dict(limits, reference=limits["reference"] if s in args.reference_sets else 0)
