@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import posixpath
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -344,8 +343,13 @@ def _run(cfg: QualityJobConfig, date: str, fs: Any, root: str, started: str) -> 
     return _job_summary(summary, date, inc, scored, decision, url)
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident memory so far, MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+def _peak_rss_mib() -> float | None:
+    """This process's peak resident memory so far, MiB (``ru_maxrss``: KiB on Linux, bytes on
+    macOS); None where there is no ``resource`` module (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(kib / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
