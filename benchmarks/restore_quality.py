@@ -54,6 +54,7 @@ from restore_core.config import FitConfig
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter
 from restore_core.refiner import RefinerSpec, build_refiner, refine, train_refiner
+from restore_core.sparse_fill import SparseSpec, sparse_fill
 
 RGB_TRAIN = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "hubble_deep_field")
 RGB_TEST = ("chelsea", "coffee")
@@ -481,6 +482,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--use-bases", action="store_true", help="the refiner also gets the NMF reconstruction")
     ap.add_argument("--width", type=int, default=RefinerSpec.width)
     ap.add_argument("--levels", type=int, default=RefinerSpec.levels)
+    ap.add_argument(
+        "--sparse-iters",
+        type=int,
+        default=SparseSpec.iters,
+        help="iterations of the sparse-transform fill the default blends in (0 = off)",
+    )
     ap.add_argument("--nmf-images", type=int, default=6, help="test images per cell for nmf (slow)")
     ap.add_argument(
         "--reference-images", type=int, default=1, help="test images for the write-up's method (scattered 50 %% only)"
@@ -511,12 +518,15 @@ def main(argv: list[str] | None = None) -> None:
     models: dict[str, tuple[torch.nn.Module, dict[str, float]]] = {}
     current: dict[str, torch.nn.Module] = {}  # the set being evaluated's refiner
     shared: dict[str, Bases] = {}  # the NMF bases, when the refiner takes them (--use-bases)
+    sparse = SparseSpec(iters=args.sparse_iters)
     methods: dict[str, Restore] = {
-        "default": torch_batched(lambda x, d: refine(current["model"], x, d, shared.get("bases"))),
+        "default": torch_batched(lambda x, d: refine(current["model"], x, d, shared.get("bases"), sparse=sparse)),
         "raw": torch_batched(lambda x, d: refine(current["model"], x, d, shared.get("bases"), calibrate=False)),
         "fill": torch_batched(lambda x, d: harmonic_fill(x, d, order=2)),
         "biharmonic": per_image(baselines.biharmonic),
     }
+    if sparse.iters:
+        methods["sparse"] = torch_batched(lambda x, d: sparse_fill(x, d, harmonic_fill(x, d, order=2), sparse))
     if args.nmf_images or args.reference_images or args.use_bases:  # the bases take minutes to learn: when used
         bases = learn_bases(args.sets, 40, args.seed, 20 if args.quick else 60, 5000 if args.quick else 30_000)
         if args.use_bases:
@@ -537,10 +547,12 @@ def main(argv: list[str] | None = None) -> None:
         rows += evaluate(s, images, KINDS, args.rates, methods, args.seed, lim)
     current["model"] = models[args.sets[0]][0]  # 256x256 gray photos: the first set's refiner
     speed = throughput_256(
-        {k: v for k, v in methods.items() if k in ("default", "fill", "biharmonic", "telea")}, args.n_256, args.seed
+        {k: v for k, v in methods.items() if k in ("default", "fill", "sparse", "biharmonic", "telea")},
+        args.n_256,
+        args.seed,
     )
     flops = refiner_flops(current["model"], 256, 256)
-    order = [m for m in ("default", "biharmonic", "telea", "fill", "raw", "nmf", "reference") if m in methods]
+    order = [m for m in ("default", "biharmonic", "telea", "fill", "sparse", "raw", "nmf", "reference") if m in methods]
     order += sorted({r.method for r in rows} - set(order))
     lines = [
         f"Machine: {machine()}.",
@@ -551,7 +563,13 @@ def main(argv: list[str] | None = None) -> None:
         "Default = learned refiner, calibrated on each image (`refine`: its own dead mask, shifted, "
         "hides known pixels; the least-squares blend of the net's correction and the harmonic fill over "
         "the biharmonic fill on them, weights clipped to [0, 1]; images under 64x64 pulled towards the "
-        "batch's pooled weights); raw = the same net uncalibrated. "
+        "batch's pooled weights"
+        + (
+            f"; with the sparse-transform fill as a third calibrated direction: {dataclasses.asdict(sparse)}"
+            if sparse.iters
+            else ""
+        )
+        + "); sparse = that fill alone; raw = the same net uncalibrated. "
         f"Refiner {dataclasses.asdict(spec)}, "
         + ("one for all sets" if args.pooled else "one per set, trained on that set's train split only")
         + f", self-supervised on damaged train images (no clean copy), {args.train_threads} thread(s), "

@@ -114,6 +114,7 @@ class FitConfig:
     reference_lr: float = ranged(0.0, 0.0)  # method reference: learning rate; 0 = 1/L (the largest stable step)
     reference_iter: int = ranged(500, 1)  # method reference: gradient steps
     chunk_size: int = ranged(65_536, 1)  # patches fitted per solver call (memory bound)
+    sparse_iters: int = ranged(50, 0)  # method learned: iterations of the sparse-transform fill blended in; 0 = off
 
     def __post_init__(self) -> None:
         if self.method == "seed":

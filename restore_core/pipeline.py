@@ -40,6 +40,7 @@ from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.quality import restore_only_flagged
 from restore_core.refiner import RefinerSpec, refine
 from restore_core.rows import OUTPUT_COLUMNS
+from restore_core.sparse_fill import SparseSpec
 
 #: A decoded row: the image, its info, its dead mask and where the mask came from.
 Decoded = tuple[np.ndarray, codec.ImageInfo, np.ndarray, str]
@@ -148,6 +149,7 @@ class Restorer:
             if spec.use_bases and bases is None:
                 raise UserError("this refiner takes the NMF bases as an input: set 'bases' to its learn-bases artifact")
             self.refiner = refiner.to(self.device).eval()
+        self.sparse = SparseSpec(iters=cfg.fit.sparse_iters)
         # the write-up's method (and keep_observed false) reconstruct every pixel on purpose
         self.keeps_observed = cfg.fit.keep_observed and self.method != "reference"
         if self.method in ("nmf", "reference"):
@@ -170,9 +172,9 @@ class Restorer:
         spec: RefinerSpec = self.refiner.spec  # type: ignore[assignment]
         c = x.shape[1]
         if spec.channels == 1 or c == 3:
-            return refine(self.refiner, x, d, self.bases)
+            return refine(self.refiner, x, d, self.bases, sparse=self.sparse)
         if c == 4:  # RGBA with an RGB refiner: colour by the refiner, alpha by the fill
-            rgb = refine(self.refiner, x[:, :3], d, self.bases)
+            rgb = refine(self.refiner, x[:, :3], d, self.bases, sparse=self.sparse)
             return torch.cat([rgb, harmonic_fill(x[:, 3:], d)], dim=1)
         raise UserError(f"the refiner is for RGB images, this image has {c} channel(s): use a gray refiner")
 

@@ -26,6 +26,7 @@ from restore_core.refiner_training import (
     train_refiner,
     training_loss,
 )
+from restore_core.sparse_fill import SparseSpec, sparse_fill
 
 __all__ = [
     "Refiner",
@@ -50,6 +51,7 @@ def refine(
     calibrate: bool = True,
     probe_size: int = 64,
     shifts: int = 0,
+    sparse: SparseSpec | None = None,
 ) -> torch.Tensor:
     """Fill dead pixels with the refiner.
 
@@ -63,6 +65,9 @@ def refine(
         image itself (:func:`calibration`); False = the refiner's output as it is
     probe_size : side of the window :func:`calibration` probes (0 = the whole image)
     shifts : offsets of the dead mask :func:`calibration` probes (0 = by the window's size)
+    sparse : with ``calibrate``, also blend in the sparse-transform fill
+        (:func:`restore_core.sparse_fill.sparse_fill`, started from the biharmonic fill) with its
+        own measured weight; None or ``iters`` 0 = off
 
     Returns
     -------
@@ -75,8 +80,13 @@ def refine(
         pred, filled, harmonic = _predict(model, images, dead, bases)
         pred = pred.clamp_(0.0, 1.0)
         if calibrate:
-            a, hw = (t.view(-1, 1, 1, 1) for t in calibration(model, images, dead, bases, probe_size, shifts))
-            pred = (filled + a * (pred - filled) + hw * (harmonic - filled)).clamp_(0.0, 1.0)
+            weights = calibration(model, images, dead, bases, probe_size, shifts, sparse).view(
+                images.shape[0], -1, 1, 1, 1
+            )
+            blend = filled + weights[:, 0] * (pred - filled) + weights[:, 1] * (harmonic - filled)
+            if weights.shape[1] > 2:
+                blend += weights[:, 2] * (sparse_fill(images, dead, filled, sparse) - filled)  # type: ignore[arg-type]
+            pred = blend.clamp_(0.0, 1.0)
     finally:
         model.train(was_training)
     return torch.where(dead, pred, images)

@@ -9,6 +9,7 @@ from torch import nn
 
 from restore_core.bases import Bases
 from restore_core.refiner_net import _predict
+from restore_core.sparse_fill import SparseSpec, sparse_fill
 
 
 def _probe_region(h: int, w: int, size: int) -> tuple[slice, slice]:
@@ -108,9 +109,12 @@ def calibration(
     bases: Bases | None = None,
     probe_size: int = 64,
     shifts: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    sparse: SparseSpec | None = None,
+) -> torch.Tensor:
     """How much of the refiner's correction, and of the harmonic fill, to trust, per image:
-    two (B,) weights in [0, 1], for ``fill + a * (refiner - fill) + h * (harmonic - fill)``.
+    (B, 2) weights in [0, 1], for ``fill + a * (refiner - fill) + h * (harmonic - fill)``; with
+    ``sparse`` (B, 3), a third weight ``s`` for ``+ s * (sparse - fill)``, the
+    :func:`restore_core.sparse_fill.sparse_fill` of each probe.
 
     Measured on the image itself, without a clean copy: its own dead mask, shifted by half the
     image (so the probe has the damage's kind, rate and shapes), hides more of its observed
@@ -137,9 +141,11 @@ def calibration(
     for hide in _probe_masks(d, shifts):
         pred, filled, harmonic = _predict(model, x, d | hide, bases)
         where = hide.to(x.dtype).expand_as(x)
-        g, r = _normal_equations([pred.clamp(0.0, 1.0) - filled, harmonic - filled], x - filled, where)
+        directions = [pred.clamp(0.0, 1.0) - filled, harmonic - filled]
+        if sparse is not None and sparse.iters > 0:
+            directions.append(sparse_fill(x, d | hide, filled, sparse) - filled)
+        g, r = _normal_equations(directions, x - filled, where)
         grams.append(g)
         rhss.append(r)
     area = d.shape[-2] * d.shape[-1]
-    weights = _shrunk_weights(grams, rhss, max(0.0, 64 * 64 / area - 1.0)).to(images.dtype)
-    return weights[:, 0], weights[:, 1]
+    return _shrunk_weights(grams, rhss, max(0.0, 64 * 64 / area - 1.0)).to(images.dtype)

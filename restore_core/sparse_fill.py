@@ -1,0 +1,146 @@
+"""A sparse-transform fill: dead pixels re-estimated so that every overlapping block of the image
+has few large DCT coefficients, batched in torch on whatever device the tensors are on.
+
+Iterative hard thresholding with cycle spinning (Guleryuz, "Nonlinear approximation based image
+recovery using adaptive sparse reconstructions", IEEE TIP 2006; Elad, Starck, Querre and Donoho,
+"Simultaneous cartoon and texture image inpainting using morphological component analysis",
+ACHA 2005): starting from a cheap fill, each iteration takes the orthonormal DCT of every
+``block`` x ``block`` block on several shifted block grids, zeroes coefficients under a
+threshold (the block's mean is always kept), transforms back, averages the grids and puts the
+observed pixels back. The threshold decreases geometrically from ``lam_start`` to ``lam_end``
+(in units of the [0, 1] pixel range), so large, sure structures settle first and fine texture
+last. Where a photo has edges and texture that a smooth interpolant blurs, this recovers
+several dB over the biharmonic fill between scattered pixels (docs/restore.md); inside large
+holes it needs many iterations, and on flat content (digits on black) it can add ringing, which
+is why the restore path blends it in with weights measured on each image
+(:func:`restore_core.refiner_calibration.calibration`).
+
+Images are float32 (B, C, H, W) in [0, 1]; dead masks are bool (B, 1, H, W), True = dead,
+shared by the channels. Each (image, channel) plane is processed on its own, so a result does
+not depend on the rest of the batch. Everything is a few batched matrix products and
+element-wise passes: no per-image CPU step, the same code on a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseSpec:
+    """Settings of :func:`sparse_fill` (JSON-simple).
+
+    ``iters`` thresholding iterations (0 = off), ``block`` DCT block side, ``step`` distance
+    between the shifted block grids ((block / step)^2 grids: more = smoother, slower),
+    ``lam_start`` / ``lam_end`` the first and last threshold. Chosen on the train split of
+    the benchmark's photo crops (docs/restore.md, "Sparse prior").
+    """
+
+    iters: int = 50
+    block: int = 16
+    step: int = 4
+    lam_start: float = 0.3
+    lam_end: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.iters < 0:
+            raise ValueError(f"sparse iters must be >= 0, got {self.iters}")
+        if self.block < 2 or self.step < 1 or self.block % self.step:
+            raise ValueError(f"sparse block must be >= 2 and a multiple of step, got {self.block}, {self.step}")
+        if not 0 < self.lam_end <= self.lam_start:
+            raise ValueError(
+                f"sparse thresholds must satisfy 0 < lam_end <= lam_start, got {self.lam_end}, {self.lam_start}"
+            )
+
+    def flops_per_pixel(self) -> float:
+        """Multiply-adds a pixel (one plane) for the whole fill: two 1-D transforms of ``block``
+        taps each way, per grid and iteration."""
+        grids = (self.block // self.step) ** 2
+        return 4.0 * self.block * grids * self.iters
+
+
+def dct_matrix(n: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (n, n): row u is the u-th cosine."""
+    k = torch.arange(n, dtype=torch.float64)
+    c = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2.0 / n)
+    c[0] /= math.sqrt(2.0)
+    return c.to(dtype=dtype, device=device)
+
+
+#: Planes times shifted grids times padded pixels per chunk (bounds memory, ~256 MiB of float32).
+CHUNK_ELEMENTS = 1 << 26
+
+
+@torch.no_grad()
+def sparse_fill(images: torch.Tensor, dead: torch.Tensor, start: torch.Tensor, spec: SparseSpec) -> torch.Tensor:
+    """Fill dead pixels by iterative DCT hard thresholding, started from ``start``.
+
+    Parameters
+    ----------
+    images : Tensor (B, C, H, W) float32 in [0, 1]; values at dead pixels are ignored
+    dead : Tensor (B, 1, H, W) bool, True = to fill
+    start : Tensor (B, C, H, W), a first fill (e.g. the biharmonic one)
+    spec : SparseSpec
+
+    Returns
+    -------
+    Tensor (B, C, H, W) float32 in [0, 1]; observed pixels are the input's, bit for bit.
+    ``spec.iters`` = 0 returns ``start`` with the observed pixels put back.
+    """
+    if images.ndim != 4 or dead.ndim != 4 or dead.shape[1] != 1 or dead.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"images must be (B, C, H, W) and dead (B, 1, H, W), got {tuple(images.shape)}, {tuple(dead.shape)}"
+        )
+    if start.shape != images.shape:
+        raise ValueError(f"start must have the images' shape {tuple(images.shape)}, got {tuple(start.shape)}")
+    dead = dead.to(torch.bool)
+    b, c, h, w = images.shape
+    out = torch.where(dead, start, images)
+    if spec.iters == 0 or not bool(dead.any()):
+        return out
+    planes = out.reshape(b * c, h, w)
+    hole = dead.expand(b, c, h, w).reshape(b * c, h, w)
+    n = spec.block
+    grids = (n // spec.step) ** 2
+    per_plane = grids * (h + 3 * n) * (w + 3 * n)
+    size = max(1, CHUNK_ELEMENTS // per_plane)
+    done = [_fill_planes(planes[i : i + size], hole[i : i + size], spec) for i in range(0, b * c, size)]
+    return torch.cat(done).reshape(b, c, h, w).clamp_(0.0, 1.0)
+
+
+def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch.Tensor:
+    """:func:`sparse_fill` on planes (N, H, W); ``x`` holds the start at ``hole``."""
+    n, step = spec.block, spec.step
+    cm = dct_matrix(n, x.dtype, x.device)
+    cmt = cm.T.contiguous()
+    big, h, w = x.shape
+    shifts = [(sy, sx) for sy in range(0, n, step) for sx in range(0, n, step)]
+    s = len(shifts)
+    hb, wb = -(-(h + n) // n), -(-(w + n) // n)  # blocks per grid: every shift covers the image
+    hp, wp = hb * n + n, wb * n + n
+    # reflect needs a pad shorter than the side; replicate otherwise (tiny images)
+    mode = "reflect" if n < h and n < w and hp - h - n < h and wp - w - n < w else "replicate"
+    observed = x.clone()
+    keep_mean = torch.zeros(n, n, dtype=torch.bool, device=x.device)
+    keep_mean[0, 0] = True
+    keep_mean = keep_mean.view(1, 1, 1, n, 1, n)
+    ratio = spec.lam_end / spec.lam_start
+    for t in range(spec.iters):
+        lam = spec.lam_start * ratio ** (t / max(spec.iters - 1, 1))
+        xp = F.pad(x[:, None], (n, wp - w - n, n, hp - h - n), mode=mode)[:, 0]
+        tiles = torch.stack([xp[:, sy : sy + hb * n, sx : sx + wb * n] for sy, sx in shifts], 1)
+        # rows of each block, then its columns: (N, S, hb, u, wb * n) with v inside the last axis
+        coef = cm @ (tiles.view(big, s, hb * n, wb, n) @ cmt).view(big, s, hb, n, wb * n)
+        blocks = coef.view(big, s, hb, n, wb, n)
+        blocks.mul_((blocks.abs() > lam) | keep_mean)
+        back = (cmt @ coef).view(big, s, hb * n, wb, n) @ cm
+        back = back.view(big, s, hb * n, wb * n)
+        acc = torch.zeros_like(x)
+        for k, (sy, sx) in enumerate(shifts):
+            acc += back[:, k, n - sy : n - sy + h, n - sx : n - sx + w]
+        x = torch.where(hole, acc / s, observed)
+    return x
