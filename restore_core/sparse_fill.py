@@ -113,34 +113,43 @@ def sparse_fill(images: torch.Tensor, dead: torch.Tensor, start: torch.Tensor, s
 
 
 def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch.Tensor:
-    """:func:`sparse_fill` on planes (N, H, W); ``x`` holds the start at ``hole``."""
+    """:func:`sparse_fill` on planes (N, H, W); ``x`` holds the start at ``hole``.
+
+    The 2-D DCT of a block is a row transform then a column transform. Grids that share a
+    horizontal offset share their row transforms (done once over all rows of the padded
+    image), and on the way back grids that share it are summed before the inverse row
+    transform: 2 * (block / step) row passes and 2 * (block / step)^2 column passes an
+    iteration instead of 4 * (block / step)^2.
+    """
     n, step = spec.block, spec.step
     cm = dct_matrix(n, x.dtype, x.device)
     cmt = cm.T.contiguous()
     big, h, w = x.shape
-    shifts = [(sy, sx) for sy in range(0, n, step) for sx in range(0, n, step)]
-    s = len(shifts)
-    hb, wb = -(-(h + n) // n), -(-(w + n) // n)  # blocks per grid: every shift covers the image
+    offsets = range(0, n, step)
+    grids = len(offsets) ** 2
+    hb, wb = -(-(h + n) // n), -(-(w + n) // n)  # blocks per grid: every offset covers the image
     hp, wp = hb * n + n, wb * n + n
     # reflect needs a pad shorter than the side; replicate otherwise (tiny images)
     mode = "reflect" if n < h and n < w and hp - h - n < h and wp - w - n < w else "replicate"
     observed = x.clone()
     keep_mean = torch.zeros(n, n, dtype=torch.bool, device=x.device)
     keep_mean[0, 0] = True
-    keep_mean = keep_mean.view(1, 1, 1, n, 1, n)
+    keep_mean = keep_mean.view(1, 1, n, 1, n)
     ratio = spec.lam_end / spec.lam_start
     for t in range(spec.iters):
         lam = spec.lam_start * ratio ** (t / max(spec.iters - 1, 1))
         xp = F.pad(x[:, None], (n, wp - w - n, n, hp - h - n), mode=mode)[:, 0]
-        tiles = torch.stack([xp[:, sy : sy + hb * n, sx : sx + wb * n] for sy, sx in shifts], 1)
-        # rows of each block, then its columns: (N, S, hb, u, wb * n) with v inside the last axis
-        coef = cm @ (tiles.view(big, s, hb * n, wb, n) @ cmt).view(big, s, hb, n, wb * n)
-        blocks = coef.view(big, s, hb, n, wb, n)
-        blocks.mul_((blocks.abs() > lam) | keep_mean)
-        back = (cmt @ coef).view(big, s, hb * n, wb, n) @ cm
-        back = back.view(big, s, hb * n, wb * n)
         acc = torch.zeros_like(x)
-        for k, (sy, sx) in enumerate(shifts):
-            acc += back[:, k, n - sy : n - sy + h, n - sx : n - sx + w]
-        x = torch.where(hole, acc / s, observed)
+        for sx in offsets:
+            # row transform of every row at this horizontal offset: (N, hp, wb * n), v inside blocks
+            rows = (xp[:, :, sx : sx + wb * n].reshape(big, hp, wb, n) @ cmt).view(big, hp, wb * n)
+            back_rows = torch.zeros_like(rows)
+            for sy in offsets:
+                coef = cm @ rows[:, sy : sy + hb * n].reshape(big, hb, n, wb * n)  # (N, hb, u, wb * n)
+                blocks = coef.view(big, hb, n, wb, n)
+                blocks.mul_((blocks.abs() > lam) | keep_mean)
+                back_rows[:, sy : sy + hb * n] += (cmt @ coef).view(big, hb * n, wb * n)
+            back = (back_rows.view(big, hp, wb, n) @ cm).view(big, hp, wb * n)
+            acc += back[:, n : n + h, n - sx : n - sx + w]
+        x = torch.where(hole, acc / grids, observed)
     return x
