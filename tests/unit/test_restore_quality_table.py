@@ -21,3 +21,27 @@ def test_exact_cells_are_marked_and_left_out_of_the_margins():
     assert "+1.50 dB" in blocks and "(5 images: 1 exact left out)" in blocks
     summary = margins(rows)
     assert summary[-1] == "| digits | +0.50 / -0.50 / +1.50 | 1 of 2 | 1 of 2 | 0 |"
+
+
+def test_the_device_throughput_benchmark_runs_and_prints_its_table(capsys):
+    from benchmarks import restore_gpu
+
+    restore_gpu.main(
+        [
+            "--device",
+            "cpu",
+            "--batch",
+            "1",
+            "--size",
+            "32",
+            "--repeats",
+            "1",
+            "--skimage-images",
+            "1",
+            "--sparse-iters",
+            "2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "| default: refine, calibrated, with the sparse fill |" in out
+    assert "| scikit-image biharmonic, one CPU core |" in out and "Device: cpu" in out
