@@ -84,8 +84,8 @@ def refine(
                 images.shape[0], -1, 1, 1, 1
             )
             blend = filled + weights[:, 0] * (pred - filled) + weights[:, 1] * (harmonic - filled)
-            if weights.shape[1] > 2:
-                blend += weights[:, 2] * (sparse_fill(images, dead, filled, sparse) - filled)  # type: ignore[arg-type]
+            if sparse is not None and sparse.iters > 0 and bool((weights[:, 2] > 0).any()):
+                blend += weights[:, 2] * (sparse_fill(images, dead, filled, sparse) - filled)
             pred = blend.clamp_(0.0, 1.0)
     finally:
         model.train(was_training)

@@ -37,7 +37,7 @@ class SparseSpec:
     ``iters`` thresholding iterations (0 = off), ``block`` DCT block side, ``step`` distance
     between the shifted block grids ((block / step)^2 grids: more = smoother, slower),
     ``lam_start`` / ``lam_end`` the first and last threshold. Chosen on the train split of
-    the benchmark's photo crops (docs/restore.md, "Sparse prior").
+    the benchmark's image sets (docs/restore.md, "The sparse-transform fill").
     """
 
     iters: int = 50
@@ -55,12 +55,6 @@ class SparseSpec:
             raise ValueError(
                 f"sparse thresholds must satisfy 0 < lam_end <= lam_start, got {self.lam_end}, {self.lam_start}"
             )
-
-    def flops_per_pixel(self) -> float:
-        """Multiply-adds a pixel (one plane) for the whole fill: two 1-D transforms of ``block``
-        taps each way, per grid and iteration."""
-        grids = (self.block // self.step) ** 2
-        return 4.0 * self.block * grids * self.iters
 
 
 def dct_matrix(n: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
@@ -131,7 +125,7 @@ def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch
     hp, wp = hb * n + n, wb * n + n
     # reflect needs a pad shorter than the side; replicate otherwise (tiny images)
     mode = "reflect" if n < h and n < w and hp - h - n < h and wp - w - n < w else "replicate"
-    observed = x.clone()
+    observed = x  # never written in place: each iteration makes a new x
     keep_mean = torch.zeros(n, n, dtype=torch.bool, device=x.device)
     keep_mean[0, 0] = True
     keep_mean = keep_mean.view(1, 1, n, 1, n)
