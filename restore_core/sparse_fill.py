@@ -65,7 +65,7 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float32, device: torch.device 
     return c.to(dtype=dtype, device=device)
 
 
-#: Planes times shifted grids times padded pixels per chunk (bounds memory, ~256 MiB of float32).
+#: Planes times padded pixels times 4 (live temporaries) per chunk (bounds memory, ~256 MiB of float32).
 CHUNK_ELEMENTS = 1 << 26
 
 
@@ -99,8 +99,7 @@ def sparse_fill(images: torch.Tensor, dead: torch.Tensor, start: torch.Tensor, s
     planes = out.reshape(b * c, h, w)
     hole = dead.expand(b, c, h, w).reshape(b * c, h, w)
     n = spec.block
-    grids = (n // spec.step) ** 2
-    per_plane = grids * (h + 3 * n) * (w + 3 * n)
+    per_plane = 4 * (h + 3 * n) * (w + 3 * n)
     size = max(1, CHUNK_ELEMENTS // per_plane)
     done = [_fill_planes(planes[i : i + size], hole[i : i + size], spec) for i in range(0, b * c, size)]
     return torch.cat(done).reshape(b, c, h, w).clamp_(0.0, 1.0)
@@ -109,18 +108,18 @@ def sparse_fill(images: torch.Tensor, dead: torch.Tensor, start: torch.Tensor, s
 def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch.Tensor:
     """:func:`sparse_fill` on planes (N, H, W); ``x`` holds the start at ``hole``.
 
-    The 2-D DCT of a block is a row transform then a column transform. Grids that share a
-    horizontal offset share their row transforms (done once over all rows of the padded
-    image), and on the way back grids that share it are summed before the inverse row
-    transform: 2 * (block / step) row passes and 2 * (block / step)^2 column passes an
-    iteration instead of 4 * (block / step)^2.
+    Cycle spinning by rotation: of the (block / step)^2 shifted grids, an iteration uses
+    block / step of them, one for each horizontal and one for each vertical offset (a Latin
+    square: grid i has offsets (i, i + t) mod block / step at iteration t), so every grid is
+    visited once in block / step iterations. Measured on the benchmark's train split: within
+    0.1 dB of using every grid every iteration, 2.3x faster (docs/restore.md).
     """
     n, step = spec.block, spec.step
     cm = dct_matrix(n, x.dtype, x.device)
     cmt = cm.T.contiguous()
     big, h, w = x.shape
-    offsets = range(0, n, step)
-    grids = len(offsets) ** 2
+    offsets = list(range(0, n, step))
+    k = len(offsets)
     hb, wb = -(-(h + n) // n), -(-(w + n) // n)  # blocks per grid: every offset covers the image
     hp, wp = hb * n + n, wb * n + n
     # reflect needs a pad shorter than the side; replicate otherwise (tiny images)
@@ -134,16 +133,13 @@ def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch
         lam = spec.lam_start * ratio ** (t / max(spec.iters - 1, 1))
         xp = F.pad(x[:, None], (n, wp - w - n, n, hp - h - n), mode=mode)[:, 0]
         acc = torch.zeros_like(x)
-        for sx in offsets:
-            # row transform of every row at this horizontal offset: (N, hp, wb * n), v inside blocks
-            rows = (xp[:, :, sx : sx + wb * n].reshape(big, hp, wb, n) @ cmt).view(big, hp, wb * n)
-            back_rows = torch.zeros_like(rows)
-            for sy in offsets:
-                coef = cm @ rows[:, sy : sy + hb * n].reshape(big, hb, n, wb * n)  # (N, hb, u, wb * n)
-                blocks = coef.view(big, hb, n, wb, n)
-                blocks.mul_((blocks.abs() > lam) | keep_mean)
-                back_rows[:, sy : sy + hb * n] += (cmt @ coef).view(big, hb * n, wb * n)
-            back = (back_rows.view(big, hp, wb, n) @ cm).view(big, hp, wb * n)
-            acc += back[:, n : n + h, n - sx : n - sx + w]
-        x = torch.where(hole, acc / grids, observed)
+        for i in range(k):
+            sx, sy = offsets[i], offsets[(i + t) % k]
+            # 2-D DCT of every block of this grid: rows (v) then columns (u): (N, hb, u, wb, v)
+            rows = xp[:, sy : sy + hb * n, sx : sx + wb * n].reshape(big, hb * n, wb, n) @ cmt
+            coef = (cm @ rows.view(big, hb, n, wb * n)).view(big, hb, n, wb, n)
+            coef.mul_((coef.abs() > lam) | keep_mean)
+            back = (cmt @ coef.view(big, hb, n, wb * n)).view(big, hb * n, wb, n) @ cm
+            acc += back.view(big, hb * n, wb * n)[:, n - sy : n - sy + h, n - sx : n - sx + w]
+        x = torch.where(hole, acc / k, observed)
     return x
