@@ -1,6 +1,6 @@
 """Throughput of the default restore path on one device: images of 256x256 a second, stage by
 stage (the biharmonic and harmonic fills, the sparse-transform fill, the refiner's forward pass,
-and the whole calibrated ``refine``), against scikit-image's biharmonic on one CPU core.
+the whole calibrated ``refine``, and ``fit.method: sparse``, the blend without a refiner), against scikit-image's biharmonic on one CPU core.
 
 The refiner is a freshly built width-16 one (its weights do not change the work done); the images
 are gray 256x256 crops of scikit-image photos with 50 % scattered dead pixels. On a GPU every
@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.restore_quality import GRAY_TEST, _crops, _gray, _photo, machine
 from restore_core import baselines
+from restore_core.blend import blend_fill
 from restore_core.fill import both_fills
 from restore_core.refiner import RefinerSpec, build_refiner, refine
 from restore_core.sparse_fill import SparseSpec, sparse_fill
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         "refiner forward pass": lambda: model(filled, dead.to(x.dtype), None, filled),
         "default: refine, calibrated, with the sparse fill": lambda: refine(model, x, dead, sparse=sparse),
         "refine, calibrated, no sparse fill": lambda: refine(model, x, dead),
+        "fit.method sparse (no refiner: the fills blended)": lambda: blend_fill(x, dead, sparse),
     }
     print(f"# {machine()}; device {device}; batch {batch} gray {args.size}x{args.size}, 50 % scattered", flush=True)
     rows = []

@@ -51,10 +51,11 @@ from imrestore_data.digits import digits
 from restore_core import baselines, masks, metrics, nmf, sampling
 from restore_core.bases import Bases, BasesMeta
 from restore_core.config import FitConfig
+from restore_core.blend import blend_fill
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter
 from restore_core.refiner import RefinerSpec, build_refiner, refine, train_refiner
-from restore_core.sparse_fill import SparseSpec, sparse_fill
+from restore_core.sparse_fill import SparseSpec
 
 RGB_TRAIN = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "hubble_deep_field")
 RGB_TEST = ("chelsea", "coffee")
@@ -526,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
         "biharmonic": per_image(baselines.biharmonic),
     }
     if sparse.iters:
-        methods["sparse"] = torch_batched(lambda x, d: sparse_fill(x, d, harmonic_fill(x, d, order=2), sparse))
+        methods["sparse"] = torch_batched(lambda x, d: blend_fill(x, d, sparse))
     if args.nmf_images or args.reference_images or args.use_bases:  # the bases take minutes to learn: when used
         bases = learn_bases(args.sets, 40, args.seed, 20 if args.quick else 60, 5000 if args.quick else 30_000)
         if args.use_bases:
@@ -569,7 +570,9 @@ def main(argv: list[str] | None = None) -> None:
             if sparse.iters
             else ""
         )
-        + "); sparse = that fill alone; raw = the same net uncalibrated. "
+        + "); sparse = `fit.method: sparse`, what the default is without a refiner (no training: the "
+        "harmonic and sparse-transform fills blended over the biharmonic one with weights measured the same "
+        "way); raw = the same net uncalibrated. "
         f"Refiner {dataclasses.asdict(spec)}, "
         + ("one for all sets" if args.pooled else "one per set, trained on that set's train split only")
         + f", self-supervised on damaged train images (no clean copy), {args.train_threads} thread(s), "

@@ -70,7 +70,7 @@ class DemoConfig:
     sr: DemoSRConfig = dataclasses.field(default_factory=DemoSRConfig)
     inpaint: DemoInpaintConfig = dataclasses.field(default_factory=DemoInpaintConfig)
     methods: list[str] = dataclasses.field(
-        default_factory=lambda: ["learned", "nmf", "biharmonic", "median"]  # fit.method
+        default_factory=lambda: ["learned", "sparse", "nmf", "biharmonic", "median"]  # fit.method
     )
     force: bool = False  # true = redo every step; false = reuse what a previous run made
     device: Literal["auto", "cpu", "cuda"] = "auto"

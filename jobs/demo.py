@@ -171,7 +171,7 @@ def check(cfg: DemoConfig) -> None:
     check_ranges(cfg)  # the loader checks these too; a config built in code gets the same checks
     if not cfg.output:
         raise UserError("output is empty: set it (or --out) to the folder where the demo writes its files")
-    known = ("learned", "nmf", "reference", "fill", "biharmonic", "median", "none")
+    known = ("learned", "sparse", "nmf", "reference", "fill", "biharmonic", "median", "none")
     unknown = [m for m in cfg.methods if m not in known]
     if unknown:
         raise UserError(f"methods: unknown method {unknown[0]!r} (choose from {', '.join(known)})")

@@ -46,7 +46,7 @@ class RestorePlan:
     flagged: frozenset[str] | None  # restore.only_flagged: the ids to restore; None = every row
     out: shard_io.OutputFolder
     fingerprint: str  # of every setting a restored row depends on (the resume check)
-    method: str  # fit.method resolved (auto -> learned, nmf or fill)
+    method: str  # fit.method resolved (auto -> learned or sparse)
     started: float  # time.perf_counter() when the job started
 
     def pending(self) -> list[shard_io.Shard]:
@@ -169,7 +169,9 @@ def _load_bases(cfg: RestoreConfig, refiner: RefinerArtifact | None) -> Bases | 
     if refiner is not None:
         needs_bases = bool(refiner.bases_fingerprint)
     else:
-        needs_bases = cfg.fit.method in ("nmf", "reference") or (cfg.fit.method == "auto" and bool(cfg.bases))
+        needs_bases = cfg.fit.method in ("nmf", "reference")
+        if cfg.bases and not needs_bases:
+            log.info("fit.method %s does not use the bases %s", cfg.fit.method, cfg.bases)
     # (bases "" with a refiner that takes bases: check_refiner_bases says so in its words)
     return load_bases(cfg.bases_location) if needs_bases and cfg.bases else None
 

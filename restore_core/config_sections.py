@@ -88,7 +88,7 @@ class NMFLearnConfig:
 
 
 #: ``fit.method`` values; ``seed`` is the old name of ``reference`` (accepted with a warning).
-FitMethod = Literal["auto", "learned", "nmf", "reference", "seed", "fill", "biharmonic", "median", "none"]
+FitMethod = Literal["auto", "learned", "sparse", "nmf", "reference", "seed", "fill", "biharmonic", "median", "none"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,7 @@ class FitConfig:
     #: Earlier key names, still accepted (a warning names the new one).
     RENAMED: ClassVar[dict[str, str]] = {"seed_lr": "reference_lr", "seed_iter": "reference_iter"}
 
-    # auto = learned when a refiner is given, else nmf when bases are given, else fill
+    # auto = learned when a refiner is given, else sparse (no training: fills blended per image)
     method: FitMethod = "auto"  # reference = the write-up's method; seed = its old name (deprecated)
     stride: int = ranged(2, 1)  # patch mode: distance between overlapping patches
     l1: float = ranged(0.0, 0.0)
@@ -114,7 +114,7 @@ class FitConfig:
     reference_lr: float = ranged(0.0, 0.0)  # method reference: learning rate; 0 = 1/L (the largest stable step)
     reference_iter: int = ranged(500, 1)  # method reference: gradient steps
     chunk_size: int = ranged(65_536, 1)  # patches fitted per solver call (memory bound)
-    sparse_iters: int = ranged(50, 0)  # method learned: iterations of the sparse-transform fill blended in; 0 = off
+    sparse_iters: int = ranged(50, 0)  # learned, sparse: sparse-transform fill iterations blended in; 0 = off
 
     def __post_init__(self) -> None:
         if self.method == "seed":

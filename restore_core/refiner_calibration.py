@@ -4,6 +4,8 @@ the biharmonic fill, measured on known pixels hidden in each image itself (used 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -101,6 +103,39 @@ def _shrunk_weights(grams: list[torch.Tensor], rhss: list[torch.Tensor], strengt
     return _box_least_squares(gram + lam[:, None, None] * eye, rhs + lam[:, None] * pooled)
 
 
+#: A restorer's candidates for :func:`probe_weights`: ``(images, dead) -> (base, directions)``,
+#: a base fill and the directions ``candidate - base`` to blend in, each (B, C, H, W).
+Predictor = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]
+
+
+@torch.no_grad()
+def probe_weights(
+    predict: Predictor, images: torch.Tensor, dead: torch.Tensor, probe_size: int = 64, shifts: int = 0
+) -> torch.Tensor:
+    """Per image, the weights in [0, 1] of ``base + sum_i w_i * directions_i`` that best predict
+    known pixels hidden in the image itself: (B, n) float64 for ``predict``'s n directions.
+
+    The image's own dead mask, shifted (:func:`_probe_masks`), hides more of its observed
+    pixels inside the central ``probe_size`` window (0 = all of it); ``predict`` runs on the
+    window with both masks, and the weights are the box-constrained least-squares blend on the
+    hidden pixels. See :func:`calibration` for ``shifts`` and for windows under 64 x 64.
+    """
+    h, w = images.shape[-2:]
+    ys, xs = _probe_region(h, w, probe_size)
+    x = images[..., ys, xs]
+    d = dead.to(torch.bool)[..., ys, xs]
+    if shifts <= 0:
+        shifts = 1 if d.shape[-2] * d.shape[-1] >= 64 * 64 else 2
+    grams, rhss = [], []
+    for hide in _probe_masks(d, shifts):
+        base, directions = predict(x, d | hide)
+        g, r = _normal_equations(directions, x - base, hide.to(x.dtype).expand_as(x))
+        grams.append(g)
+        rhss.append(r)
+    area = d.shape[-2] * d.shape[-1]
+    return _shrunk_weights(grams, rhss, max(0.0, 64 * 64 / area - 1.0))
+
+
 @torch.no_grad()
 def calibration(
     model: nn.Module,
@@ -131,21 +166,12 @@ def calibration(
     ``4096 / window pixels - 1`` times the image's own probe energy), so a result then depends
     on the other images of its batch.
     """
-    h, w = images.shape[-2:]
-    ys, xs = _probe_region(h, w, probe_size)
-    x = images[..., ys, xs]
-    d = dead.to(torch.bool)[..., ys, xs]
-    if shifts <= 0:
-        shifts = 1 if d.shape[-2] * d.shape[-1] >= 64 * 64 else 2
-    grams, rhss = [], []
-    for hide in _probe_masks(d, shifts):
-        pred, filled, harmonic = _predict(model, x, d | hide, bases)
-        where = hide.to(x.dtype).expand_as(x)
+
+    def predict(x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pred, filled, harmonic = _predict(model, x, d, bases)
         directions = [pred.clamp(0.0, 1.0) - filled, harmonic - filled]
         if sparse is not None and sparse.iters > 0:
-            directions.append(sparse_fill(x, d | hide, filled, sparse) - filled)
-        g, r = _normal_equations(directions, x - filled, where)
-        grams.append(g)
-        rhss.append(r)
-    area = d.shape[-2] * d.shape[-1]
-    return _shrunk_weights(grams, rhss, max(0.0, 64 * 64 / area - 1.0)).to(images.dtype)
+            directions.append(sparse_fill(x, d, filled, sparse) - filled)
+        return filled, directions
+
+    return probe_weights(predict, images, dead, probe_size, shifts).to(images.dtype)

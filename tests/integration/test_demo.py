@@ -48,6 +48,7 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path: Path) -> None:
         "train-sr",
         "train-inpaint",
         "restore learned",
+        "restore sparse",
         "restore nmf",
         "restore nmf+sr",
         "quality",
@@ -64,7 +65,7 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path: Path) -> None:
     assert "damaged input" in table and "nmf+sr" in table and "learned" in table
     rows = json.loads((out / "report" / "summary.json").read_text())["results"]
     by = {r["method"]: r for r in rows}
-    for method in ("learned", "nmf", "biharmonic", "median", "nmf+sr"):
+    for method in ("learned", "sparse", "nmf", "biharmonic", "median", "nmf+sr"):
         assert by[method]["ok"] == by[method]["rows"] == test.num_rows
         assert by[method]["psnr"] > by["damaged input"]["psnr"] + 8.0, rows
         assert by[method]["dead_after"] == 0.0

@@ -38,7 +38,7 @@ def make_cfg(input_path, bases_path, out_path, /, **sections) -> RestoreJobConfi
         "input": {"path": str(input_path)},
         "output": {"path": str(out_path)},
         "bases": str(bases_path),
-        "fit": {"max_iter": 50},
+        "fit": {"method": "nmf", "max_iter": 50},  # these tests run the NMF solver through Ray
         "device": "cpu",
         "ray": {"batch_size": 4, "num_cpus": 2},
     }
@@ -115,6 +115,23 @@ def test_restore_every_id_once_bad_rows_errors_equal_in_process(
     )
     assert manifest["config"]["input"]["path"] == str(restore_dataset.path)
     assert {"ray", "torch", "pyarrow"} <= set(manifest["versions"])
+
+
+@pytest.mark.timeout(900)
+def test_default_without_a_refiner_restores_with_the_sparse_blend(local_ray, restore_dataset, tmp_path):
+    # fit.method auto, no refiner: the no-training blend, bases (set but unused) not loaded
+    cfg = make_cfg(restore_dataset.path, restore_dataset.bases, tmp_path / "out", fit={"method": "auto"})
+    summary = restore.run(cfg)
+    out = read_output(tmp_path / "out")
+    ids = out.column("id").to_pylist()
+    assert sorted(ids) == sorted(restore_dataset.ids) and len(ids) == len(set(ids))
+    method = dict(zip(ids, out.column("method").to_pylist(), strict=True))
+    status = dict(zip(ids, out.column("status").to_pylist(), strict=True))
+    assert {i for i, s in status.items() if s == "error"} == set(BAD_IDS)
+    assert all(method[i] == "sparse" for i in ids if i not in BAD_IDS), method
+    assert summary.values["dead pixel fraction after"] < summary.values["dead pixel fraction before"]
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["rows"] == {"rows": 15, "ok": 12, "error": 3}
 
 
 @pytest.mark.timeout(900)

@@ -407,7 +407,7 @@ def test_restorer_refuses_bad_in_memory_bases_before_any_row(damage: str):
     else:
         H = H.astype(np.float64)
     with pytest.raises(ArtifactError, match="bases"):
-        Restorer(Bases(H, meta), None, RestoreConfig())
+        Restorer(Bases(H, meta), None, from_dict(RestoreConfig, {"fit": {"method": "nmf"}}))
 
 
 def test_yaml_config_is_safe_loaded(tmp_path: Path):

@@ -105,17 +105,17 @@ def _trained_looking_refiner(channels: int = 1):
     return model
 
 
-def test_auto_method_resolves_to_learned_with_a_refiner_else_nmf_else_fill(bases):
+def test_auto_method_resolves_to_learned_with_a_refiner_else_sparse(bases):
     from restore_core.pipeline import resolve_method
 
     assert RestoreConfig().fit.method == "auto"
     assert resolve_method("auto", True, True) == "learned"
-    assert resolve_method("auto", True, False) == "nmf"
-    assert resolve_method("auto", False, False) == "fill"
+    assert resolve_method("auto", True, False) == "sparse"
+    assert resolve_method("auto", False, False) == "sparse"
     assert resolve_method("biharmonic", True, True) == "biharmonic"
     assert Restorer(bases, None, RestoreConfig(), refiner=_trained_looking_refiner()).method == "learned"
-    assert Restorer(bases, None, RestoreConfig()).method == "nmf"
-    assert Restorer(None, None, RestoreConfig()).method == "fill"
+    assert Restorer(bases, None, RestoreConfig()).method == "sparse"
+    assert Restorer(None, None, RestoreConfig()).method == "sparse"
 
 
 def test_learned_method_restores_rows_of_any_size_and_channels(rng):
@@ -155,7 +155,7 @@ def test_learned_method_needs_a_refiner():
         Restorer(None, None, from_dict(RestoreConfig, {"fit": {"method": "learned"}}))
 
 
-@pytest.mark.parametrize("method", ["auto", "learned", "nmf", "fill", "biharmonic"])
+@pytest.mark.parametrize("method", ["auto", "learned", "sparse", "nmf", "fill", "biharmonic"])
 def test_with_a_mask_column_kept_pixels_are_byte_identical_and_fills_may_be_black(method, bases):
     # Zero-lift fix: black content next to the mask stays black, filled pixels may be 0, and every
     # pixel outside the mask is the input's, byte for byte.
@@ -177,7 +177,7 @@ def test_with_a_mask_column_kept_pixels_are_byte_identical_and_fills_may_be_blac
     u8 = np.rint(restored * 255).astype(np.uint8)
     keep = mask == 0
     assert np.array_equal(u8[keep], img[keep])
-    if method in ("nmf", "fill", "biharmonic"):
+    if method in ("sparse", "nmf", "fill", "biharmonic"):
         assert (u8[2:6, 1:5] == 0).all()  # a black surround fills black, not 1/255
 
 

@@ -55,14 +55,16 @@ def test_preflight_plans_without_ray_and_resume_writes_the_plan(tmp_path: Path) 
 def test_preflight_refuses_corrupt_bases_and_bases_for_other_images(tmp_path: Path) -> None:
     meta = BasesMeta(mode="patch", k=2, n_pixels=9, channels=1, patch_size=3)
     save_bases(Bases(np.ones((2, 9), np.float32), meta), Location(str(tmp_path / "bases")))
-    assert preflight(_cfg(tmp_path, bases=str(tmp_path / "bases"))).method == "nmf"
+    nmf = {"method": "nmf"}
+    assert preflight(_cfg(tmp_path, bases=str(tmp_path / "bases"))).method == "sparse"  # auto: no bases needed
+    assert preflight(_cfg(tmp_path / "a", bases=str(tmp_path / "bases"), fit=nmf)).method == "nmf"
     (tmp_path / "bases" / "bases.npy").write_bytes(b"not numpy")
     with pytest.raises(ArtifactError):
-        preflight(_cfg(tmp_path / "b", bases=str(tmp_path / "bases")))
+        preflight(_cfg(tmp_path / "b", bases=str(tmp_path / "bases"), fit=nmf))
     wide = BasesMeta(mode="global", k=2, n_pixels=64, channels=1, image_shape=(8, 8))
     save_bases(Bases(np.ones((2, 64), np.float32), wide), Location(str(tmp_path / "global")))
     with pytest.raises(UserError, match="8"):
-        preflight(_cfg(tmp_path / "c", bases=str(tmp_path / "global")))
+        preflight(_cfg(tmp_path / "c", bases=str(tmp_path / "global"), fit=nmf))
 
 
 def test_preflight_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:

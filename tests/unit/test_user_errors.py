@@ -81,6 +81,7 @@ def test_no_bases_artifact_yet(tmp_path: Path, gray_dataset: Path) -> None:
         "--set", f"input.path={gray_dataset}",
         "--set", f"output.path={tmp_path / 'out'}",
         "--set", f"bases={tmp_path / 'bases'}",
+        "--set", "fit.method=nmf",
     )  # fmt: skip
     line = _one_error_line(proc)
     assert "no bases artifact" in line and "learn-bases" in line
@@ -92,6 +93,7 @@ def _restore_with(tmp_path: Path, dataset: Path, bases: Path) -> subprocess.Comp
         "--set", f"input.path={dataset}",
         "--set", f"output.path={tmp_path / 'out'}",
         "--set", f"bases={bases}",
+        "--set", "fit.method=nmf",
     )  # fmt: skip
 
 
