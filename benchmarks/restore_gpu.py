@@ -1,6 +1,7 @@
 """Throughput of the default restore path on one device: images of 256x256 a second, stage by
 stage (the biharmonic and harmonic fills, the sparse-transform fill, the refiner's forward pass,
-the whole calibrated ``refine``, and ``fit.method: sparse``, the blend without a refiner), against scikit-image's biharmonic on one CPU core.
+the whole calibrated ``refine``, and ``fit.method: sparse``, the blend without a refiner), against
+scikit-image's biharmonic on one CPU core.
 
 The refiner is a freshly built width-16 one (its weights do not change the work done); the images
 are gray 256x256 crops of scikit-image photos with 50 % scattered dead pixels. On a GPU every

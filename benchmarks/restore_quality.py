@@ -50,8 +50,8 @@ from imrestore_data import demo_data, synth
 from imrestore_data.digits import digits
 from restore_core import baselines, masks, metrics, nmf, sampling
 from restore_core.bases import Bases, BasesMeta
-from restore_core.config import FitConfig
 from restore_core.blend import blend_fill
+from restore_core.config import FitConfig
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter
 from restore_core.refiner import RefinerSpec, build_refiner, refine, train_refiner
