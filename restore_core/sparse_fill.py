@@ -124,10 +124,8 @@ def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch
     hp, wp = hb * n + n, wb * n + n
     # reflect needs a pad shorter than the side; replicate otherwise (tiny images)
     mode = "reflect" if n < h and n < w and hp - h - n < h and wp - w - n < w else "replicate"
-    observed = x  # never written in place: each iteration makes a new x
-    keep_mean = torch.zeros(n, n, dtype=torch.bool, device=x.device)
-    keep_mean[0, 0] = True
-    keep_mean = keep_mean.view(1, 1, n, 1, n)
+    observed = x * (~hole).to(x.dtype)  # the observed pixels, 0 at the holes
+    scale = hole.to(x.dtype) / k  # the grids' mean at the holes, 0 elsewhere
     ratio = spec.lam_end / spec.lam_start
     for t in range(spec.iters):
         lam = spec.lam_start * ratio ** (t / max(spec.iters - 1, 1))
@@ -138,8 +136,10 @@ def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch
             # 2-D DCT of every block of this grid: rows (v) then columns (u): (N, hb, u, wb, v)
             rows = xp[:, sy : sy + hb * n, sx : sx + wb * n].reshape(big, hb * n, wb, n) @ cmt
             coef = (cm @ rows.view(big, hb, n, wb * n)).view(big, hb, n, wb, n)
-            coef.mul_((coef.abs() > lam) | keep_mean)
+            mean = coef[:, :, 0, :, 0].clone()  # the blocks' means are always kept
+            coef = F.hardshrink(coef, lam)  # hard thresholding: 0 where |c| <= lam
+            coef[:, :, 0, :, 0] = mean
             back = (cmt @ coef.view(big, hb, n, wb * n)).view(big, hb * n, wb, n) @ cm
             acc += back.view(big, hb * n, wb * n)[:, n - sy : n - sy + h, n - sx : n - sx + w]
-        x = torch.where(hole, acc / k, observed)
+        x = acc.mul_(scale).add_(observed)
     return x
