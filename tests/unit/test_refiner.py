@@ -95,7 +95,7 @@ def test_calibration_trusts_a_correction_that_helps():
             self.spec = model.spec
 
         def forward(self, fill, dead, extra=None, other=None):
-            return x.clone()
+            return x.repeat(fill.shape[0] // x.shape[0], 1, 1, 1)  # the probes come batched
 
     a, h = calibration(Oracle(), x, dead).unbind(1)
     assert float(a.min()) > 0.99 and float(h.max()) < 0.01
