@@ -28,7 +28,7 @@ from restore_core import baselines
 from restore_core.blend import blend_fill
 from restore_core.fill import both_fills
 from restore_core.refiner import RefinerSpec, build_refiner, refine
-from restore_core.sparse_fill import SparseSpec, sparse_fill
+from restore_core.sparse_fill import SparseSpec, sparse_fill, sparse_specs
 
 
 def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -67,16 +67,19 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.from_numpy(np.where(dead_np, 0.0, clean).astype(np.float32))[:, None].to(device)
     dead = torch.from_numpy(dead_np)[:, None].to(device)
     model = build_refiner(RefinerSpec()).to(device).eval()
-    sparse = SparseSpec(iters=args.sparse_iters)
+    sparse = sparse_specs(args.sparse_iters)
     filled = both_fills(x, dead)[1]
-    stages: dict[str, Callable[[], object]] = {
-        "fills (harmonic + biharmonic, CG)": lambda: both_fills(x, dead),
-        f"sparse fill ({sparse.iters} iterations)": lambda: sparse_fill(x, dead, filled, sparse),
+    stages: dict[str, Callable[[], object]] = {"fills (harmonic + biharmonic, CG)": lambda: both_fills(x, dead)}
+    for spec in sparse:
+        label = f"sparse fill ({spec.iters} iterations, {spec.block}x{spec.block} blocks, step {spec.step})"
+        stages[label] = lambda spec=spec: sparse_fill(x, dead, filled, spec)  # type: ignore[misc]
+    stages |= {
         "refiner forward pass": lambda: model(filled, dead.to(x.dtype), None, filled),
-        "default: refine, calibrated, with the sparse fill": lambda: refine(model, x, dead, sparse=sparse),
+        "default: refine, calibrated, with the sparse fills": lambda: refine(model, x, dead, sparse=sparse),
         "refine, calibrated, no sparse fill": lambda: refine(model, x, dead),
         "fit.method sparse (no refiner: the fills blended)": lambda: blend_fill(x, dead, sparse),
     }
+    default_label = "default: refine, calibrated, with the sparse fills"
     print(f"# {machine()}; device {device}; batch {batch} gray {args.size}x{args.size}, 50 % scattered", flush=True)
     rows = []
     with torch.no_grad():
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     for im, d in zip(clean[:n], dead_np[:n], strict=True):
         baselines.biharmonic(np.where(d, 0.0, im).astype(np.float32), d)
     sk = n / (time.perf_counter() - t0)
-    default = rows[3][1]
+    default = dict(rows)[default_label]
     print()
     print(f"Machine: {machine()}. Device: {device}. Batch {batch} gray {args.size}x{args.size}, 50 % scattered.")
     print()

@@ -55,7 +55,7 @@ from restore_core.config import FitConfig
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter
 from restore_core.refiner import RefinerSpec, build_refiner, refine, train_refiner
-from restore_core.sparse_fill import SparseSpec
+from restore_core.sparse_fill import SparseSpec, sparse_specs
 
 RGB_TRAIN = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "immunohistochemistry", "hubble_deep_field")
 RGB_TEST = ("chelsea", "coffee")
@@ -238,7 +238,7 @@ def train_default(
     info["train cpu s"] = time.process_time() - c0
     info["train steps"] = float(getattr(model, "steps_done", steps))
     os.makedirs(cache, exist_ok=True)
-    save_file(model.state_dict(), path)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)  # weights are channels-last
     with open(info_path, "w") as f:
         json.dump(info, f)
     torch.set_num_threads(1)
@@ -519,14 +519,14 @@ def main(argv: list[str] | None = None) -> None:
     models: dict[str, tuple[torch.nn.Module, dict[str, float]]] = {}
     current: dict[str, torch.nn.Module] = {}  # the set being evaluated's refiner
     shared: dict[str, Bases] = {}  # the NMF bases, when the refiner takes them (--use-bases)
-    sparse = SparseSpec(iters=args.sparse_iters)
+    sparse = sparse_specs(args.sparse_iters)
     methods: dict[str, Restore] = {
         "default": torch_batched(lambda x, d: refine(current["model"], x, d, shared.get("bases"), sparse=sparse)),
         "raw": torch_batched(lambda x, d: refine(current["model"], x, d, shared.get("bases"), calibrate=False)),
         "fill": torch_batched(lambda x, d: harmonic_fill(x, d, order=2)),
         "biharmonic": per_image(baselines.biharmonic),
     }
-    if sparse.iters:
+    if sparse:
         methods["sparse"] = torch_batched(lambda x, d: blend_fill(x, d, sparse))
     if args.nmf_images or args.reference_images or args.use_bases:  # the bases take minutes to learn: when used
         bases = learn_bases(args.sets, 40, args.seed, 20 if args.quick else 60, 5000 if args.quick else 30_000)
@@ -566,8 +566,9 @@ def main(argv: list[str] | None = None) -> None:
         "the biharmonic fill on them, weights clipped to [0, 1]; images under 64x64 pulled towards the "
         "batch's pooled weights"
         + (
-            f"; with the sparse-transform fill as a third calibrated direction: {dataclasses.asdict(sparse)}"
-            if sparse.iters
+            "; with the sparse-transform fills as more calibrated directions: "
+            + ", ".join(str(dataclasses.asdict(s)) for s in sparse)
+            if sparse
             else ""
         )
         + "); sparse = `fit.method: sparse`, what the default is without a refiner (no training: the "

@@ -75,7 +75,7 @@ __all__ = [
     "to_array",
 ]
 
-METHODS = ("nmf", "reference", "biharmonic", "median", "none")
+METHODS = ("nmf", "reference", "sparse", "fill", "biharmonic", "median", "none")
 psnr = metrics.psnr
 ssim = metrics.ssim
 
@@ -144,8 +144,9 @@ def restore(
     bases : Bases or str, optional
         NMF bases (:func:`load_bases`) or the URL of a learn-bases artifact folder. Needed by
         ``method`` ``nmf`` and ``reference``.
-    method : {"nmf", "reference", "biharmonic", "median", "none"}
-        How dead pixels are filled (``fit.method`` of the restore job).
+    method : {"nmf", "reference", "sparse", "fill", "biharmonic", "median", "none"}
+        How dead pixels are filled (``fit.method`` of the restore job; ``sparse`` is what the
+        job's ``auto`` uses without a refiner and needs no bases).
     sr_model : SRModel or str, optional
         A model (:func:`load_sr_model`) or the URL of a train-sr artifact folder; applied after
         the fill, at the same size.

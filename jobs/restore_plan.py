@@ -90,6 +90,7 @@ def resume_settings(
     flagged: frozenset[str] | None,
     refiner: RefinerArtifact | None = None,
     *,
+    method: str = "",
     redacted: bool = False,
 ) -> dict[str, Any]:
     """Everything a restored row depends on, for the resume fingerprint (see ``shard_io.settings_document``).
@@ -99,6 +100,10 @@ def resume_settings(
     replaced by their content hashes: a new artifact (a refiner model, say) joins by adding its
     hash to ``artifacts`` below. The input's listing is *not* part of it: a grown input resumes
     and restores only the new files. ``redacted`` gives the copy stored in ``_plan.json``.
+    ``method`` is ``fit.method`` resolved: under ``auto`` it counts as ``fit.method_auto`` (what
+    ``auto`` means has changed between versions, e.g. ``fill`` -> ``sparse`` without a refiner; a
+    folder started with one must not be finished with the other). ``learned`` is left out: its
+    refiner's hash already counts, and folders started by earlier versions keep resuming.
     """
     artifacts = {"input": ":".join(cfg.input.location.key())}  # the path normalised, never its options
     if bases is not None:
@@ -110,6 +115,8 @@ def resume_settings(
     if flagged is not None:
         artifacts["only_flagged_ids"] = hashlib.sha256("\n".join(sorted(flagged)).encode()).hexdigest()[:16]
     config = to_dict(cfg) if redacted else dataclasses.asdict(cfg)
+    if cfg.fit.method == "auto" and method and method != "learned":
+        config = {**config, "fit": {**config["fit"], "method_auto": method}}
     return shard_io.settings_document(config, artifacts)
 
 
@@ -170,7 +177,13 @@ def _load_bases(cfg: RestoreConfig, refiner: RefinerArtifact | None) -> Bases | 
         needs_bases = bool(refiner.bases_fingerprint)
     else:
         needs_bases = cfg.fit.method in ("nmf", "reference")
-        if cfg.bases and not needs_bases:
+        if cfg.bases and cfg.fit.method == "auto":
+            log.warning(
+                "bases %s are set, but fit.method auto without a refiner restores with sparse, which does not use "
+                "them: set fit.method: nmf to restore with the bases",
+                cfg.bases,
+            )
+        elif cfg.bases and not needs_bases:
             log.info("fit.method %s does not use the bases %s", cfg.fit.method, cfg.bases)
     # (bases "" with a refiner that takes bases: check_refiner_bases says so in its words)
     return load_bases(cfg.bases_location) if needs_bases and cfg.bases else None
@@ -219,7 +232,8 @@ def preflight(cfg: RestoreJobConfig) -> RestorePlan:
         _check_first_image(cfg, bases)
     out = shard_io.OutputFolder(cfg.output.location)
     out.check_writable()
-    fingerprint = shard_io.settings_fingerprint(resume_settings(cfg, bases, sr_artifact, flagged, refiner))
+    settings = resume_settings(cfg, bases, sr_artifact, flagged, refiner, method=method)
+    fingerprint = shard_io.settings_fingerprint(settings)
     return RestorePlan(cfg, shards, schema, bases, sr_artifact, refiner, flagged, out, fingerprint, method, started)
 
 
@@ -228,7 +242,9 @@ def resume(plan: RestorePlan) -> RestorePlan:
     or the folder's own, extended with new input. Refuses a folder holding files restore did not
     write, and one made with other settings."""
     cfg, out = plan.cfg, plan.out
-    shown = resume_settings(cfg, plan.bases, plan.sr_artifact, plan.flagged, plan.refiner, redacted=True)
+    shown = resume_settings(
+        cfg, plan.bases, plan.sr_artifact, plan.flagged, plan.refiner, method=plan.method, redacted=True
+    )
     previous = _previous_plan(cfg, out)
     log.debug(
         "settings fingerprint %s over %d settings; %d shards planned", plan.fingerprint, len(shown), len(plan.shards)

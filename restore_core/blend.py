@@ -13,54 +13,63 @@ torch on the images' device: no per-image CPU step.
 
 from __future__ import annotations
 
-import dataclasses
-
+import numpy as np
 import torch
 
 from restore_core.fill import both_fills
 from restore_core.refiner_calibration import probe_weights
-from restore_core.sparse_fill import SparseSpec, sparse_fill
+from restore_core.sparse_fill import Sparse, SparseSpec, active_specs, sparse_fill, sparse_specs
 
 
-def _candidates(x: torch.Tensor, d: torch.Tensor, sparse: SparseSpec) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _candidates(x: torch.Tensor, d: torch.Tensor, specs: list[SparseSpec]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     harmonic, biharmonic = both_fills(x, d)
-    directions = [harmonic - biharmonic]
-    if sparse.iters > 0:
-        directions.append(sparse_fill(x, d, biharmonic, sparse) - biharmonic)
-    return biharmonic, directions
+    return biharmonic, [harmonic - biharmonic] + [sparse_fill(x, d, biharmonic, s) - biharmonic for s in specs]
 
 
 @torch.no_grad()
-def blend_fill(
-    images: torch.Tensor, dead: torch.Tensor, sparse: SparseSpec | None = None, probe_size: int = 64
-) -> torch.Tensor:
+def blend_fill(images: torch.Tensor, dead: torch.Tensor, sparse: Sparse = None, probe_size: int = 64) -> torch.Tensor:
     """Fill dead pixels with the calibrated blend of the harmonic, biharmonic and sparse fills.
 
     Parameters
     ----------
     images : Tensor (B, C, H, W) float32 in [0, 1]; values at dead pixels are ignored
     dead : Tensor (B, 1, H, W) bool, True = to fill
-    sparse : settings of the sparse-transform fill (None = the defaults; ``iters`` 0 = blend
-        the two harmonic fills only)
+    sparse : the sparse-transform fills to blend in, each with its own weight (None = the
+        defaults, :func:`restore_core.sparse_fill.sparse_specs`; none = blend the two
+        harmonic fills only)
     probe_size : side of the central window the weights are measured on (0 = the whole image)
 
     Returns
     -------
     Tensor (B, C, H, W) float32 in [0, 1]; observed pixels are the input's, bit for bit.
+    Under 64 x 64 pixels the weights are pulled towards the batch's (see
+    :func:`restore_core.refiner_calibration.calibration`), so a result then depends a little on
+    the other images of its batch.
     """
-    spec = sparse if sparse is not None else SparseSpec()
+    specs = active_specs(sparse_specs() if sparse is None else sparse)
     dead = dead.to(torch.bool)
     if not bool(dead.any()):
         return images.clone()
 
     def predict(x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return _candidates(x, d, spec)
+        return _candidates(x, d, specs)
 
     weights = probe_weights(predict, images, dead, probe_size).to(images.dtype)
-    # the full-image sparse fill is the costly part: skipped when no image of the batch uses it
-    used = spec if spec.iters > 0 and bool((weights[:, -1] > 0).any()) else dataclasses.replace(spec, iters=0)
-    base, directions = _candidates(images, dead, used)
-    out = base.clone()
-    for i, direction in enumerate(directions):
-        out += weights[:, i].view(-1, 1, 1, 1) * direction
+    # the full-image sparse fills are the costly part: one no image of the batch uses is skipped
+    used = [i for i in range(len(specs)) if bool((weights[:, 1 + i] > 0).any())]
+    base, directions = _candidates(images, dead, [specs[i] for i in used])
+    out = base + weights[:, 0].view(-1, 1, 1, 1) * directions[0]
+    for j, i in enumerate(used):
+        out += weights[:, 1 + i].view(-1, 1, 1, 1) * directions[1 + j]
     return torch.where(dead, out.clamp_(0.0, 1.0), images)
+
+
+def blend_image(img: np.ndarray, dead: np.ndarray, sparse: Sparse = None) -> np.ndarray:
+    """:func:`blend_fill` of one numpy image: float32 (H, W) or (H, W, C) in [0, 1] and a bool
+    (H, W) mask in, float32 of the same shape out (observed pixels unchanged), on the CPU."""
+    a = np.asarray(img, dtype=np.float32)
+    planes = a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]
+    x = torch.from_numpy(np.array(planes, dtype=np.float32))  # a copy: the input may be read-only
+    d = torch.from_numpy(np.asarray(dead, dtype=bool))[None, None]
+    out = blend_fill(x, d, sparse)[0].numpy()
+    return out[0] if a.ndim == 2 else np.ascontiguousarray(out.transpose(1, 2, 0))

@@ -25,6 +25,7 @@ import torch
 
 from restore_core import baselines, nmf, patches
 from restore_core.bases import Bases
+from restore_core.blend import blend_image
 from restore_core.config import FitConfig
 from restore_core.device import resolve_device
 from restore_core.errors import UserError
@@ -308,7 +309,8 @@ class NMFInpainter:
 
 def restore_image(img: np.ndarray, dead: np.ndarray, method: str, inpainter: NMFInpainter | None = None) -> np.ndarray:
     """One image by any method name: ``nmf``/``reference`` (need ``inpainter``), ``fill`` (the
-    torch biharmonic fill, one image), ``biharmonic``, ``median``, ``none``."""
+    torch biharmonic fill, one image), ``sparse`` (:func:`restore_core.blend.blend_image`),
+    ``biharmonic``, ``median``, ``none``."""
     if method in ("nmf", "reference"):
         if inpainter is None:
             raise ValueError(f"method {method!r} needs bases")
@@ -319,6 +321,8 @@ def restore_image(img: np.ndarray, dead: np.ndarray, method: str, inpainter: NMF
         return baselines.median_fill(img, dead)
     if method == "fill":
         return fill_image(img, dead, order=2)
+    if method == "sparse":
+        return blend_image(img, dead)
     if method == "none":
         return img.astype(np.float32, copy=True)
     raise ValueError(f"unknown method {method!r}")

@@ -41,7 +41,7 @@ from restore_core.inpaint import NMFInpainter, restore_image
 from restore_core.quality import restore_only_flagged
 from restore_core.refiner import RefinerSpec, refine
 from restore_core.rows import OUTPUT_COLUMNS
-from restore_core.sparse_fill import SparseSpec
+from restore_core.sparse_fill import sparse_specs
 
 #: A decoded row: the image, its info, its dead mask and where the mask came from.
 Decoded = tuple[np.ndarray, codec.ImageInfo, np.ndarray, str]
@@ -150,7 +150,7 @@ class Restorer:
             if spec.use_bases and bases is None:
                 raise UserError("this refiner takes the NMF bases as an input: set 'bases' to its learn-bases artifact")
             self.refiner = refiner.to(self.device).eval()
-        self.sparse = SparseSpec(iters=cfg.fit.sparse_iters)
+        self.sparse = sparse_specs(cfg.fit.sparse_iters)
         # the write-up's method (and keep_observed false) reconstruct every pixel on purpose
         self.keeps_observed = cfg.fit.keep_observed and self.method != "reference"
         if self.method in ("nmf", "reference"):

@@ -26,7 +26,7 @@ from restore_core.refiner_training import (
     train_refiner,
     training_loss,
 )
-from restore_core.sparse_fill import SparseSpec, sparse_fill
+from restore_core.sparse_fill import Sparse, active_specs, sparse_fill
 
 __all__ = [
     "Refiner",
@@ -51,7 +51,7 @@ def refine(
     calibrate: bool = True,
     probe_size: int = 64,
     shifts: int = 0,
-    sparse: SparseSpec | None = None,
+    sparse: Sparse = None,
 ) -> torch.Tensor:
     """Fill dead pixels with the refiner.
 
@@ -65,9 +65,10 @@ def refine(
         image itself (:func:`calibration`); False = the refiner's output as it is
     probe_size : side of the window :func:`calibration` probes (0 = the whole image)
     shifts : offsets of the dead mask :func:`calibration` probes (0 = by the window's size)
-    sparse : with ``calibrate``, also blend in the sparse-transform fill
-        (:func:`restore_core.sparse_fill.sparse_fill`, started from the biharmonic fill) with its
-        own measured weight; None or ``iters`` 0 = off
+    sparse : with ``calibrate``, also blend in sparse-transform fills
+        (:func:`restore_core.sparse_fill.sparse_fill`, started from the biharmonic fill), each
+        spec with its own measured weight (:func:`restore_core.sparse_fill.sparse_specs` are the
+        restore job's); None or ``iters`` 0 = off
 
     Returns
     -------
@@ -84,8 +85,9 @@ def refine(
                 images.shape[0], -1, 1, 1, 1
             )
             blend = filled + weights[:, 0] * (pred - filled) + weights[:, 1] * (harmonic - filled)
-            if sparse is not None and sparse.iters > 0 and bool((weights[:, 2] > 0).any()):
-                blend += weights[:, 2] * (sparse_fill(images, dead, filled, sparse) - filled)
+            for i, spec in enumerate(active_specs(sparse)):
+                if bool((weights[:, 2 + i] > 0).any()):  # the costly full-image fill only when used
+                    blend += weights[:, 2 + i] * (sparse_fill(images, dead, filled, spec) - filled)
             pred = blend.clamp_(0.0, 1.0)
     finally:
         model.train(was_training)

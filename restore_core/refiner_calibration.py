@@ -11,7 +11,7 @@ from torch import nn
 
 from restore_core.bases import Bases
 from restore_core.refiner_net import _predict
-from restore_core.sparse_fill import SparseSpec, sparse_fill
+from restore_core.sparse_fill import Sparse, active_specs, sparse_fill
 
 
 def _probe_region(h: int, w: int, size: int) -> tuple[slice, slice]:
@@ -148,12 +148,12 @@ def calibration(
     bases: Bases | None = None,
     probe_size: int = 64,
     shifts: int = 0,
-    sparse: SparseSpec | None = None,
+    sparse: Sparse = None,
 ) -> torch.Tensor:
     """How much of the refiner's correction, and of the harmonic fill, to trust, per image:
     (B, 2) weights in [0, 1], for ``fill + a * (refiner - fill) + h * (harmonic - fill)``; with
-    ``sparse`` (B, 3), a third weight ``s`` for ``+ s * (sparse - fill)``, the
-    :func:`restore_core.sparse_fill.sparse_fill` of each probe.
+    ``sparse`` (B, 2 + n), a weight ``s_i`` for ``+ s_i * (sparse_i - fill)`` for each of its n
+    specs, the :func:`restore_core.sparse_fill.sparse_fill` of each probe.
 
     Measured on the image itself, without a clean copy: its own dead mask, shifted by half the
     image (so the probe has the damage's kind, rate and shapes), hides more of its observed
@@ -174,8 +174,7 @@ def calibration(
     def predict(x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         pred, filled, harmonic = _predict(model, x, d, bases)
         directions = [pred.clamp(0.0, 1.0) - filled, harmonic - filled]
-        if sparse is not None and sparse.iters > 0:
-            directions.append(sparse_fill(x, d, filled, sparse) - filled)
+        directions += [sparse_fill(x, d, filled, spec) - filled for spec in active_specs(sparse)]
         return filled, directions
 
     return probe_weights(predict, images, dead, probe_size, shifts).to(images.dtype)

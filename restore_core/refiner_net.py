@@ -119,7 +119,9 @@ def build_refiner(spec: RefinerSpec) -> nn.Module:
     forward pass), 1.6-1.8x faster forward and backward on a CPU core (oneDNN convolutions), and
     the layout GPUs' mixed-precision convolutions prefer. Artifacts are written contiguous
     (:func:`restore_core.io.refiners.refiner_artifact` copies each tensor)."""
-    return Refiner(spec).to(memory_format=torch.channels_last)
+    net = Refiner(spec)
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # a real Module.to keyword
+    return net
 
 
 def _spec_of(model: nn.Module) -> RefinerSpec:

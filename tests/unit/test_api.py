@@ -91,8 +91,16 @@ def test_restore_and_score_never_import_ray():
 def test_job_config_like_the_command_line():
     cfg = imrestore.job_config("restore", "default", ["fit.method=median"])
     assert isinstance(cfg, imrestore.RestoreConfig)
-    assert cfg.bases == "artifacts/bases" and cfg.fit.method == "median"
+    assert cfg.bases == "" and cfg.fit.method == "median"
     with pytest.raises(UserError, match="unknown command"):
         imrestore.job_config("restor")
     with pytest.raises(UserError, match="no job takes"):
         imrestore.run_job(imrestore.FitConfig())
+
+
+def test_restore_with_the_no_training_method_needs_no_bases():
+    clean, damaged = _damaged(rgb=True)
+    fixed = imrestore.restore(damaged, method="sparse")
+    assert fixed.shape == clean.shape and fixed.dtype == np.float32
+    bih = imrestore.restore(damaged, method="biharmonic")
+    assert metrics.psnr(clean, fixed) > metrics.psnr(clean, bih)  # shapes: the sparse fill's strength

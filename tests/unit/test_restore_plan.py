@@ -74,3 +74,26 @@ def test_preflight_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
         pytest.skip("a CUDA GPU is present here")
     with pytest.raises(UserError, match="cuda"):
         preflight(_cfg(tmp_path, device="cuda", fit={"method": "median"}))
+
+
+def test_a_folder_started_when_auto_meant_another_method_is_not_finished_with_this_one(tmp_path: Path) -> None:
+    # auto without a refiner was `fill` before `sparse` existed: the same config, other output
+    import json
+
+    from jobs.restore_plan import resume_settings
+    from restore_core.io import shards as shard_io
+
+    plan = preflight(_cfg(tmp_path))
+    assert plan.method == "sparse" and plan.bases is None
+    resume(plan)
+    doc_path = tmp_path / "out" / "_plan.json"
+    doc = json.loads(doc_path.read_text())
+    assert doc["settings"]["fit.method_auto"] == "sparse"
+    old = resume_settings(plan.cfg, None, None, None, method="fill", redacted=True)  # as the older version ran
+    doc.update(fingerprint=shard_io.settings_fingerprint(resume_settings(plan.cfg, None, None, None, method="fill")))
+    doc["settings"] = old
+    doc_path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=r"fit\.method_auto"):
+        resume(plan)
+    fixed = preflight(_cfg(tmp_path / "y", fit={"method": "median"}))  # a method named: not affected
+    assert "fit.method_auto" not in resume_settings(fixed.cfg, None, None, None, method=fixed.method)

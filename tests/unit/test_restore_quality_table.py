@@ -43,5 +43,5 @@ def test_the_device_throughput_benchmark_runs_and_prints_its_table(capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert "| default: refine, calibrated, with the sparse fill |" in out
+    assert "| default: refine, calibrated, with the sparse fills |" in out
     assert "| scikit-image biharmonic, one CPU core |" in out and "Device: cpu" in out

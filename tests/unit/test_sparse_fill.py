@@ -99,3 +99,13 @@ def test_refine_blends_the_sparse_fill_with_a_measured_weight():
     keep = ~dead.expand_as(x)
     assert torch.equal(blended[keep], x[keep])
     assert torch.equal(refine(model, x, dead, sparse=SparseSpec(iters=0)), plain)
+
+
+def test_a_non_finite_start_does_not_reach_the_observed_pixels(rng):
+    x = torch.from_numpy(rng.random((1, 1, 32, 32), dtype=np.float32))
+    dead = torch.from_numpy(rng.random((1, 1, 32, 32)) < 0.3)
+    start = harmonic_fill(x, dead, order=2)
+    start[dead] = float("nan")
+    out = sparse_fill(x, dead, start, SparseSpec(iters=3, block=8, step=2))
+    keep = ~dead.expand_as(x)
+    assert torch.equal(out[keep], x[keep])
