@@ -132,6 +132,7 @@ def test_default_without_a_refiner_restores_with_the_sparse_blend(local_ray, res
     assert summary.values["dead pixel fraction after"] < summary.values["dead pixel fraction before"]
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["rows"] == {"rows": 15, "ok": 12, "error": 3}
+    assert manifest["artifacts"]["bases"] is None  # set, but not loaded: auto without a refiner does not use them
 
 
 @pytest.mark.timeout(900)

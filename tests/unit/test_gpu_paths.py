@@ -4,9 +4,10 @@ on a machine with a GPU; skipped elsewhere)."""
 import pytest
 import torch
 
+from restore_core.blend import blend_fill
 from restore_core.fill import both_fills
 from restore_core.refiner import RefinerSpec, build_refiner, refine
-from restore_core.sparse_fill import SparseSpec, sparse_fill
+from restore_core.sparse_fill import SparseSpec, sparse_fill, sparse_specs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -43,4 +44,18 @@ def test_sparse_fill_and_refine_match_the_cpu():
     out_gpu = refine(model.cuda(), x.cuda(), dead.cuda(), sparse=spec).cpu()
     keep = ~dead.expand_as(x)
     assert torch.equal(out_gpu[keep], x[keep])
+    assert abs(_psnr(out_cpu, x) - _psnr(out_gpu, x)) < 0.05
+
+
+def test_the_no_training_blend_and_both_sparse_fills_match_the_cpu():
+    x, dead = _batch(3, 96)
+    specs = sparse_specs()
+    cpu = blend_fill(x, dead, specs)
+    gpu = blend_fill(x.cuda(), dead.cuda(), specs).cpu()
+    keep = ~dead.expand_as(x)
+    assert torch.equal(gpu[keep], x[keep])
+    assert abs(_psnr(cpu, x) - _psnr(gpu, x)) < 0.05
+    model = build_refiner(RefinerSpec())
+    out_cpu = refine(model, x, dead, sparse=specs)
+    out_gpu = refine(model.cuda(), x.cuda(), dead.cuda(), sparse=specs).cpu()
     assert abs(_psnr(out_cpu, x) - _psnr(out_gpu, x)) < 0.05
