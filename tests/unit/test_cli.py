@@ -100,7 +100,8 @@ def test_config_by_name_resolves_the_packaged_configs(capsys):
     path = cli.resolve_config("restore", "default")
     assert path is not None and path.endswith("default_configs/restore.yaml")
     cfg = load_config(RestoreJobConfig, path)
-    assert cfg.bases == "artifacts/bases"  # the value in configs/restore.yaml, not the dataclass default
+    assert cfg == RestoreJobConfig()  # the packaged file spells out every default
+    assert "\nbases: " in open(path, encoding="utf-8").read()
     assert cli.resolve_config("train-sr", "sr_seed") == str(cli.PACKAGED_CONFIGS / "sr_seed.yaml")
     own_file = str(ROOT / "configs" / "quality.yaml")
     assert cli.resolve_config("restore", own_file) == own_file
