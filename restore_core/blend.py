@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from restore_core.fill import both_fills
+from restore_core.fill import both_fills, flat_holes
 from restore_core.refiner_calibration import probe_weights
 from restore_core.sparse_fill import Sparse, SparseSpec, active_specs, sparse_fill, sparse_specs
 
@@ -61,7 +61,9 @@ def blend_fill(images: torch.Tensor, dead: torch.Tensor, sparse: Sparse = None, 
     out = base + weights[:, 0].view(-1, 1, 1, 1) * directions[0]
     for j, i in enumerate(used):
         out += weights[:, 1 + i].view(-1, 1, 1, 1) * directions[1 + j]
-    return torch.where(dead, out.clamp_(0.0, 1.0), images)
+    flat, value = flat_holes(images, dead)  # a flat neighbourhood: its value
+    out = torch.where(flat, value, out.clamp_(0.0, 1.0))
+    return torch.where(dead, out, images)
 
 
 def blend_image(img: np.ndarray, dead: np.ndarray, sparse: Sparse = None) -> np.ndarray:

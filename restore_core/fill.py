@@ -186,3 +186,23 @@ def fill_image(img: np.ndarray, dead: np.ndarray, iters: int = 200, tol: float =
     d = torch.from_numpy(np.asarray(dead, dtype=bool))[None, None]
     out = harmonic_fill(x, d, iters=iters, tol=tol, order=order)[0].numpy()
     return out[0] if a.ndim == 2 else np.ascontiguousarray(out.transpose(1, 2, 0))
+
+
+@torch.no_grad()
+def flat_holes(images: torch.Tensor, dead: torch.Tensor, radius: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dead pixels whose observed neighbours within ``radius`` (a square window) all have one
+    value, in every channel, and that value: bool (B, 1, H, W), (B, C, H, W). There the pixel is
+    most likely that value too (black background around a stroke, a flat sky), and a fill that
+    adds detail (the sparse fills ring next to strokes) can only add error. A dead pixel with
+    fewer than a third of its window observed is not flat."""
+    _check(images, dead)
+    d = dead.to(torch.bool)
+    k = 2 * radius + 1
+    big = torch.finfo(images.dtype).max
+    hi = F.max_pool2d(torch.where(d, -big, images), k, stride=1, padding=radius)
+    lo = -F.max_pool2d(torch.where(d, -big, -images), k, stride=1, padding=radius)
+    # at least a third of the window observed: one or two known pixels next to a block are not
+    # evidence of a flat area (measured: without this, blocks lost up to 0.27 dB)
+    seen = F.avg_pool2d((~d).to(images.dtype), k, stride=1, padding=radius, count_include_pad=False) >= 1 / 3
+    flat = ((hi - lo) <= 0).all(dim=1, keepdim=True)
+    return d & seen & flat, hi

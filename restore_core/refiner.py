@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from restore_core.bases import Bases
+from restore_core.fill import flat_holes
 from restore_core.refiner_calibration import calibration
 from restore_core.refiner_net import Refiner, RefinerSpec, _predict, build_refiner, nmf_reconstruction
 from restore_core.refiner_training import (
@@ -88,7 +89,8 @@ def refine(
             for i, spec in enumerate(active_specs(sparse)):
                 if bool((weights[:, 2 + i] > 0).any()):  # the costly full-image fill only when used
                     blend += weights[:, 2 + i] * (sparse_fill(images, dead, filled, spec) - filled)
-            pred = blend.clamp_(0.0, 1.0)
+            flat, value = flat_holes(images, dead)  # a flat neighbourhood: its value (blend.py)
+            pred = torch.where(flat, value, blend.clamp_(0.0, 1.0))
     finally:
         model.train(was_training)
     return torch.where(dead, pred, images)

@@ -6,7 +6,7 @@ import torch
 
 from imrestore_data.digits import digits
 from restore_core.blend import blend_fill
-from restore_core.fill import harmonic_fill
+from restore_core.fill import flat_holes, harmonic_fill
 from restore_core.masks import damage_mask
 from restore_core.sparse_fill import SparseSpec, sparse_fill
 from tests.unit.test_sparse_fill import _psnr, _stripes
@@ -64,3 +64,25 @@ def test_without_the_sparse_fill_it_blends_the_two_harmonic_fills():
     # every filled pixel lies between (or at) the two fills: weights in [0, 1]
     lo, hi = torch.minimum(harmonic, bih), torch.maximum(harmonic, bih)
     assert bool(((out >= lo - 1e-5) & (out <= hi + 1e-5)).all())
+
+
+def test_flat_neighbourhoods_get_their_value_and_stroke_edges_do_not():
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 8:24, 15:17] = 0.9  # a stroke on black
+    dead = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    dead[0, 0, 4, 4] = dead[0, 0, 12, 14] = True  # in the background / next to the stroke
+    dead[0, 0, 20:28, 2:10] = True  # a block: its centre sees too few known pixels
+    flat, value = flat_holes(x * ~dead, dead)
+    assert flat[0, 0, 4, 4] and value[0, 0, 4, 4] == 0
+    assert not flat[0, 0, 12, 14] and not flat[0, 0, 24, 6] and not flat[~dead].any()
+    out = blend_fill(x, dead)
+    assert out[0, 0, 4, 4] == 0  # exactly black, whatever the sparse fills ring there
+
+
+def test_images_too_small_to_probe_get_the_biharmonic_fill():
+    x = torch.from_numpy(digits(6, 32, seed=2)[0])[:, None]
+    x = torch.nn.functional.interpolate(x, size=(8, 8), mode="area")
+    dead = _mask(6, 8, "scattered", 0.3, 3)
+    bih = harmonic_fill(x, dead, order=2)
+    flat, value = flat_holes(x * ~dead, dead)
+    assert torch.equal(blend_fill(x, dead), torch.where(flat, value, bih))
