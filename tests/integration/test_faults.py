@@ -44,7 +44,7 @@ def _cfg(input_path: str, bases: str, out: str, storage_options: dict | None = N
         "input": {"path": input_path, "storage_options": so},
         "output": {"path": out, "storage_options": so, "rows_per_shard": 1},
         "bases": bases,
-        "fit": {"max_iter": 50},
+        "fit": {"method": "nmf", "max_iter": 50},  # these tests were sized on the nmf solver's pace
         "device": "cpu",
         "ray": {"batch_size": 1, "num_cpus": 2},
     }

@@ -218,6 +218,8 @@ def test_resume_after_kill_is_identical_and_rerun_does_nothing(local_ray, restor
         "--set",
         f"bases={restore_dataset.bases}",
         "--set",
+        "fit.method=nmf",  # as make_cfg: the reference run's method
+        "--set",
         "fit.max_iter=50",
         "--set",
         "device=cpu",

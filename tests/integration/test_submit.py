@@ -94,7 +94,7 @@ def test_two_nodes_share_one_bases_object(restore_dataset, tmp_path):
                 "input": {"path": str(restore_dataset.path)},
                 "output": {"path": str(tmp_path / "out"), "rows_per_shard": 1},
                 "bases": str(restore_dataset.bases),
-                "fit": {"max_iter": 50},
+                "fit": {"method": "nmf", "max_iter": 50},  # the bases in the object store: the nmf path
                 "device": "cpu",
                 "ray": {"address": cluster.address, "num_gpus_per_actor": 1, "batch_size": 1},
             },
