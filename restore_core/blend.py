@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from restore_core.fill import both_fills, flat_holes
+from restore_core.fill import both_fills, flat_holes, on_one_image
 from restore_core.refiner_calibration import probe_weights
 from restore_core.sparse_fill import Sparse, SparseSpec, active_specs, sparse_fill, sparse_specs
 
@@ -67,11 +67,6 @@ def blend_fill(images: torch.Tensor, dead: torch.Tensor, sparse: Sparse = None, 
 
 
 def blend_image(img: np.ndarray, dead: np.ndarray, sparse: Sparse = None) -> np.ndarray:
-    """:func:`blend_fill` of one numpy image: float32 (H, W) or (H, W, C) in [0, 1] and a bool
-    (H, W) mask in, float32 of the same shape out (observed pixels unchanged), on the CPU."""
-    a = np.asarray(img, dtype=np.float32)
-    planes = a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]
-    x = torch.from_numpy(np.array(planes, dtype=np.float32))  # a copy: the input may be read-only
-    d = torch.from_numpy(np.asarray(dead, dtype=bool))[None, None]
-    out = blend_fill(x, d, sparse)[0].numpy()
-    return out[0] if a.ndim == 2 else np.ascontiguousarray(out.transpose(1, 2, 0))
+    """:func:`blend_fill` of one numpy image, observed pixels unchanged (see
+    :func:`restore_core.fill.on_one_image`)."""
+    return on_one_image(lambda x, d: blend_fill(x, d, sparse), img, dead)

@@ -176,16 +176,24 @@ def both_fills(
     return first, finish(x)
 
 
-def fill_image(img: np.ndarray, dead: np.ndarray, iters: int = 200, tol: float = 1e-4, order: int = 2) -> np.ndarray:
-    """:func:`harmonic_fill` of one numpy image (biharmonic by default): float32 (H, W) or
-    (H, W, C) in [0, 1] and a bool (H, W) mask in, float32 of the same shape out (observed
-    pixels unchanged), on the CPU."""
+def on_one_image(
+    fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], img: np.ndarray, dead: np.ndarray
+) -> np.ndarray:
+    """A batched torch fill (images (B, C, H, W), dead (B, 1, H, W)) applied to one numpy image:
+    float32 (H, W) or (H, W, C) in [0, 1] and a bool (H, W) mask in, float32 of the same shape
+    out, on the CPU."""
     a = np.asarray(img, dtype=np.float32)
     planes = a[None, None] if a.ndim == 2 else a.transpose(2, 0, 1)[None]
     x = torch.from_numpy(np.array(planes, dtype=np.float32))  # a copy: the input may be read-only
     d = torch.from_numpy(np.asarray(dead, dtype=bool))[None, None]
-    out = harmonic_fill(x, d, iters=iters, tol=tol, order=order)[0].numpy()
+    out = fill(x, d)[0].numpy()
     return out[0] if a.ndim == 2 else np.ascontiguousarray(out.transpose(1, 2, 0))
+
+
+def fill_image(img: np.ndarray, dead: np.ndarray, iters: int = 200, tol: float = 1e-4, order: int = 2) -> np.ndarray:
+    """:func:`harmonic_fill` of one numpy image (biharmonic by default), observed pixels
+    unchanged (:func:`on_one_image`)."""
+    return on_one_image(lambda x, d: harmonic_fill(x, d, iters=iters, tol=tol, order=order), img, dead)
 
 
 @torch.no_grad()
