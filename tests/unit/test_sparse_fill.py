@@ -5,7 +5,7 @@ import torch
 import restore_core.sparse_fill as sf
 from restore_core.fill import harmonic_fill
 from restore_core.refiner import RefinerSpec, build_refiner, calibration, refine
-from restore_core.sparse_fill import SparseSpec, dct_matrix, sparse_fill
+from restore_core.sparse_fill import SparseSpec, dct_matrix, hole_scale, schedule, sparse_fill
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,7 +46,7 @@ def test_beats_the_biharmonic_fill_on_texture():
     x = _stripes(3, 48, 0)
     dead = torch.rand(3, 1, 48, 48, generator=torch.Generator().manual_seed(1)) < 0.5
     bih = harmonic_fill(x, dead, order=2)
-    out = sparse_fill(x, dead, bih, SparseSpec(iters=30, block=8, step=2))
+    out = sparse_fill(x, dead, bih, SparseSpec(iters=50, block=8, step=2))  # thin holes: 30 iterations
     assert _psnr(out, x) > _psnr(bih, x) + 3.0
 
 
@@ -60,6 +60,39 @@ def test_planes_are_independent_of_batch_and_chunking(rng, monkeypatch):
     assert torch.allclose(whole[1:2], one, atol=1e-6)
     monkeypatch.setattr(sf, "CHUNK_ELEMENTS", 1)  # one plane a chunk
     assert torch.allclose(sparse_fill(x, dead, start, spec), whole, atol=1e-6)
+
+
+def test_hole_scale_measures_how_far_dead_pixels_are_from_observed_ones():
+    dead = torch.zeros(3, 1, 12, 12, dtype=torch.bool)
+    dead[0, 0, ::3, ::2] = True  # single pixels: every one touches an observed pixel
+    dead[1, 0, 3:8, 4:9] = True  # a 5x5 block: 16 pixels at distance 1, 8 at 2, 1 at 3
+    assert hole_scale(dead).tolist() == pytest.approx([1.0, 35 / 25, 0.0])
+
+
+def test_thin_holes_get_a_lower_first_threshold_and_fewer_iterations():
+    spec = SparseSpec(iters=50, lam_start=0.3, thin_lam_start=0.1, thin_iters=0.6)
+    thin, thick, mid = schedule(spec, 1.0), schedule(spec, 2.5), schedule(spec, 1.4)
+    assert (thin.iters, thin.lam_start) == (30, pytest.approx(0.1))
+    assert thick == spec
+    assert thin.iters < mid.iters < spec.iters and thin.lam_start < mid.lam_start < spec.lam_start
+    # a thin threshold above the spec's first one is held at it
+    assert schedule(SparseSpec(lam_start=0.05), 1.0).lam_start == pytest.approx(0.05)
+
+
+def test_images_with_different_schedules_in_one_batch(rng):
+    """A scattered image and a block-holed one run different schedules; each result is the one it
+    gets alone."""
+    x = torch.from_numpy(rng.random((2, 1, 24, 24), dtype=np.float32))
+    dead = torch.zeros(2, 1, 24, 24, dtype=torch.bool)
+    dead[0] = torch.from_numpy(rng.random((1, 24, 24)) < 0.3)
+    dead[1, 0, 4:12, 6:14] = True
+    start = harmonic_fill(x, dead, order=2)
+    spec = SparseSpec(iters=6, block=8, step=4)
+    assert schedule(spec, float(hole_scale(dead[:1])[0])) != schedule(spec, float(hole_scale(dead[1:])[0]))
+    both = sparse_fill(x, dead, start, spec)
+    for i in range(2):
+        alone = sparse_fill(x[i : i + 1], dead[i : i + 1], start[i : i + 1], spec)
+        assert torch.allclose(both[i : i + 1], alone, atol=1e-6)
 
 
 def test_tiny_images_and_no_dead_pixels():
@@ -109,3 +142,15 @@ def test_a_non_finite_start_does_not_reach_the_observed_pixels(rng):
     out = sparse_fill(x, dead, start, SparseSpec(iters=3, block=8, step=2))
     keep = ~dead.expand_as(x)
     assert torch.equal(out[keep], x[keep])
+
+
+def test_add_sparse_fill_runs_only_where_the_weight_is_not_zero(rng):
+    x = torch.from_numpy(rng.random((3, 1, 24, 24), dtype=np.float32))
+    dead = torch.from_numpy(rng.random((3, 1, 24, 24)) < 0.4)
+    start = harmonic_fill(x, dead, order=2)
+    spec = SparseSpec(iters=5, block=8, step=4)
+    weight = torch.tensor([0.5, 0.0, 1.0])
+    out = start.clone()
+    sf.add_sparse_fill(out, weight, x, dead, start, spec)
+    expect = start + weight.view(-1, 1, 1, 1) * (sparse_fill(x, dead, start, spec) - start)
+    assert torch.allclose(out, expect, atol=1e-6) and torch.equal(out[1], start[1])
