@@ -18,7 +18,7 @@ import torch
 
 from restore_core.fill import both_fills, flat_holes, on_one_image
 from restore_core.refiner_calibration import probe_weights
-from restore_core.sparse_fill import Sparse, SparseSpec, active_specs, sparse_fill, sparse_specs
+from restore_core.sparse_fill import Sparse, SparseSpec, active_specs, add_sparse_fill, sparse_fill, sparse_specs
 
 
 def _candidates(x: torch.Tensor, d: torch.Tensor, specs: list[SparseSpec]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -55,12 +55,10 @@ def blend_fill(images: torch.Tensor, dead: torch.Tensor, sparse: Sparse = None, 
         return _candidates(x, d, specs)
 
     weights = probe_weights(predict, images, dead, probe_size).to(images.dtype)
-    # the full-image sparse fills are the costly part: one no image of the batch uses is skipped
-    used = [i for i in range(len(specs)) if bool((weights[:, 1 + i] > 0).any())]
-    base, directions = _candidates(images, dead, [specs[i] for i in used])
-    out = base + weights[:, 0].view(-1, 1, 1, 1) * directions[0]
-    for j, i in enumerate(used):
-        out += weights[:, 1 + i].view(-1, 1, 1, 1) * directions[1 + j]
+    harmonic, base = both_fills(images, dead)
+    out = base + weights[:, 0].view(-1, 1, 1, 1) * (harmonic - base)
+    for i, spec in enumerate(specs):  # the costly full-image sparse fills only on the images that use them
+        add_sparse_fill(out, weights[:, 1 + i], images, dead, base, spec)
     flat, value = flat_holes(images, dead)  # a flat neighbourhood: its value
     out = torch.where(flat, value, out.clamp_(0.0, 1.0))
     return torch.where(dead, out, images)

@@ -27,7 +27,7 @@ from restore_core.refiner_training import (
     train_refiner,
     training_loss,
 )
-from restore_core.sparse_fill import Sparse, active_specs, sparse_fill
+from restore_core.sparse_fill import Sparse, active_specs, add_sparse_fill
 
 __all__ = [
     "Refiner",
@@ -79,16 +79,16 @@ def refine(
     model.eval()
     try:
         dead = dead.to(torch.bool)
-        pred, filled, harmonic = _predict(model, images, dead, bases)
-        pred = pred.clamp_(0.0, 1.0)
-        if calibrate:
-            weights = calibration(model, images, dead, bases, probe_size, shifts, sparse).view(
-                images.shape[0], -1, 1, 1, 1
-            )
-            blend = filled + weights[:, 0] * (pred - filled) + weights[:, 1] * (harmonic - filled)
+        if not calibrate:
+            pred = _predict(model, images, dead, bases)[0].clamp_(0.0, 1.0)
+        else:
+            weights = calibration(model, images, dead, bases, probe_size, shifts, sparse)
+            # the costly full-image passes (the net, each sparse fill) only on the images that use them
+            pred, filled, harmonic = _predict(model, images, dead, bases, rows=weights[:, 0] > 0)
+            w = weights.view(images.shape[0], -1, 1, 1, 1)
+            blend = filled + w[:, 0] * (pred.clamp_(0.0, 1.0) - filled) + w[:, 1] * (harmonic - filled)
             for i, spec in enumerate(active_specs(sparse)):
-                if bool((weights[:, 2 + i] > 0).any()):  # the costly full-image fill only when used
-                    blend += weights[:, 2 + i] * (sparse_fill(images, dead, filled, spec) - filled)
+                add_sparse_fill(blend, weights[:, 2 + i], images, dead, filled, spec)
             flat, value = flat_holes(images, dead)  # a flat neighbourhood: its value (blend.py)
             pred = torch.where(flat, value, blend.clamp_(0.0, 1.0))
     finally:

@@ -170,14 +170,17 @@ def nmf_reconstruction(filled: torch.Tensor, dead: torch.Tensor, bases: Bases, s
 
 
 def _predict(
-    model: nn.Module, images: torch.Tensor, dead: torch.Tensor, bases: Bases | None
+    model: nn.Module, images: torch.Tensor, dead: torch.Tensor, bases: Bases | None, rows: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The model's unclamped prediction for every pixel (gradients flow through the net only),
-    the cheap fill it started from and the harmonic fill, all (B, C, H, W)."""
+    the cheap fill it started from and the harmonic fill, all (B, C, H, W). With ``rows`` (bool
+    (B,)), the net runs on those images only; the others' prediction is their fill (the refiner
+    treats each image on its own, so this changes nothing for the images it runs on)."""
     spec = _spec_of(model)
     b, c, h, w = images.shape
     if spec.channels == 1 and c != 1:
         images, dead = images.reshape(b * c, 1, h, w), dead.repeat_interleave(c, dim=0)
+        rows = None if rows is None else rows.repeat_interleave(c)
     elif spec.channels != images.shape[1]:
         raise ValueError(f"refiner is for {spec.channels} channels, images have {c}")
     with torch.no_grad():
@@ -189,5 +192,11 @@ def _predict(
             if bases is None:
                 raise ValueError("this refiner was trained with NMF bases as an input: give the bases")
             extra = nmf_reconstruction(filled, dead, bases)
-    pred = model(filled, dead.to(images.dtype), extra, other)
+    if rows is None:
+        pred = model(filled, dead.to(images.dtype), extra, other)
+    else:
+        pred = filled.clone()
+        if bool(rows.any()):
+            pick = lambda t: None if t is None else t[rows]  # noqa: E731
+            pred[rows] = model(filled[rows], dead[rows].to(images.dtype), pick(extra), pick(other))
     return pred.reshape(b, c, h, w), filled.reshape(b, c, h, w), harmonic.reshape(b, c, h, w)

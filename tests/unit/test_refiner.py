@@ -190,3 +190,20 @@ def test_loss_decreases_on_a_tiny_set():
     gain = self_supervised_gain(model, x, m, torch.Generator().manual_seed(11))
     assert gain > 3.0
     assert self_supervised_gain(build_refiner(spec), x, m, torch.Generator().manual_seed(11)) == pytest.approx(0.0)
+
+
+def test_the_net_runs_only_on_the_images_asked_for(rng):
+    """refine runs the net's full-image pass only on the images whose calibrated weight is not 0:
+    on those it gives what the whole batch gives; the others keep their fill."""
+    from restore_core.refiner_net import _predict
+
+    model = build_refiner(RefinerSpec(width=4, levels=1))
+    torch.nn.init.normal_(model.out.weight, std=0.1)  # a net that changes its fill
+    x = torch.from_numpy(rng.random((3, 2, 16, 16), dtype=np.float32))
+    dead = torch.from_numpy(rng.random((3, 1, 16, 16)) < 0.4)
+    with torch.no_grad():
+        full, filled, _ = _predict(model, x, dead, None)
+        rows = torch.tensor([True, False, True])
+        some, _, _ = _predict(model, x, dead, None, rows=rows)
+    assert torch.allclose(some[rows], full[rows], atol=1e-6)
+    assert torch.equal(some[1], filled[1]) and not torch.allclose(full[1], filled[1])
