@@ -122,10 +122,12 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((label, batch / secs))
             print(f"  {label}: {batch / secs:.1f} images/s", flush=True)
     n = min(args.skimage_images, batch)
-    t0 = time.perf_counter()
-    for im, d in zip(clean[:n], dead_np[:n], strict=True):
-        baselines.biharmonic(np.where(d, 0.0, im).astype(np.float32), d)
-    sk = n / (time.perf_counter() - t0)
+
+    def skimage_pass() -> None:
+        for im, d in zip(clean[:n], dead_np[:n], strict=True):
+            baselines.biharmonic(np.where(d, 0.0, im).astype(np.float32), d)
+
+    sk = n / _timed(skimage_pass, torch.device("cpu"), args.repeats)  # best of the repeats, as the stages
     default = dict(rows)[default_label]
     print()
     print(
