@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -70,11 +72,14 @@ def test_hole_scale_measures_how_far_dead_pixels_are_from_observed_ones():
 
 
 def test_thin_holes_get_a_lower_first_threshold_and_fewer_iterations():
-    spec = SparseSpec(iters=50, lam_start=0.3, thin_lam_start=0.1, thin_iters=0.6)
-    thin, thick, mid = schedule(spec, 1.0), schedule(spec, 2.5), schedule(spec, 1.4)
+    spec = SparseSpec(iters=50, lam_start=0.3, thin_lam_start=0.1, thin_iters=0.6, heavy_iters=3.0)
+    thin, thick, mid = schedule(spec, 1.0), schedule(spec, 1.7), schedule(spec, 1.4)
     assert (thin.iters, thin.lam_start) == (30, pytest.approx(0.1))
     assert thick == spec
     assert thin.iters < mid.iters < spec.iters and thin.lam_start < mid.lam_start < spec.lam_start
+    heavy, between = schedule(spec, 2.5), schedule(spec, 2.0)
+    assert heavy == dataclasses.replace(spec, iters=150) and between.lam_start == spec.lam_start
+    assert spec.iters < between.iters < heavy.iters
     # a thin threshold above the spec's first one is held at it
     assert schedule(SparseSpec(lam_start=0.05), 1.0).lam_start == pytest.approx(0.05)
 
@@ -111,6 +116,10 @@ def test_spec_is_validated():
         SparseSpec(iters=-1)
     with pytest.raises(ValueError, match="thresholds"):
         SparseSpec(lam_start=0.001, lam_end=0.01)
+    with pytest.raises(ValueError, match="thin_iters"):
+        SparseSpec(thin_iters=1.5)
+    with pytest.raises(ValueError, match="heavy_iters"):
+        SparseSpec(heavy_iters=0.5)
     with pytest.raises(ValueError, match="shape"):
         sparse_fill(
             torch.rand(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.bool), torch.rand(1, 1, 8, 9), SparseSpec()
