@@ -110,6 +110,9 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float32, device: torch.device 
 #: 10-50 % measure 1.00-1.27, lines 70 % 1.14-1.63, blocks of side 2-8 at 10 / 30 / 50 / 70 %
 #: 1.52-1.87 / 1.71-1.88 / 1.88-2.18 / 2.25-2.55.
 THIN_SCALE, THICK_SCALE, HEAVY_SCALE = 1.1, 1.7, 2.3
+#: Dead fractions at and under which thin holes take ``thin_iters`` of the iterations, and at and
+#: over which all of them (dense scattered pixels: the fill has more to rebuild).
+SPARSE_RATE, DENSE_RATE = 0.5, 0.7
 
 
 @torch.no_grad()
@@ -130,21 +133,25 @@ def hole_scale(dead: torch.Tensor, cap: int = 8) -> torch.Tensor:
     return total / count.clamp_min(1.0)
 
 
-def schedule(spec: SparseSpec, scale: float) -> SparseSpec:
-    """``spec`` for an image of hole scale ``scale``: the thin-hole schedule (``thin_lam_start``,
-    ``thin_iters`` of the iterations) at and under :data:`THIN_SCALE`; ``spec`` itself at
-    :data:`THICK_SCALE`; ``heavy_iters`` times its iterations at and over :data:`HEAVY_SCALE`.
-    Between, in quarter steps, the first threshold moves geometrically and the iteration count
-    linearly; ``thin_lam_start`` is kept within ``[lam_end, lam_start]``. Measured on the train
-    split (docs/restore.md): lines +0.2 dB and 40 % less work on thin holes; blocks at 50-70 %
-    +0.2..+0.8 dB for up to 3x the work on those images."""
+def schedule(spec: SparseSpec, scale: float, rate: float = 0.0) -> SparseSpec:
+    """``spec`` for an image of hole scale ``scale`` and dead fraction ``rate``: the thin-hole
+    schedule (``thin_lam_start``, ``thin_iters`` of the iterations) at and under
+    :data:`THIN_SCALE`; ``spec`` itself at :data:`THICK_SCALE`; ``heavy_iters`` times its
+    iterations at and over :data:`HEAVY_SCALE`. Between, in quarter steps, the first threshold
+    moves geometrically and the iteration count linearly. Thin holes get all the iterations
+    again as ``rate`` goes from :data:`SPARSE_RATE` to :data:`DENSE_RATE`. ``thin_lam_start`` is
+    kept within ``[lam_end, lam_start]``. Measured on the train split (docs/restore.md): lines
+    +0.2 dB and 40 % less work on thin holes; blocks at 50-70 % +0.2..+0.8 dB for up to 3x the
+    work on those images."""
     u = min(1.0, max(0.0, (scale - THIN_SCALE) / (THICK_SCALE - THIN_SCALE)))
     u = round(u * 4) / 4
+    r = min(1.0, max(0.0, (rate - SPARSE_RATE) / (DENSE_RATE - SPARSE_RATE)))
+    r = round(r * 4) / 4
     v = min(1.0, max(0.0, (scale - THICK_SCALE) / (HEAVY_SCALE - THICK_SCALE)))
     v = round(v * 4) / 4
     thin = min(spec.lam_start, max(spec.lam_end, spec.thin_lam_start))
     lam = thin * (spec.lam_start / thin) ** u
-    share = (spec.thin_iters + (1.0 - spec.thin_iters) * u) * (1.0 + (spec.heavy_iters - 1.0) * v)
+    share = (spec.thin_iters + (1.0 - spec.thin_iters) * max(u, r)) * (1.0 + (spec.heavy_iters - 1.0) * v)
     return dataclasses.replace(spec, iters=math.ceil(spec.iters * share), lam_start=lam)
 
 
@@ -181,8 +188,9 @@ def sparse_fill(images: torch.Tensor, dead: torch.Tensor, start: torch.Tensor, s
         return out
     # each image its own schedule by how thick its holes are; images that share one run together
     groups: dict[SparseSpec, list[int]] = {}
+    rates = dead.flatten(1).to(torch.float32).mean(1).tolist()
     for i, scale in enumerate(hole_scale(dead).tolist()):
-        groups.setdefault(schedule(spec, scale), []).append(i)
+        groups.setdefault(schedule(spec, scale, rates[i]), []).append(i)
     n = spec.block
     per_plane = 4 * (h + 3 * n) * (w + 3 * n)
     size = max(1, CHUNK_ELEMENTS // (per_plane * c))  # images a chunk
