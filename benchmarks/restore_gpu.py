@@ -100,9 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     filled = both_fills(x, dead)[1]
     stages: dict[str, Callable[[], object]] = {"fills (harmonic + biharmonic, CG)": lambda: both_fills(x, dead)}
+    rates = dead.flatten(1).float().mean(1).tolist()
     for spec in sparse:
-        thin = schedule(spec, float(hole_scale(dead).mean())).iters
-        label = f"sparse fill ({thin} iterations here, {spec.block}x{spec.block} blocks, step {spec.step})"
+        counts = sorted({schedule(spec, sc, r).iters for sc, r in zip(hole_scale(dead).tolist(), rates, strict=True)})
+        iters = "/".join(map(str, counts))
+        label = f"sparse fill ({iters} iterations here, {spec.block}x{spec.block} blocks, step {spec.step})"
         stages[label] = lambda spec=spec: sparse_fill(x, dead, filled, spec)  # type: ignore[misc]
     stages |= {
         "refiner forward pass": lambda: model(filled, dead.to(x.dtype), None, filled),
