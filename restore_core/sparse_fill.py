@@ -16,8 +16,9 @@ is why the restore path blends it in with weights measured on each image
 (:func:`restore_core.refiner_calibration.calibration`).
 
 Images are float32 (B, C, H, W) in [0, 1]; dead masks are bool (B, 1, H, W), True = dead,
-shared by the channels. Each (image, channel) plane is processed on its own, so a result does
-not depend on the rest of the batch. Everything is a few batched matrix products and
+shared by the channels. Each image is processed on its own (its channels thresholded jointly:
+a cosine is kept or dropped in all of them at once), so a result does not depend on the rest of
+the batch. Everything is a few batched matrix products and
 element-wise passes: no per-image CPU step, the same code on a GPU.
 """
 
@@ -199,7 +200,7 @@ def sparse_fill(images: torch.Tensor, dead: torch.Tensor, start: torch.Tensor, s
             idx = torch.tensor(members[j : j + size], device=out.device)
             planes = out[idx].reshape(-1, h, w)
             hole = dead[idx].expand(-1, c, h, w).reshape(-1, h, w)
-            out[idx] = _fill_planes(planes, hole, sched).reshape(-1, c, h, w)
+            out[idx] = _fill_planes(planes, hole, sched, group=c).reshape(-1, c, h, w)
     return out.clamp_(0.0, 1.0)
 
 
@@ -221,8 +222,11 @@ def add_sparse_fill(
         out[idx] += weight[idx].view(-1, 1, 1, 1).to(out.dtype) * (filled - start[idx])
 
 
-def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch.Tensor:
-    """:func:`sparse_fill` on planes (N, H, W); ``x`` holds the start at ``hole``.
+def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec, group: int = 1) -> torch.Tensor:
+    """:func:`sparse_fill` on planes (N, H, W); ``x`` holds the start at ``hole``. Each run of
+    ``group`` planes (the channels of one image) is thresholded jointly: a coefficient is kept in
+    all of them when its RMS over them is over the threshold (an edge is at the same place in R, G
+    and B; measured on the train split's colour sets: +0.09 dB mean, docs/restore.md).
 
     Cycle spinning by rotation: of the (block / step)^2 shifted grids, an iteration uses
     block / step of them, one for each horizontal and one for each vertical offset (a Latin
@@ -263,7 +267,11 @@ def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec) -> torch
             rows = xp[:, sy : sy + hb * n, sx : sx + wb * n].reshape(big, hb * n, wb // g, g * n) @ rows_fwd
             coef = (cm @ rows.view(big, hb, n, wb * n)).view(big, hb, n, wb, n)
             mean = coef[:, :, 0, :, 0].clone()  # the blocks' means are always kept
-            coef = F.hardshrink(coef, lam)  # hard thresholding: 0 where |c| <= lam
+            if group > 1:  # joint hard thresholding over the image's channels
+                grouped = coef.view(big // group, group, *coef.shape[1:])
+                coef = (grouped * ((grouped * grouped).sum(1, keepdim=True) > group * lam * lam)).view_as(coef)
+            else:
+                coef = F.hardshrink(coef, lam)  # hard thresholding: 0 where |c| <= lam
             coef[:, :, 0, :, 0] = mean
             back = (cmt @ coef.view(big, hb, n, wb * n)).view(big, hb * n, wb // g, g * n) @ rows_inv
             acc += back.view(big, hb * n, wb * n)[:, n - sy : n - sy + h, n - sx : n - sx + w]

@@ -166,3 +166,25 @@ def test_add_sparse_fill_runs_only_where_the_weight_is_not_zero(rng):
     sf.add_sparse_fill(out, weight, x, dead, start, spec)
     expect = start + weight.view(-1, 1, 1, 1) * (sparse_fill(x, dead, start, spec) - start)
     assert torch.allclose(out, expect, atol=1e-6) and torch.equal(out[1], start[1])
+
+
+def test_channels_are_thresholded_together(rng):
+    """A coefficient is kept or dropped in all channels at once: a gray image given as three equal
+    channels is filled as the gray one, and R, G, B with a shared edge keep it in all three."""
+    gray = torch.from_numpy(rng.random((1, 1, 24, 24), dtype=np.float32))
+    dead = torch.from_numpy(rng.random((1, 1, 24, 24)) < 0.4)
+    spec = SparseSpec(iters=6, block=8, step=4)
+    one = sparse_fill(gray, dead, harmonic_fill(gray, dead, order=2), spec)
+    rgb = gray.expand(1, 3, 24, 24).contiguous()
+    three = sparse_fill(rgb, dead, harmonic_fill(rgb, dead, order=2), spec)
+    assert torch.allclose(three, one.expand_as(three), atol=1e-5)
+    scaled = rgb * torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)  # one edge, three contrasts
+    joint = sparse_fill(scaled, dead, harmonic_fill(scaled, dead, order=2), spec)
+    alone = torch.cat(
+        [
+            sparse_fill(scaled[:, i : i + 1], dead, harmonic_fill(scaled[:, i : i + 1], dead, order=2), spec)
+            for i in range(3)
+        ],
+        1,
+    )
+    assert not torch.allclose(joint, alone, atol=1e-4)  # the faint channel keeps what the strong ones see
