@@ -80,9 +80,11 @@ def test_thin_holes_get_a_lower_first_threshold_and_fewer_iterations():
     heavy, between = schedule(spec, 2.5), schedule(spec, 2.0)
     assert heavy == dataclasses.replace(spec, iters=150) and between.lam_start == spec.lam_start
     assert spec.iters < between.iters < heavy.iters
-    # dense scattered pixels (70 % dead) get every iteration back, at the thin threshold
-    dense = schedule(spec, 1.0, rate=0.7)
-    assert (dense.iters, dense.lam_start) == (50, pytest.approx(0.1)) and schedule(spec, 1.0, rate=0.5) == thin
+    # dense scattered pixels (70 % dead) get every iteration back, and dense_iters times more,
+    # at the thin threshold
+    dense = schedule(dataclasses.replace(spec, dense_iters=2.0), 1.0, rate=0.7)
+    assert (dense.iters, dense.lam_start) == (100, pytest.approx(0.1)) and schedule(spec, 1.0, rate=0.5) == thin
+    assert schedule(dataclasses.replace(spec, dense_iters=1.0), 1.0, rate=0.7).iters == 50
     # a thin threshold above the spec's first one is held at it
     assert schedule(SparseSpec(lam_start=0.05), 1.0).lam_start == pytest.approx(0.05)
 
@@ -123,6 +125,8 @@ def test_spec_is_validated():
         SparseSpec(thin_iters=1.5)
     with pytest.raises(ValueError, match="heavy_iters"):
         SparseSpec(heavy_iters=0.5)
+    with pytest.raises(ValueError, match="dense_iters"):
+        SparseSpec(dense_iters=0.5)
     with pytest.raises(ValueError, match="shape"):
         sparse_fill(
             torch.rand(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.bool), torch.rand(1, 1, 8, 9), SparseSpec()
