@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         trained = f"trained on photo_gray's train split for {info['train cpu s']:.0f} CPU-s"
     else:
         model, trained = build_refiner(RefinerSpec()), "untrained (its net is never used)"
-    model = model.to(device).eval()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
+    model = model.to(device).eval()  # (train_default leaves torch at one thread)
     sparse = sparse_specs(args.sparse_iters)
     weights = calibration(model, x, dead, sparse=sparse)
     used = ", ".join(
@@ -100,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     filled = both_fills(x, dead)[1]
     stages: dict[str, Callable[[], object]] = {"fills (harmonic + biharmonic, CG)": lambda: both_fills(x, dead)}
-    rates = dead.flatten(1).float().mean(1).tolist()
+    scales, rates = hole_scale(dead).tolist(), dead.flatten(1).float().mean(1).tolist()
     for spec in sparse:
-        counts = sorted({schedule(spec, sc, r).iters for sc, r in zip(hole_scale(dead).tolist(), rates, strict=True)})
+        counts = sorted({schedule(spec, sc, r).iters for sc, r in zip(scales, rates, strict=True)})
         iters = "/".join(map(str, counts))
         label = f"sparse fill ({iters} iterations here, {spec.block}x{spec.block} blocks, step {spec.step})"
         stages[label] = lambda spec=spec: sparse_fill(x, dead, filled, spec)  # type: ignore[misc]
