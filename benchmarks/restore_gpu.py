@@ -31,6 +31,7 @@ import torch
 from benchmarks.restore_quality import GRAY_TEST, _crops, _gray, _photo, machine, train_default
 from restore_core import baselines, masks
 from restore_core.blend import blend_fill
+from restore_core.device import keep_freed_memory
 from restore_core.fill import both_fills
 from restore_core.refiner import RefinerSpec, build_refiner, calibration, refine
 from restore_core.sparse_fill import SparseSpec, hole_scale, schedule, sparse_fill, sparse_specs
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cpu" if name == "auto" else name)
     if device.type == "cpu":
         torch.set_num_threads(1)
+    keep_freed_memory()  # as the restore actors do
     batch = args.batch or (256 if device.type == "cuda" else 8)
     rng = np.random.default_rng(0)
     photos = [_gray(_photo(p)) for p in GRAY_TEST]

@@ -52,6 +52,7 @@ from restore_core import baselines, masks, metrics, nmf, sampling
 from restore_core.bases import Bases, BasesMeta
 from restore_core.blend import blend_fill
 from restore_core.config import FitConfig
+from restore_core.device import keep_freed_memory
 from restore_core.fill import harmonic_fill
 from restore_core.inpaint import NMFInpainter
 from restore_core.refiner import RefinerSpec, build_refiner, refine, train_refiner
@@ -505,6 +506,7 @@ def main(argv: list[str] | None = None) -> None:
         args.nmf_images, args.reference_images, args.n_256, args.rates = 2, 0, 1, [0.3, 0.7]
         args.doc = ""
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the restore actors do
     cv_threads = None
     try:
         import cv2

@@ -25,7 +25,7 @@ from jobs import logs, ray_utils
 from jobs.config_restore import RestoreJobConfig
 from jobs.restore_plan import RestorePlan
 from restore_core.config import RestoreConfig
-from restore_core.device import resolve_device
+from restore_core.device import keep_freed_memory, resolve_device
 from restore_core.io import shards as shard_io
 from restore_core.io import sr_models
 from restore_core.io.locations import Location
@@ -96,6 +96,7 @@ class RestoreActor:
         import torch
 
         torch.set_num_threads(max(1, threads))  # the actor's CPU share, not every core of the node
+        keep_freed_memory()  # batch after batch of the same sizes: reuse freed memory (page faults)
         self.bases_ref = bases.hex() if isinstance(bases, ray.ObjectRef) else ""
         if isinstance(bases, ray.ObjectRef):
             bases = ray.get(bases)

@@ -45,11 +45,13 @@ class RefinerSpec:
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
+    # in-place activations: the same numbers without a fresh tensor each (a convolution's
+    # backward pass needs its input, not its output, so training is unaffected)
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, padding_mode="replicate"),
-        nn.LeakyReLU(0.1),
+        nn.LeakyReLU(0.1, inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1, padding_mode="replicate"),
-        nn.LeakyReLU(0.1),
+        nn.LeakyReLU(0.1, inplace=True),
     )
 
 

@@ -46,7 +46,9 @@ class SparseSpec:
     need no coarse-to-fine pass, and a high first threshold throws away the detail the start
     already has (:func:`schedule`). Images with large holes (blocks covering half the image)
     take up to ``heavy_iters`` times the iterations: the coarse-to-fine pass has further to go;
-    dense scattered pixels (70 % dead) up to ``dense_iters`` times.
+    dense scattered pixels (70 % dead) up to ``dense_iters`` times. ``momentum`` extrapolates
+    each iteration's change at the holes (``x = y + momentum (y - y_prev)``, a heavy-ball step):
+    the same quality in fewer iterations.
     Chosen on the train split of the benchmark's image sets (docs/restore.md, "The
     sparse-transform fill").
     """
@@ -57,9 +59,10 @@ class SparseSpec:
     lam_start: float = 0.3
     lam_end: float = 0.002
     thin_lam_start: float = 0.1
-    thin_iters: float = 0.6
+    thin_iters: float = 0.4
     heavy_iters: float = 3.0
     dense_iters: float = 2.0
+    momentum: float = 0.5
 
     def __post_init__(self) -> None:
         if self.iters < 0:
@@ -73,6 +76,8 @@ class SparseSpec:
             )
         if not 0 < self.thin_iters <= 1:
             raise ValueError(f"sparse thin_iters is a fraction in (0, 1], got {self.thin_iters}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"sparse momentum must be in [0, 1), got {self.momentum}")
         if self.heavy_iters < 1 or self.dense_iters < 1:
             raise ValueError(
                 f"sparse heavy_iters and dense_iters are factors >= 1, got {self.heavy_iters}, {self.dense_iters}"
@@ -262,7 +267,9 @@ def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec, group: i
     given = x
     observed = x * (~hole).to(x.dtype)  # the observed pixels, 0 at the holes
     scale = hole.to(x.dtype) / k  # the grids' mean at the holes, 0 elsewhere
+    push = hole.to(x.dtype) * spec.momentum  # the heavy-ball step, at the holes only
     ratio = spec.lam_end / spec.lam_start
+    prev = x
     for t in range(spec.iters):
         lam = spec.lam_start * ratio ** (t / max(spec.iters - 1, 1))
         xp = F.pad(x[:, None], (n, wp - w - n, n, hp - h - n), mode=mode)[:, 0]
@@ -283,6 +290,9 @@ def _fill_planes(x: torch.Tensor, hole: torch.Tensor, spec: SparseSpec, group: i
             coef[:, :, 0, :, 0] = mean
             back = (cmt @ coef.view(big, hb, n, wb * n)).view(big, hb * n, wb // g, g * n) @ rows_inv
             acc += back.view(big, hb * n, wb * n)[:, n - sy : n - sy + h, n - sx : n - sx + w]
-        x = acc.mul_(scale).add_(observed)
+        y = acc.mul_(scale).add_(observed)
+        # heavy ball: carry on in the direction of the last step (not after the last iteration)
+        x = torch.addcmul(y, y - prev, push) if spec.momentum and t < spec.iters - 1 else y
+        prev = y
     # the observed pixels as given, bit for bit, even where a non-finite start spread (0 * inf)
     return torch.where(hole, x, given)
