@@ -54,7 +54,8 @@ def blend_fill(images: torch.Tensor, dead: torch.Tensor, sparse: Sparse = None, 
     def predict(x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return _candidates(x, d, specs)
 
-    weights = probe_weights(predict, images, dead, probe_size).to(images.dtype)
+    costly = range(1, 1 + len(specs))  # each sparse fill is a full-image pass; the harmonic one is not
+    weights = probe_weights(predict, images, dead, probe_size, costly=costly).to(images.dtype)
     harmonic, base = both_fills(images, dead)
     out = base + weights[:, 0].view(-1, 1, 1, 1) * (harmonic - base)
     for i, spec in enumerate(specs):  # the costly full-image sparse fills only on the images that use them

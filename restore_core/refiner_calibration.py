@@ -4,7 +4,7 @@ the biharmonic fill, measured on known pixels hidden in each image itself (used 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -103,6 +103,36 @@ def _shrunk_weights(grams: list[torch.Tensor], rhss: list[torch.Tensor], strengt
     return _box_least_squares(gram + lam[:, None, None] * eye, rhs + lam[:, None] * pooled)
 
 
+def _drop_small_gains(
+    weights: torch.Tensor,
+    gram: torch.Tensor,
+    rhs: torch.Tensor,
+    miss: torch.Tensor,
+    costly: Sequence[int],
+    min_gain: float,
+) -> torch.Tensor:
+    """``weights`` (B, n) with each of the ``costly`` directions in turn set to 0 (and the others
+    refitted) on the images where it lowers the squared error ``miss + w G w - 2 w r`` by less
+    than ``min_gain * miss``: see :func:`probe_weights`. (B, n) float64."""
+
+    def error(w: torch.Tensor) -> torch.Tensor:
+        return miss + (w[:, None, :] @ gram @ w[:, :, None])[:, 0, 0] - 2 * (w * rhs).sum(dim=1)
+
+    keep = torch.ones_like(weights, dtype=torch.bool)
+    err = error(weights)
+    for j in costly:
+        trial = keep.clone()
+        trial[:, j] = False
+        k = trial.to(gram.dtype)
+        w = _box_least_squares(gram * k[:, :, None] * k[:, None, :], rhs * k)
+        e = error(w)
+        drop = (weights[:, j] > 0) & (e - err <= min_gain * miss)
+        keep[:, j] &= ~drop
+        weights = torch.where(drop[:, None], w, weights)
+        err = torch.where(drop, e, err)
+    return weights
+
+
 #: Probe windows narrower than this (pixels) are not measured: fewer pixels than one 16 x 16
 #: sparse-fill block; measured on 8x8 and 12x12 digits, the blend lost 0.8-1.2 dB on average to
 #: the biharmonic fill (docs/restore.md), so such images get the base fill alone.
@@ -111,6 +141,11 @@ MIN_PROBE_SIDE = 16
 #: grey level of 8 bits) counts as exact.
 EXACT_RMS = 1e-4
 
+#: A costly direction (one more full-image pass: the net, a sparse fill) is left out of an
+#: image's blend when keeping it lowers the squared error on its probes by less than this
+#: fraction of the base fill's (:func:`probe_weights`' ``costly``).
+MIN_GAIN = 0.005
+
 #: A restorer's candidates for :func:`probe_weights`: ``(images, dead) -> (base, directions)``,
 #: a base fill and the directions ``candidate - base`` to blend in, each (B, C, H, W).
 Predictor = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]
@@ -118,7 +153,13 @@ Predictor = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torc
 
 @torch.no_grad()
 def probe_weights(
-    predict: Predictor, images: torch.Tensor, dead: torch.Tensor, probe_size: int = 64, shifts: int = 0
+    predict: Predictor,
+    images: torch.Tensor,
+    dead: torch.Tensor,
+    probe_size: int = 64,
+    shifts: int = 0,
+    costly: Sequence[int] = (),
+    min_gain: float = MIN_GAIN,
 ) -> torch.Tensor:
     """Per image, the weights in [0, 1] of ``base + sum_i w_i * directions_i`` that best predict
     known pixels hidden in the image itself: (B, n) float64 for ``predict``'s n directions.
@@ -127,6 +168,11 @@ def probe_weights(
     pixels inside the central ``probe_size`` window (0 = all of it); ``predict`` runs on the
     window with both masks, and the weights are the box-constrained least-squares blend on the
     hidden pixels. See :func:`calibration` for ``shifts`` and for windows under 64 x 64.
+
+    ``costly`` lists the directions that cost the restorer a full-image pass, the dearest first:
+    in a window of 64 x 64 or more, each is dropped from an image's blend (weight 0, the others
+    refitted) when keeping it lowers the probes' squared error by less than ``min_gain`` times
+    the base fill's, so the pass is not run for a gain that small.
     """
     h, w = images.shape[-2:]
     ys, xs = _probe_region(h, w, probe_size)
@@ -152,7 +198,10 @@ def probe_weights(
         miss += ((x - base[rows]) ** 2 * where).sum(dim=(1, 2, 3)).double()
         hidden += where.sum(dim=(1, 2, 3)).double()
     area = d.shape[-2] * d.shape[-1]
-    weights = _shrunk_weights(grams, rhss, max(0.0, 64 * 64 / area - 1.0))
+    strength = max(0.0, 64 * 64 / area - 1.0)
+    weights = _shrunk_weights(grams, rhss, strength)
+    if costly and strength == 0 and min_gain > 0:
+        weights = _drop_small_gains(weights, sum(grams), sum(rhss), miss, costly, min_gain)  # type: ignore[arg-type]
     # where the base predicts the probes exactly (black background around the holes, flat
     # areas), nothing can improve on it and any other fill can only add error: weights 0, even
     # when the batch's pooled weights would pull them up
@@ -197,4 +246,6 @@ def calibration(
         directions += [sparse_fill(x, d, filled, spec) - filled for spec in active_specs(sparse)]
         return filled, directions
 
-    return probe_weights(predict, images, dead, probe_size, shifts).to(images.dtype)
+    # the net's pass is the dearest, then the sparse fills' (the harmonic fill comes with the base)
+    costly = [0] + [2 + i for i in range(len(active_specs(sparse)))]
+    return probe_weights(predict, images, dead, probe_size, shifts, costly).to(images.dtype)

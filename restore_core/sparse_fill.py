@@ -59,7 +59,7 @@ class SparseSpec:
     lam_start: float = 0.3
     lam_end: float = 0.002
     thin_lam_start: float = 0.1
-    thin_iters: float = 0.4
+    thin_iters: float = 0.5
     heavy_iters: float = 3.0
     dense_iters: float = 2.0
     momentum: float = 0.5

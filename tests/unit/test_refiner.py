@@ -124,6 +124,25 @@ def test_small_windows_borrow_the_batchs_weights_large_ones_do_not():
     assert torch.allclose(both[:1], one)
 
 
+def test_a_costly_direction_that_gains_little_is_left_out():
+    """A direction listed as costly (a full-image pass) is dropped from an image's blend when it
+    lowers the probes' squared error by less than min_gain times the base fill's, and the rest
+    is refitted; one that gains more keeps its weight. Error = miss + w G w - 2 w r."""
+    from restore_core.refiner_calibration import _box_least_squares, _drop_small_gains
+
+    gram = torch.eye(2, dtype=torch.float64).repeat(2, 1, 1)
+    rhs = torch.tensor([[1.0, 0.01], [0.5, 0.5]], dtype=torch.float64)
+    miss = torch.tensor([1.0001, 0.5], dtype=torch.float64)  # both images: 0 error at the optimum
+    full = _box_least_squares(gram, rhs)
+    assert torch.allclose(full, rhs)
+    # image 0: direction 1 removes 1e-4 of the base's error (under 0.005); image 1: half of it
+    out = _drop_small_gains(full, gram, rhs, miss, [1], 0.005)
+    assert torch.allclose(out, torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64))
+    # direction 0 carries nearly all of image 0's gain: listed first, it stays
+    assert torch.allclose(_drop_small_gains(full, gram, rhs, miss, [0, 1], 0.005), out)
+    assert torch.equal(_drop_small_gains(full, gram, rhs, miss, [1], 1e-5), full)
+
+
 def test_random_training_mask_kinds_and_rates():
     g = torch.Generator().manual_seed(0)
     m = random_training_mask((64, 1, 32, 32), g, "cpu")
