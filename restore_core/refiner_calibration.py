@@ -112,24 +112,25 @@ def _drop_small_gains(
     min_gain: float,
 ) -> torch.Tensor:
     """``weights`` (B, n) with each of the ``costly`` directions in turn set to 0 (and the others
-    refitted) on the images where it lowers the squared error ``miss + w G w - 2 w r`` by less
-    than ``min_gain * miss``: see :func:`probe_weights`. (B, n) float64."""
+    refitted) on the images where that leaves the squared error ``miss + w G w - 2 w r`` within
+    ``min_gain * miss`` of the full fit's (so all the drops of an image together cost at most that
+    much); a direction already at 0 stays out of the later refits. See :func:`probe_weights`.
+    (B, n) float64."""
 
     def error(w: torch.Tensor) -> torch.Tensor:
         return miss + (w[:, None, :] @ gram @ w[:, :, None])[:, 0, 0] - 2 * (w * rhs).sum(dim=1)
 
     keep = torch.ones_like(weights, dtype=torch.bool)
-    err = error(weights)
+    budget = error(weights) + min_gain * miss
     for j in costly:
+        unused = weights[:, j] <= 0
         trial = keep.clone()
         trial[:, j] = False
         k = trial.to(gram.dtype)
         w = _box_least_squares(gram * k[:, :, None] * k[:, None, :], rhs * k)
-        e = error(w)
-        drop = (weights[:, j] > 0) & (e - err <= min_gain * miss)
-        keep[:, j] &= ~drop
+        drop = ~unused & (error(w) <= budget)
+        keep[:, j] &= ~(drop | unused)
         weights = torch.where(drop[:, None], w, weights)
-        err = torch.where(drop, e, err)
     return weights
 
 
@@ -141,9 +142,9 @@ MIN_PROBE_SIDE = 16
 #: grey level of 8 bits) counts as exact.
 EXACT_RMS = 1e-4
 
-#: A costly direction (one more full-image pass: the net, a sparse fill) is left out of an
-#: image's blend when keeping it lowers the squared error on its probes by less than this
-#: fraction of the base fill's (:func:`probe_weights`' ``costly``).
+#: Costly directions (each one more full-image pass: the net, a sparse fill) are left out of an
+#: image's blend while leaving them out costs its probes' squared error no more than this
+#: fraction of the base fill's, all of them together (:func:`probe_weights`' ``costly``).
 MIN_GAIN = 0.005
 
 #: A restorer's candidates for :func:`probe_weights`: ``(images, dead) -> (base, directions)``,
@@ -170,9 +171,9 @@ def probe_weights(
     hidden pixels. See :func:`calibration` for ``shifts`` and for windows under 64 x 64.
 
     ``costly`` lists the directions that cost the restorer a full-image pass, the dearest first:
-    in a window of 64 x 64 or more, each is dropped from an image's blend (weight 0, the others
-    refitted) when keeping it lowers the probes' squared error by less than ``min_gain`` times
-    the base fill's, so the pass is not run for a gain that small.
+    in a window of 4096 pixels or more (fitted on its own), each is dropped from an image's blend
+    (weight 0, the others refitted) while the probes' squared error stays within ``min_gain``
+    times the base fill's of the full fit's, so no pass runs for a gain that small.
     """
     h, w = images.shape[-2:]
     ys, xs = _probe_region(h, w, probe_size)

@@ -141,6 +141,22 @@ def test_a_costly_direction_that_gains_little_is_left_out():
     # direction 0 carries nearly all of image 0's gain: listed first, it stays
     assert torch.allclose(_drop_small_gains(full, gram, rhs, miss, [0, 1], 0.005), out)
     assert torch.equal(_drop_small_gains(full, gram, rhs, miss, [1], 1e-5), full)
+    # a direction at 0 is never brought back by a later drop's refit: here dropping the third
+    # direction would otherwise hand its share to the first (directions net, harmonic, sparse)
+    d = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([0.06, -0.01, 1.0], dtype=torch.float64)
+    g3, r3, m3 = (d @ d.T)[None], (d @ t)[None], (t @ t)[None]
+    w3 = _box_least_squares(g3, r3)
+    assert w3[0, 0] == 0 and w3[0, 2] > 0
+    out3 = _drop_small_gains(w3, g3, r3, m3, [0, 2], 0.005)
+    assert out3[0, 0] == 0
+    # the drops of one image together cost at most min_gain: two directions of 0.4 % each, one goes
+    g2 = torch.eye(3, dtype=torch.float64)[None]
+    r2 = torch.tensor([[1.0, 0.002**0.5 * 2**0.5, 0.002**0.5 * 2**0.5]], dtype=torch.float64)
+    m2 = torch.tensor([1.0 + 0.008], dtype=torch.float64)  # 0 error at the full fit
+    w2 = _box_least_squares(g2, r2)
+    out2 = _drop_small_gains(w2, g2, r2, m2, [1, 2], 0.005)
+    assert int((out2[0, 1:] == 0).sum()) == 1
 
 
 def test_random_training_mask_kinds_and_rates():

@@ -48,7 +48,7 @@ def test_beats_the_biharmonic_fill_on_texture():
     x = _stripes(3, 48, 0)
     dead = torch.rand(3, 1, 48, 48, generator=torch.Generator().manual_seed(1)) < 0.5
     bih = harmonic_fill(x, dead, order=2)
-    out = sparse_fill(x, dead, bih, SparseSpec(iters=50, block=8, step=2))  # thin holes: 20 iterations
+    out = sparse_fill(x, dead, bih, SparseSpec(iters=50, block=8, step=2))  # thin holes: 25 iterations
     assert _psnr(out, x) > _psnr(bih, x) + 3.0
 
 
