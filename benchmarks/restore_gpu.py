@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--train-budget",
         type=float,
-        default=120.0,
+        default=600.0,
         help="CPU-seconds to train the refiner (as benchmarks/restore_quality.py; 0 = untrained)",
     )
     ap.add_argument(
