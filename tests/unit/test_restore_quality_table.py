@@ -40,6 +40,8 @@ def test_the_device_throughput_benchmark_runs_and_prints_its_table(capsys):
             "1",
             "--sparse-iters",
             "2",
+            "--train-budget",
+            "0",  # an untrained refiner: the trained one takes 10 minutes (benchmarks/restore_gpu.py)
         ]
     )
     out = capsys.readouterr().out
