@@ -40,6 +40,12 @@ def _normal_equations(
     return gram, rhs
 
 
+def _objective(gram: torch.Tensor, rhs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per image, ``w G w - 2 w r``: the probes' squared error of weights ``w`` (B, n) minus the
+    base fill's. (B,)"""
+    return (w[:, None, :] @ gram @ w[:, :, None])[:, 0, 0] - 2 * (w * rhs).sum(dim=1)
+
+
 def _box_least_squares(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Per image, the weights in [0, 1] minimising ``w G w - 2 w r``: the exact box-constrained
     minimum (every face of the box is tried; a few directions only). A direction with no
@@ -65,7 +71,7 @@ def _box_least_squares(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
             r = rhs[:, free] - (gram[:, free][:, :, fixed] @ w[:, fixed, None])[..., 0]
             w[:, free] = torch.linalg.solve(gram[:, free][:, :, free], r[..., None])[..., 0]
         ok = ((w >= 0) & (w <= 1)).all(dim=1)
-        obj = (w[:, None, :] @ gram @ w[:, :, None])[:, 0, 0] - 2 * (w * rhs).sum(dim=1)
+        obj = _objective(gram, rhs, w)
         better = ok & (obj < best_obj)
         best = torch.where(better[:, None], w, best)
         best_obj = torch.where(better, obj, best_obj)
@@ -116,21 +122,19 @@ def _drop_small_gains(
     ``min_gain * miss`` of the full fit's (so all the drops of an image together cost at most that
     much); a direction already at 0 stays out of the later refits. See :func:`probe_weights`.
     (B, n) float64."""
-
-    def error(w: torch.Tensor) -> torch.Tensor:
-        return miss + (w[:, None, :] @ gram @ w[:, :, None])[:, 0, 0] - 2 * (w * rhs).sum(dim=1)
-
     keep = torch.ones_like(weights, dtype=torch.bool)
-    budget = error(weights) + min_gain * miss
+    budget = _objective(gram, rhs, weights) + min_gain * miss  # the full fit's, plus the allowance
     for j in costly:
         unused = weights[:, j] <= 0
-        trial = keep.clone()
-        trial[:, j] = False
-        k = trial.to(gram.dtype)
-        w = _box_least_squares(gram * k[:, :, None] * k[:, None, :], rhs * k)
-        drop = ~unused & (error(w) <= budget)
-        keep[:, j] &= ~(drop | unused)
-        weights = torch.where(drop[:, None], w, weights)
+        if not bool(unused.all()):  # else nothing to try: every image already leaves it out
+            trial = keep.clone()
+            trial[:, j] = False
+            k = trial.to(gram.dtype)
+            w = _box_least_squares(gram * k[:, :, None] * k[:, None, :], rhs * k)
+            drop = ~unused & (_objective(gram, rhs, w) <= budget)
+            weights = torch.where(drop[:, None], w, weights)
+            unused |= drop
+        keep[:, j] = ~unused
     return weights
 
 
